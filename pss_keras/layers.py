@@ -1,0 +1,234 @@
+"""Width-switchable Keras layers.
+
+Each layer holds the full-width weights and computes with the first ``k``
+channels, where ``k`` comes from the input tensor's (dynamic) channel count
+and, for the output side, from an ``out_channels`` call argument that may be a
+scalar tensor. The weights are *sliced* (``kernel[..., :c_in, :c_out]``), not
+masked, so a smaller subnet does proportionally less work, and because the
+widths are tensors one traced graph serves every subnet.
+
+These layers need the TensorFlow backend: they rely on convolutions whose
+channel count is only known at run time, which TensorFlow supports on CPU and
+GPU (not under XLA's static shapes: train them with ``jit_compile=False``).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def _channels(x):
+    return tf.shape(x)[-1]
+
+
+def conv_kernel_initializer():
+    """He-normal over fan-out, the reference's conv initialization."""
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_out", distribution="untruncated_normal"
+    )
+
+
+@keras.saving.register_keras_serializable(package="pss_keras")
+class SwitchableConv2D(keras.layers.Layer):
+    """A 'same'-padded 2D convolution over the first channels of its weights.
+
+    Args:
+        filters: maximum number of output channels (the kernel's width).
+        kernel_size: square kernel size.
+        strides: square stride.
+        use_bias: whether to add a (sliced) bias.
+        kernel_initializer: initializer of the full kernel.
+        **kwargs: forwarded to `keras.layers.Layer` (e.g. ``name``).
+
+    Call args:
+        inputs: [batch, h, w, c_in] with ``c_in`` up to the built input width.
+        out_channels: number of output channels to compute (int or int32
+            scalar tensor); ``None`` computes all ``filters``.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        use_bias=False,
+        kernel_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or conv_kernel_initializer()
+        )
+
+    def build(self, input_shape):
+        in_channels = int(input_shape[-1])
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.kernel_size, self.kernel_size, in_channels, self.filters),
+            initializer=self.kernel_initializer,
+        )
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+            if self.use_bias
+            else None
+        )
+
+    def compute_output_shape(self, input_shape):
+        size = input_shape[1]
+        out = None if size is None else (size - 1) // self.strides + 1
+        return (input_shape[0], out, out, self.filters)
+
+    def call(self, inputs, out_channels=None):
+        out_channels = self.filters if out_channels is None else out_channels
+        kernel = self.kernel[:, :, : _channels(inputs), :out_channels]
+        outputs = tf.nn.conv2d(inputs, kernel, strides=self.strides, padding="SAME")
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, self.bias[:out_channels])
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            use_bias=self.use_bias,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="pss_keras")
+class SwitchableDepthwiseConv2D(keras.layers.Layer):
+    """A 'same'-padded depthwise conv whose width follows its input's.
+
+    The kernel has the Keras `DepthwiseConv2D` layout
+    [k, k, max_channels, 1]; a c-channel input uses its first c slices.
+    """
+
+    def __init__(self, kernel_size, strides=1, kernel_initializer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or conv_kernel_initializer()
+        )
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.kernel_size, self.kernel_size, int(input_shape[-1]), 1),
+            initializer=self.kernel_initializer,
+        )
+
+    def compute_output_shape(self, input_shape):
+        size = input_shape[1]
+        out = None if size is None else (size - 1) // self.strides + 1
+        return (input_shape[0], out, out, input_shape[-1])
+
+    def call(self, inputs):
+        kernel = self.kernel[:, :, : _channels(inputs), :]
+        return tf.nn.depthwise_conv2d(
+            inputs, kernel, strides=(1, self.strides, self.strides, 1), padding="SAME"
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="pss_keras")
+class SwitchableBatchNormalization(keras.layers.Layer):
+    """Batch norm with shared, sliced affine parameters.
+
+    In training it normalizes with the batch statistics only (as PSS-Net
+    does: the running statistics of a supernet are meaningless because every
+    step mixes subnets). At inference it uses ``moving_mean`` /
+    ``moving_variance`` sliced to the active width, unless statistics for the
+    active subnet are passed in the call: post-BN calibration computes them
+    per subnet, and an export bakes each subnet's own statistics into its
+    signature while sharing the affine parameters.
+
+    Call args:
+        inputs: [..., c] with ``c`` up to the built width.
+        training: batch statistics when true.
+        stats: optional ``(mean, variance)`` of length ``c`` to use at
+            inference instead of the stored moving statistics.
+    """
+
+    def __init__(self, epsilon=1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+        self.moving_mean = self.add_weight(
+            name="moving_mean", shape=(channels,), initializer="zeros", trainable=False
+        )
+        self.moving_variance = self.add_weight(
+            name="moving_variance", shape=(channels,), initializer="ones", trainable=False
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def batch_moments(self, inputs):
+        """Mean and (biased) variance of ``inputs`` over all but the last axis."""
+        axes = list(range(len(inputs.shape) - 1))
+        return keras.ops.moments(inputs, axes=axes)
+
+    def call(self, inputs, training=False, stats=None):
+        c = _channels(inputs)
+        if training:
+            mean, variance = self.batch_moments(inputs)
+        elif stats is not None:
+            mean, variance = stats
+        else:
+            mean, variance = self.moving_mean[:c], self.moving_variance[:c]
+        return keras.ops.batch_normalization(
+            inputs,
+            mean,
+            variance,
+            axis=-1,
+            offset=self.beta[:c],
+            scale=self.gamma[:c],
+            epsilon=self.epsilon,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(epsilon=self.epsilon)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="pss_keras")
+class SwitchableDense(keras.layers.Dense):
+    """A dense layer whose input width may be any prefix of the built one.
+
+    The output width is fixed (the classes). Weights keep the names and
+    layout of `keras.layers.Dense`.
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        # Dense pins its input width; ours may be any prefix of it.
+        self.input_spec = None
+
+    def call(self, inputs):
+        kernel = self.kernel[: _channels(inputs), :]
+        outputs = tf.matmul(inputs, kernel)
+        if self.use_bias:
+            outputs = tf.nn.bias_add(outputs, self.bias)
+        return outputs

@@ -1,0 +1,422 @@
+"""The search space: subnet configs, architecture tables and channel counts.
+
+A subnet of a PSS supernet is an input resolution plus one width multiplier
+per stage (see ``shared/docs/pss_method.md``). This module holds the pure
+Python description of that space, with no TensorFlow dependency, because it is
+used millions of times by the sampler and by the FLOPs counter:
+
+* `SubnetConfig`: one subnet, an immutable and hashable value.
+* `ArchSpec`: MobileNetV1 / MobileNetV2 as data (block tables).
+* `SearchSpace`: the ranges of one supernet, which validates, encodes and
+  samples configs and gives their channel counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from typing import Iterable, Optional, Sequence, Tuple
+
+import numpy as np
+
+MODEL_NAMES = ("mobilenet_v1", "mobilenet_v2")
+
+# Multipliers drawn at random are rounded to this many decimals, as in the
+# reference implementation, so that random configs have short stable names.
+MULT_DECIMALS = 3
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
+    """Rounds a channel count to the nearest multiple of ``divisor``.
+
+    Never returns less than ``min_value`` (default ``divisor``) nor less than
+    90% of ``value``: the MobileNet convention the method uses.
+    """
+    if min_value is None:
+        min_value = divisor
+    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new_value < 0.9 * value:
+        new_value += divisor
+    return int(new_value)
+
+
+def make_divisible_np(values: np.ndarray, divisor: int = 8) -> np.ndarray:
+    """Vectorized `make_divisible` over an array of values (int64 result)."""
+    values = np.asarray(values, dtype=np.float64)
+    rounded = np.maximum(divisor, np.floor(values + divisor / 2) // divisor * divisor)
+    rounded = np.where(rounded < 0.9 * values, rounded + divisor, rounded)
+    return rounded.astype(np.int64)
+
+
+def conv_output_size(size: int, stride: int) -> int:
+    """Spatial output size of a 'same'-padded conv (ceil(size / stride))."""
+    return (size - 1) // stride + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SubnetConfig:
+    """One subnet: an input resolution and one width multiplier per stage.
+
+    A config is valid for any positive resolution and multipliers (FLOPs are
+    defined for any); whether it belongs to one supernet's search space is
+    checked by `SearchSpace.validate`.
+
+    Attributes:
+        model_name: ``"mobilenet_v1"`` (14 stage multipliers) or
+            ``"mobilenet_v2"`` (9 stage multipliers).
+        resolution: input resolution in pixels (square images).
+        stage_width_mults: one multiplier per stage, applied to the stage's
+            base channel count.
+    """
+
+    model_name: str
+    resolution: int
+    stage_width_mults: Tuple[float, ...]
+
+    def __post_init__(self):
+        if self.model_name not in MODEL_NAMES:
+            raise ValueError(
+                f"model_name={self.model_name!r} is not supported; use one of {MODEL_NAMES}."
+            )
+        if isinstance(self.resolution, bool) or not isinstance(
+            self.resolution, (int, np.integer)
+        ):
+            raise ValueError(
+                f"resolution must be an int, got {self.resolution!r} "
+                f"({type(self.resolution).__name__})."
+            )
+        if self.resolution <= 0:
+            raise ValueError(f"resolution must be positive, got {self.resolution}.")
+        mults = tuple(float(m) for m in self.stage_width_mults)
+        for i, m in enumerate(mults):
+            if not (m > 0 and math.isfinite(m)):
+                raise ValueError(
+                    f"stage_width_mults[{i}]={m!r} must be a positive finite number."
+                )
+        expected = ARCH_SPECS[self.model_name].num_stages
+        if len(mults) != expected:
+            raise ValueError(
+                f"stage_width_mults has {len(mults)} values but {self.model_name} "
+                f"has {expected} stages."
+            )
+        object.__setattr__(self, "resolution", int(self.resolution))
+        object.__setattr__(self, "stage_width_mults", mults)
+
+    @property
+    def name(self) -> str:
+        """A stable, readable string, e.g. ``mobilenet_v1-r224-w1,1,...``."""
+        mults = ",".join(f"{m:g}" for m in self.stage_width_mults)
+        return f"{self.model_name}-r{self.resolution}-w{mults}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def to_dict(self) -> dict:
+        return {
+            "model_name": self.model_name,
+            "resolution": self.resolution,
+            "stage_width_mults": list(self.stage_width_mults),
+        }
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): equal configs, equal JSON."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SubnetConfig":
+        missing = {"model_name", "resolution", "stage_width_mults"} - set(data)
+        if missing:
+            raise ValueError(f"Subnet config is missing field(s) {sorted(missing)}: {data!r}")
+        return cls(
+            model_name=data["model_name"],
+            resolution=data["resolution"],
+            stage_width_mults=tuple(data["stage_width_mults"]),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "SubnetConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"Subnet config is not valid JSON ({e}): {text!r}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"Subnet config JSON must be an object, got {text!r}")
+        return cls.from_dict(data)
+
+
+# --------------------------------------------------------------------------
+# Architectures as data.
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthwiseSeparableSpec:
+    """MobileNetV1 block: 3x3 depthwise (keeps width) then 1x1 pointwise."""
+
+    stride: int
+    out_stage: int
+
+
+@dataclasses.dataclass(frozen=True)
+class InvertedResidualSpec:
+    """MobileNetV2 block: [1x1 expand], 3x3 depthwise, 1x1 linear project."""
+
+    expansion: int
+    stride: int
+    out_stage: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    """One architecture: base channels per stage and the block table.
+
+    Stage 0 is the stem conv (3x3, stride 2). Each block writes the channels
+    of its ``out_stage``. ``head_stage`` (MobileNetV2's 1x1 conv to 1280) is a
+    stage whose width never switches: the reference keeps it at full width, so
+    its multiplier has no effect.
+    """
+
+    name: str
+    base_channels: Tuple[int, ...]
+    blocks: Tuple[object, ...]
+    head_stage: Optional[int] = None
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.base_channels)
+
+
+def _mbv1_blocks():
+    # (stride, out_stage) for the 13 depthwise-separable blocks.
+    strides = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)
+    return tuple(DepthwiseSeparableSpec(s, i + 1) for i, s in enumerate(strides))
+
+
+def _mbv2_blocks():
+    # (expansion t, stage channels c, repeats n, first stride s), as in the paper.
+    table = ((1, 1, 1), (6, 2, 2), (6, 2, 3), (6, 2, 4), (6, 1, 3), (6, 2, 3), (6, 1, 1))
+    blocks = []
+    for stage, (t, s, n) in enumerate(table, start=1):
+        for i in range(n):
+            blocks.append(InvertedResidualSpec(t, s if i == 0 else 1, stage))
+    return tuple(blocks)
+
+
+ARCH_SPECS = {
+    "mobilenet_v1": ArchSpec(
+        name="mobilenet_v1",
+        base_channels=(32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024),
+        blocks=_mbv1_blocks(),
+    ),
+    "mobilenet_v2": ArchSpec(
+        name="mobilenet_v2",
+        base_channels=(32, 16, 24, 32, 64, 96, 160, 320, 1280),
+        blocks=_mbv2_blocks(),
+        head_stage=8,
+    ),
+}
+
+
+def stage_channels(config: SubnetConfig, width_scale: float = 1.0) -> Tuple[int, ...]:
+    """Channel count of every stage of ``config``.
+
+    ``make_divisible(base * width_scale * mult, 8)``; the head stage of
+    MobileNetV2 keeps its full width whatever its multiplier (as in the
+    reference implementation).
+    """
+    arch = ARCH_SPECS[config.model_name]
+    channels = []
+    for stage, (base, mult) in enumerate(zip(arch.base_channels, config.stage_width_mults)):
+        if stage == arch.head_stage:
+            mult = 1.0
+        channels.append(make_divisible(base * width_scale * mult))
+    return tuple(channels)
+
+
+def stage_channels_np(model_name: str, mults: np.ndarray, width_scale: float = 1.0) -> np.ndarray:
+    """Vectorized `stage_channels`: mults [n, S] -> channels [n, S] (int64)."""
+    arch = ARCH_SPECS[model_name]
+    mults = np.array(mults, dtype=np.float64, ndmin=2)
+    if arch.head_stage is not None:
+        mults[:, arch.head_stage] = 1.0
+    return make_divisible_np(np.asarray(arch.base_channels) * width_scale * mults)
+
+
+# --------------------------------------------------------------------------
+# The search space of one supernet.
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """The ranges of one supernet's subnets.
+
+    Args:
+        model_name: ``"mobilenet_v1"`` or ``"mobilenet_v2"``.
+        resolution_range: (min, max) input resolution, both on the grid.
+        resolution_step: grid step of the resolution.
+        width_range: (min, max) stage width multiplier.
+        width_scale: global width scale of the supernet (1.0 is MobileNet;
+            e.g. 0.25 for tiny test models). Channels are
+            ``make_divisible(base * width_scale * mult)``.
+        num_classes: classifier outputs (used by FLOPs and parameter counts).
+    """
+
+    model_name: str = "mobilenet_v1"
+    resolution_range: Tuple[int, int] = (128, 224)
+    resolution_step: int = 8
+    width_range: Tuple[float, float] = (0.75, 1.0)
+    width_scale: float = 1.0
+    num_classes: int = 1000
+
+    def __post_init__(self):
+        if self.model_name not in MODEL_NAMES:
+            raise ValueError(
+                f"model_name={self.model_name!r} is not supported; use one of {MODEL_NAMES}."
+            )
+        r_min, r_max = (int(r) for r in self.resolution_range)
+        if not 0 < r_min <= r_max:
+            raise ValueError(
+                f"resolution_range={self.resolution_range} must be (min, max) with 0 < min <= max."
+            )
+        if self.resolution_step <= 0 or (r_max - r_min) % self.resolution_step:
+            raise ValueError(
+                f"resolution_step={self.resolution_step} must be positive and divide "
+                f"max - min of resolution_range={self.resolution_range}."
+            )
+        w_min, w_max = (float(w) for w in self.width_range)
+        if not 0 < w_min <= w_max:
+            raise ValueError(
+                f"width_range={self.width_range} must be (min, max) with 0 < min <= max."
+            )
+        if not self.width_scale > 0:
+            raise ValueError(f"width_scale={self.width_scale} must be positive.")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes={self.num_classes} must be at least 1.")
+        object.__setattr__(self, "resolution_range", (r_min, r_max))
+        object.__setattr__(self, "width_range", (w_min, w_max))
+
+    @property
+    def arch(self) -> ArchSpec:
+        return ARCH_SPECS[self.model_name]
+
+    @property
+    def num_stages(self) -> int:
+        return self.arch.num_stages
+
+    @property
+    def resolutions(self) -> Tuple[int, ...]:
+        r_min, r_max = self.resolution_range
+        return tuple(range(r_min, r_max + 1, self.resolution_step))
+
+    def largest(self) -> SubnetConfig:
+        """The largest subnet: max resolution, every multiplier at max."""
+        return SubnetConfig(
+            self.model_name, self.resolution_range[1], (self.width_range[1],) * self.num_stages
+        )
+
+    def smallest(self) -> SubnetConfig:
+        """The smallest subnet: min resolution, every multiplier at min."""
+        return SubnetConfig(
+            self.model_name, self.resolution_range[0], (self.width_range[0],) * self.num_stages
+        )
+
+    def random(self, rng: Optional[random.Random] = None) -> SubnetConfig:
+        """A uniformly random subnet (resolution on the grid, 3-decimal widths)."""
+        rng = rng or random
+        resolution = rng.choice(self.resolutions)
+        w_min, w_max = self.width_range
+        mults = tuple(
+            min(w_max, max(w_min, round(rng.uniform(w_min, w_max), MULT_DECIMALS)))
+            for _ in range(self.num_stages)
+        )
+        return SubnetConfig(self.model_name, resolution, mults)
+
+    def random_arrays(self, n: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+        """``n`` uniformly random subnets as arrays (resolutions [n], mults [n, S])."""
+        resolutions = rng.choice(np.asarray(self.resolutions), size=n)
+        w_min, w_max = self.width_range
+        mults = np.round(rng.uniform(w_min, w_max, size=(n, self.num_stages)), MULT_DECIMALS)
+        return resolutions.astype(np.int64), np.clip(mults, w_min, w_max)
+
+    def validate(self, config: SubnetConfig) -> SubnetConfig:
+        """Checks that ``config`` belongs to this space.
+
+        Raises:
+            ValueError: naming the offending field (model_name,
+                stage_width_mults length or value, or resolution).
+        """
+        if not isinstance(config, SubnetConfig):
+            raise ValueError(
+                f"Expected a SubnetConfig, got {type(config).__name__}: {config!r}"
+            )
+        if config.model_name != self.model_name:
+            raise ValueError(
+                f"model_name={config.model_name!r} does not match this {self.model_name} supernet."
+            )
+        if len(config.stage_width_mults) != self.num_stages:
+            raise ValueError(
+                f"stage_width_mults has {len(config.stage_width_mults)} values; "
+                f"{self.model_name} needs {self.num_stages}."
+            )
+        w_min, w_max = self.width_range
+        for i, m in enumerate(config.stage_width_mults):
+            if not w_min - 1e-9 <= m <= w_max + 1e-9:
+                raise ValueError(
+                    f"stage_width_mults[{i}]={m:g} is outside the width range "
+                    f"[{w_min:g}, {w_max:g}] of this supernet."
+                )
+        r_min, r_max = self.resolution_range
+        if not r_min <= config.resolution <= r_max or (
+            (config.resolution - r_min) % self.resolution_step
+        ):
+            raise ValueError(
+                f"resolution={config.resolution} is not on this supernet's grid "
+                f"{r_min}..{r_max} step {self.resolution_step}."
+            )
+        return config
+
+    def stage_channels(self, config: SubnetConfig) -> Tuple[int, ...]:
+        """Channel count of every stage of ``config`` (no validation)."""
+        return stage_channels(config, self.width_scale)
+
+    def max_stage_channels(self) -> Tuple[int, ...]:
+        """Channels of the full-width supernet (the weights' shapes)."""
+        return self.stage_channels(self.largest())
+
+    def encode(self, config: SubnetConfig) -> np.ndarray:
+        """The int32 code the supernet runs: ``[resolution, *stage_channels]``.
+
+        Validates the config first (ValueError on a config of another space).
+        """
+        self.validate(config)
+        return np.asarray((config.resolution,) + self.stage_channels(config), dtype=np.int32)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchSpace":
+        data = dict(data)
+        for key in ("resolution_range", "width_range"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def configs_to_arrays(configs: Iterable[SubnetConfig]) -> Tuple[np.ndarray, np.ndarray]:
+    """Stacks configs (of one model) into (resolutions [n], mults [n, S])."""
+    configs = list(configs)
+    resolutions = np.asarray([c.resolution for c in configs], dtype=np.int64)
+    mults = np.asarray([c.stage_width_mults for c in configs], dtype=np.float64)
+    return resolutions, mults
+
+
+def arrays_to_configs(
+    model_name: str, resolutions: Sequence[int], mults: np.ndarray
+) -> list:
+    """The inverse of `configs_to_arrays`."""
+    return [
+        SubnetConfig(model_name, int(r), tuple(float(m) for m in row))
+        for r, row in zip(resolutions, np.asarray(mults))
+    ]

@@ -1,0 +1,286 @@
+"""MobileNetV1 / MobileNetV2 supernets built from the block tables in `specs`.
+
+A `Supernet` holds the full-width weights of every layer. Which subnet runs
+is explicit state, set through one method (`Supernet.set_active_subnet`), or
+passed per call as an int32 code (``subnet=``) so that a training step can run
+several subnets in one traced graph. Either way the widths and the resolution
+are tensors inside the graph: switching subnets never retraces.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pss_keras import flops, layers, specs
+
+BatchNormStats = Dict[str, Tuple[np.ndarray, np.ndarray]]
+
+
+def resize_to(images, resolution):
+    """Bilinear resize of square images to ``resolution`` (a tensor is fine).
+
+    Corners are aligned, as in the reference implementation's
+    ``interpolate(..., align_corners=True)``; a resize to the input's own size
+    is the identity.
+    """
+    size = tf.stack([resolution, resolution])
+    resized = tf.raw_ops.ResizeBilinear(images=images, size=size, align_corners=True)
+    return tf.cast(resized, images.dtype)
+
+
+@keras.saving.register_keras_serializable(package="pss_keras")
+class Supernet(keras.Model):
+    """A width- and resolution-switchable MobileNet.
+
+    Args:
+        model_name: ``"mobilenet_v1"`` or ``"mobilenet_v2"``.
+        num_classes: classifier outputs.
+        width_scale: global width scale (1.0 is MobileNet; e.g. 0.25 for tiny
+            test and quickstart models).
+        resolution_range: (min, max) subnet input resolution.
+        resolution_step: grid step of the resolution.
+        width_range: (min, max) of each stage's width multiplier.
+        bn_epsilon: batch-norm epsilon (1e-3, as in keras.applications).
+        **kwargs: forwarded to `keras.Model` (e.g. ``name``).
+
+    Call args:
+        inputs: float images [batch, h, w, 3], already normalized, of any
+            square size: they are resized to the subnet's resolution.
+        training: batch statistics in batch norm when true.
+        subnet: optional subnet to run instead of the active one: a
+            `SubnetConfig` of this space or an int32 code from
+            ``space.encode`` (which may be a graph tensor).
+        bn_stats: optional ``{bn_layer_name: (mean, variance)}`` for the
+            running subnet, used at inference instead of the stored moving
+            statistics.
+
+    Returns:
+        Logits [batch, num_classes].
+    """
+
+    def __init__(
+        self,
+        model_name="mobilenet_v1",
+        num_classes=1000,
+        width_scale=1.0,
+        resolution_range=(128, 224),
+        resolution_step=8,
+        width_range=(0.75, 1.0),
+        bn_epsilon=1e-3,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", f"{model_name}_supernet")
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.num_classes = int(num_classes)
+        self.width_scale = float(width_scale)
+        self.resolution_range = tuple(int(r) for r in resolution_range)
+        self.resolution_step = int(resolution_step)
+        self.width_range = tuple(float(w) for w in width_range)
+        self.bn_epsilon = float(bn_epsilon)
+        self.space = specs.SearchSpace(
+            model_name=model_name,
+            resolution_range=self.resolution_range,
+            resolution_step=self.resolution_step,
+            width_range=self.width_range,
+            width_scale=self.width_scale,
+            num_classes=self.num_classes,
+        )
+        self.arch = self.space.arch
+
+        # One weight layer (plus its batch norm) per counted layer of the plan,
+        # built at full width so that every weight exists from the start.
+        self._layers_by_name = {}
+        full = flops.profile(self.space.largest(), self.num_classes, self.width_scale)
+        for row in full:
+            if row.kind == "conv":
+                layer = layers.SwitchableConv2D(
+                    row.c_out, row.kernel, strides=row.stride, name=row.name
+                )
+            elif row.kind == "depthwise":
+                layer = layers.SwitchableDepthwiseConv2D(
+                    row.kernel, strides=row.stride, name=row.name
+                )
+            elif row.kind == "dense":
+                layer = layers.SwitchableDense(
+                    row.c_out,
+                    kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                    name=row.name,
+                )
+            else:
+                continue
+            layer.build((None, None, None, row.c_in) if row.kind != "dense" else (None, row.c_in))
+            self._layers_by_name[row.name] = layer
+            if row.kind != "dense":
+                bn = layers.SwitchableBatchNormalization(
+                    epsilon=self.bn_epsilon, name=f"{row.name}_bn"
+                )
+                bn.build((None, None, None, row.c_out))
+                self._layers_by_name[bn.name] = bn
+        # Attribute tracking keeps the layers (and so the weights) in a stable
+        # order: the plan's order.
+        self.switchable_layers = list(self._layers_by_name.values())
+
+        self.active_subnet_code = self.add_weight(
+            name="active_subnet",
+            shape=(1 + self.space.num_stages,),
+            dtype="int32",
+            initializer=keras.initializers.Constant(self.space.encode(self.space.largest())),
+            trainable=False,
+        )
+        self._active_config = self.space.largest()
+        self.built = True
+
+    # ------------------------------------------------------------------
+    # The active subnet.
+
+    def set_active_subnet(self, subnet):
+        """Makes ``subnet`` (a `SubnetConfig` of this space, or its int32
+        code) the one that runs when no ``subnet=`` is passed to the call.
+
+        Raises:
+            ValueError: if the config does not belong to this supernet's
+                search space (naming the offending field).
+        """
+        if isinstance(subnet, specs.SubnetConfig):
+            self.active_subnet_code.assign(self.space.encode(subnet))
+            self._active_config = subnet
+        else:
+            self.active_subnet_code.assign(tf.cast(subnet, tf.int32))
+            self._active_config = None
+
+    @property
+    def active_subnet(self) -> Optional[specs.SubnetConfig]:
+        """The active `SubnetConfig` (None if it was set from a raw code)."""
+        return self._active_config
+
+    def _code(self, subnet):
+        if subnet is None:
+            return tf.convert_to_tensor(self.active_subnet_code)
+        if isinstance(subnet, specs.SubnetConfig):
+            return tf.constant(self.space.encode(subnet))
+        return tf.cast(subnet, tf.int32)
+
+    # ------------------------------------------------------------------
+    # Forward pass.
+
+    def _conv_bn(self, x, name, training, bn_stats, out_channels=None, relu=True):
+        layer = self._layers_by_name[name]
+        x = layer(x) if out_channels is None else layer(x, out_channels=out_channels)
+        bn_name = f"{name}_bn"
+        stats = None if bn_stats is None else bn_stats.get(bn_name)
+        x = self._layers_by_name[bn_name](x, training=training, stats=stats)
+        return tf.nn.relu6(x) if relu else x
+
+    def call(self, inputs, training=False, subnet=None, bn_stats=None):
+        code = self._code(subnet)
+        resolution, channels = code[0], code[1:]
+        x = resize_to(inputs, resolution)
+        x = self._conv_bn(x, "stem_conv", training, bn_stats, channels[0])
+        in_stage = 0
+        for i, block in enumerate(self.arch.blocks, start=1):
+            out_channels = channels[block.out_stage]
+            if isinstance(block, specs.DepthwiseSeparableSpec):
+                x = self._conv_bn(x, f"block_{i}_depthwise", training, bn_stats)
+                x = self._conv_bn(x, f"block_{i}_pointwise", training, bn_stats, out_channels)
+            else:
+                shortcut = x
+                if block.expansion != 1:
+                    hidden = channels[in_stage] * block.expansion
+                    x = self._conv_bn(x, f"block_{i}_expand", training, bn_stats, hidden)
+                x = self._conv_bn(x, f"block_{i}_depthwise", training, bn_stats)
+                x = self._conv_bn(
+                    x, f"block_{i}_project", training, bn_stats, out_channels, relu=False
+                )
+                if block.stride == 1 and block.out_stage == in_stage:
+                    x = x + shortcut
+            in_stage = block.out_stage
+        if self.arch.head_stage is not None:
+            # The reference keeps the head conv at full width.
+            x = self._conv_bn(x, "head_conv", training, bn_stats)
+        x = keras.ops.mean(x, axis=(1, 2))
+        return self._layers_by_name["classifier"](x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_classes)
+
+    # ------------------------------------------------------------------
+    # Batch-norm statistics per subnet.
+
+    def get_layer_by_name(self, name):
+        """The switchable layer called ``name`` (e.g. ``block_3_depthwise_bn``)."""
+        try:
+            return self._layers_by_name[name]
+        except KeyError:
+            raise ValueError(
+                f"No layer named {name!r} in this supernet; layers are "
+                f"{list(self._layers_by_name)}."
+            ) from None
+
+    def bn_channels(self, config: specs.SubnetConfig) -> Dict[str, int]:
+        """Width of every batch-norm layer when ``config`` runs."""
+        return {
+            f"{row.name}_bn": row.c_out
+            for row in flops.profile(config, self.num_classes, self.width_scale)
+            if row.kind in ("conv", "depthwise")
+        }
+
+    def get_bn_stats(self, config: Optional[specs.SubnetConfig] = None) -> BatchNormStats:
+        """The stored moving statistics sliced to ``config`` (default: active)."""
+        config = self._require_config(config)
+        out = {}
+        for name, c in self.bn_channels(config).items():
+            bn = self._layers_by_name[name]
+            out[name] = (
+                np.asarray(bn.moving_mean.numpy()[:c]),
+                np.asarray(bn.moving_variance.numpy()[:c]),
+            )
+        return out
+
+    def set_bn_stats(self, bn_stats: BatchNormStats) -> None:
+        """Writes per-subnet statistics into the first channels of the moving
+        statistics (the channels beyond them are left as they are)."""
+        for name, (mean, variance) in bn_stats.items():
+            bn = self.get_layer_by_name(name)
+            c = int(np.shape(mean)[0])
+            if np.shape(variance) != (c,) or c > bn.moving_mean.shape[0]:
+                raise ValueError(
+                    f"bn_stats[{name!r}] has shapes {np.shape(mean)} / {np.shape(variance)}; "
+                    f"expected two vectors of equal length <= {bn.moving_mean.shape[0]}."
+                )
+            bn.moving_mean.assign(
+                np.concatenate([np.asarray(mean, np.float32), bn.moving_mean.numpy()[c:]])
+            )
+            bn.moving_variance.assign(
+                np.concatenate([np.asarray(variance, np.float32), bn.moving_variance.numpy()[c:]])
+            )
+
+    def _require_config(self, config):
+        config = config if config is not None else self._active_config
+        if config is None:
+            raise ValueError(
+                "The active subnet was set from a raw code; pass the SubnetConfig explicitly."
+            )
+        return self.space.validate(config)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            model_name=self.model_name,
+            num_classes=self.num_classes,
+            width_scale=self.width_scale,
+            resolution_range=list(self.resolution_range),
+            resolution_step=self.resolution_step,
+            width_range=list(self.width_range),
+            bn_epsilon=self.bn_epsilon,
+        )
+        return config
+
+
+def build_supernet(model_name="mobilenet_v1", **kwargs) -> Supernet:
+    """Builds a `Supernet`; see its arguments."""
+    return Supernet(model_name=model_name, **kwargs)
