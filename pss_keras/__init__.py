@@ -1,17 +1,26 @@
 """pss_keras: PSS-Net resource-adaptive supernets in Keras 3 / TensorFlow.
 
 The pipeline, one module per step:
-    specs, flops      the search space and cost of subnets (pure Python)
+    specs, flops      the search space and cost of subnets (pure Python/NumPy)
     layers, supernet  width-switchable layers and the MobileNet supernets
     pretrained        weights from keras.applications
     extraction        standalone Keras models of single subnets
+
+The TensorFlow-backed names are imported on first use, so that counting
+FLOPs or sampling configs does not pay for importing TensorFlow.
 """
 
-from pss_keras.extraction import extract_subnet
+import importlib
+
 from pss_keras.flops import count_mflops, count_mflops_np, count_params
-from pss_keras.pretrained import load_keras_applications_weights
 from pss_keras.specs import SearchSpace, SubnetConfig, make_divisible
-from pss_keras.supernet import Supernet, build_supernet
+
+_LAZY = {
+    "Supernet": "pss_keras.supernet",
+    "build_supernet": "pss_keras.supernet",
+    "extract_subnet": "pss_keras.extraction",
+    "load_keras_applications_weights": "pss_keras.pretrained",
+}
 
 __all__ = [
     "SearchSpace",
@@ -27,3 +36,13 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pss_keras' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

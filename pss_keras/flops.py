@@ -226,3 +226,24 @@ def profile(
             )
         )
     return rows
+
+
+def format_profile(
+    config: specs.SubnetConfig, num_classes: int = 1000, width_scale: float = 1.0
+) -> str:
+    """A printable per-layer table of ``config`` with its totals."""
+    rows = profile(config, num_classes, width_scale)
+    header = f"{'layer':<22}{'kind':<10}{'k':>2}{'s':>3}{'in':>5}{'out':>5}{'c_in':>7}{'c_out':>7}{'MFLOPs':>10}{'params':>10}"
+    lines = [f"subnet: {config.name}", header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r.name:<22}{r.kind:<10}{r.kernel or '-':>2}{r.stride:>3}{r.in_size:>5}"
+            f"{r.out_size:>5}{r.c_in:>7}{r.c_out:>7}{r.mflops:>10.3f}{r.params:>10,}"
+        )
+    lines.append("-" * len(header))
+    total_mflops = sum(r.mflops for r in rows)
+    total_params = sum(r.params for r in rows)
+    lines.append(f"{'total':<61}{total_mflops:>10.2f}{total_params:>10,}")
+    lines.append(f"MFLOPs: {total_mflops:.2f}")
+    lines.append(f"params: {total_params:,} ({total_params / 1e6:.2f} M)")
+    return "\n".join(lines)

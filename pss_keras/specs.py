@@ -420,3 +420,45 @@ def arrays_to_configs(
         SubnetConfig(model_name, int(r), tuple(float(m) for m in row))
         for r, row in zip(resolutions, np.asarray(mults))
     ]
+
+
+def parse_subnet(text: str, space: SearchSpace, seed: Optional[int] = None) -> SubnetConfig:
+    """A subnet of ``space`` from a user's string.
+
+    Accepts ``max`` / ``largest``, ``min`` / ``smallest``, ``random``, a JSON
+    object (``{"resolution": 192, "stage_width_mults": [...]}``; the model
+    name defaults to the space's), or ``RES:m1,m2,...`` (e.g.
+    ``192:0.75,1,...``; one multiplier is used for every stage, e.g.
+    ``160:0.8``). The result is validated against the space.
+
+    Raises:
+        ValueError: naming what is wrong and the accepted forms.
+    """
+    text = text.strip()
+    key = text.lower()
+    if key in ("max", "largest"):
+        return space.largest()
+    if key in ("min", "smallest"):
+        return space.smallest()
+    if key == "random":
+        return space.random(random.Random(seed))
+    forms = "use max, min, random, RES:m1,...,mN or a JSON object"
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"Subnet {text!r} is not valid JSON ({e}); {forms}.") from None
+        data.setdefault("model_name", space.model_name)
+        config = SubnetConfig.from_dict(data)
+    elif ":" in text:
+        res, _, mults = text.partition(":")
+        try:
+            values = tuple(float(m) for m in mults.split(","))
+            if len(values) == 1:
+                values = values * space.num_stages
+            config = SubnetConfig(space.model_name, int(res), values)
+        except ValueError as e:
+            raise ValueError(f"Subnet {text!r} could not be read: {e} ({forms}).") from None
+    else:
+        raise ValueError(f"Subnet {text!r} is not understood; {forms}.")
+    return space.validate(config)

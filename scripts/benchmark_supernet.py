@@ -1,0 +1,131 @@
+"""Times supernet subnets: forward (inference) and training step, per subnet.
+
+Shows that slicing really shrinks compute (the smallest subnet's step is
+cheaper than the largest's) and what slicing costs against a standalone
+extracted model of the same subnet. Prints a table and writes JSON.
+
+    python scripts/benchmark_supernet.py --model=mobilenet_v1 --batch_size=16
+
+All subnets run through ONE traced tf.function per mode (the subnet is a
+tensor argument); the script checks that it traced once.
+"""
+
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from pss_keras import extraction, flops, specs, supernet  # noqa: E402
+
+_MODEL = flags.DEFINE_enum("model", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.", lower_bound=1)
+_SUBNETS = flags.DEFINE_list("subnets", ["max", "min"], "Subnets (see profile_subnet.py --subnet).")
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed repetitions (median reported).", lower_bound=1)
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed repetitions first.", lower_bound=0)
+_WIDTH_SCALE = flags.DEFINE_float("width_scale", 1.0, "Global width scale.")
+_TRAIN = flags.DEFINE_bool("train", True, "Also time a training step (forward + backward).")
+_OUTPUT = flags.DEFINE_string("output", "bench_results/supernet.json", "JSON output path.")
+
+
+def _median_ms(fn, repeats, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def main(argv):
+    del argv
+    model = supernet.Supernet(_MODEL.value, width_scale=_WIDTH_SCALE.value)
+    space = model.space
+    try:
+        configs = [specs.parse_subnet(s, space, seed=0) for s in _SUBNETS.value]
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    r_max = space.resolution_range[1]
+    images = tf.random.uniform((_BATCH.value, r_max, r_max, 3), -1.0, 1.0)
+    labels = tf.random.uniform((_BATCH.value,), 0, model.num_classes, dtype=tf.int32)
+
+    @tf.function(jit_compile=False)
+    def forward(x, code):
+        return model(x, training=False, subnet=code)
+
+    @tf.function(jit_compile=False)
+    def train_step(x, y, code):
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True, subnet=code)
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            )
+        return tape.gradient(loss, model.trainable_weights)
+
+    rows = []
+    for config in configs:
+        code = tf.constant(space.encode(config))
+        x = tf.image.resize(images, (config.resolution, config.resolution))
+        row = {
+            "subnet": config.name,
+            "mflops": flops.count_mflops(config, space.num_classes, space.width_scale),
+            "forward_ms": _median_ms(lambda: forward(images, code).numpy(), _REPEATS.value, _WARMUP.value),
+        }
+        standalone = extraction.extract_subnet(model, config, fold_bn=True)
+        standalone_fn = tf.function(lambda t: standalone(t, training=False), jit_compile=False)
+        row["standalone_forward_ms"] = _median_ms(
+            lambda: standalone_fn(x).numpy(), _REPEATS.value, _WARMUP.value
+        )
+        if _TRAIN.value:
+            row["train_step_ms"] = _median_ms(
+                lambda: [g.numpy() for g in train_step(images, labels, code)[:1]],
+                _REPEATS.value,
+                _WARMUP.value,
+            )
+        rows.append(row)
+
+    traces = {
+        "forward": forward.experimental_get_tracing_count(),
+        "train_step": train_step.experimental_get_tracing_count(),
+    }
+    print(
+        f"{_MODEL.value} supernet, batch {_BATCH.value}, input {r_max}x{r_max}, "
+        f"median of {_REPEATS.value}, {os.cpu_count()} CPU cores, TF {tf.__version__}, "
+        f"GPUs: {len(tf.config.list_physical_devices('GPU'))}"
+    )
+    header = f"{'subnet':<12}{'MFLOPs':>9}{'forward ms':>12}{'standalone ms':>15}{'train step ms':>15}"
+    print(header)
+    print("-" * len(header))
+    for name, row in zip(_SUBNETS.value, rows):
+        train = f"{row['train_step_ms']:>15.1f}" if "train_step_ms" in row else f"{'-':>15}"
+        print(
+            f"{name:<12}{row['mflops']:>9.2f}{row['forward_ms']:>12.1f}"
+            f"{row['standalone_forward_ms']:>15.1f}{train}"
+        )
+    print(f"traces: {traces} (1 each: every subnet ran in the same graph)")
+    result = {
+        "model": _MODEL.value,
+        "batch_size": _BATCH.value,
+        "repeats": _REPEATS.value,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "tf": tf.__version__},
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "rows": rows,
+        "traces": traces,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+    with open(_OUTPUT.value, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)

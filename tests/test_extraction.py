@@ -1,0 +1,62 @@
+import keras
+import numpy as np
+import pytest
+
+from pss_keras import extraction, flops
+from pss_keras.specs import SubnetConfig
+
+from conftest import random_bn_stats
+
+PLAIN = (
+    keras.layers.InputLayer,
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.BatchNormalization,
+    keras.layers.ReLU,
+    keras.layers.Add,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.Dense,
+)
+
+
+@pytest.mark.parametrize("model", ["mobilenet_v1", "mobilenet_v2"])
+@pytest.mark.parametrize("fold_bn", [False, True])
+def test_extracted_subnet_equals_supernet(tiny_supernets, model, fold_bn, rng):
+    net = tiny_supernets[model]
+    space = net.space
+    configs = [space.smallest(), space.largest(), SubnetConfig(model, 56, space.random().stage_width_mults)]
+    for config in configs:
+        stats = random_bn_stats(net, config, rng)
+        x = rng.uniform(-1, 1, (3, config.resolution, config.resolution, 3)).astype("float32")
+        expected = net(x, subnet=config, bn_stats=stats).numpy()
+        sub = extraction.extract_subnet(net, config, stats, fold_bn=fold_bn)
+        np.testing.assert_allclose(sub(x).numpy(), expected, atol=1e-5, rtol=0)
+        assert sub.input_shape == (None, config.resolution, config.resolution, 3)
+        assert all(isinstance(layer, PLAIN) for layer in sub.layers)
+        has_bn = any(isinstance(layer, keras.layers.BatchNormalization) for layer in sub.layers)
+        assert has_bn != fold_bn
+        n_trainable = sum(int(np.prod(w.shape)) for w in sub.trainable_weights)
+        if not fold_bn:
+            assert n_trainable == flops.count_params(config, net.num_classes, net.width_scale)
+
+
+def test_extraction_defaults_to_stored_statistics(tiny_supernets, rng):
+    net = tiny_supernets["mobilenet_v2"]
+    config = net.space.random()
+    x = rng.uniform(-1, 1, (2, config.resolution, config.resolution, 3)).astype("float32")
+    sub = extraction.extract_subnet(net, config)
+    np.testing.assert_allclose(sub(x), net(x, subnet=config), atol=1e-5, rtol=0)
+
+
+def test_extraction_errors(tiny_supernets, rng):
+    net = tiny_supernets["mobilenet_v1"]
+    config = net.space.smallest()
+    with pytest.raises(ValueError, match="resolution=224"):
+        extraction.extract_subnet(net, SubnetConfig("mobilenet_v1", 224, (1.0,) * 14))
+    stats = random_bn_stats(net, config, rng)
+    del stats["block_3_depthwise_bn"]
+    with pytest.raises(ValueError, match="no statistics for .*block_3_depthwise_bn"):
+        extraction.extract_subnet(net, config, stats)
+    wrong = random_bn_stats(net, net.space.largest(), rng)
+    with pytest.raises(ValueError, match=r"bn_stats\['block_1_pointwise_bn'\] has shapes \(\(32,\), \(32,\)\).*needs \(24,\)"):
+        extraction.extract_subnet(net, config, wrong)

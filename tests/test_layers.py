@@ -1,0 +1,76 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pss_keras import layers
+
+
+def _x(rng, c, size=8):
+    return rng.normal(size=(2, size, size, c)).astype("float32")
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_conv_uses_the_first_channels_of_its_kernel(rng, strides):
+    conv = layers.SwitchableConv2D(16, 3, strides=strides, use_bias=True)
+    conv.build((None, None, None, 12))
+    conv.bias.assign(rng.normal(size=16).astype("float32"))
+    x = _x(rng, 5, size=9)
+    y = conv(x, out_channels=tf.constant(7))
+    assert tuple(y.shape) == (2, 5 if strides == 2 else 9, 5 if strides == 2 else 9, 7)
+    kernel = conv.kernel.numpy()[:, :, :5, :7]
+    expected = tf.nn.conv2d(x, kernel, strides, "SAME") + conv.bias.numpy()[:7]
+    np.testing.assert_allclose(y, expected, atol=1e-6)
+    # Full width when out_channels is omitted.
+    assert conv(_x(rng, 12)).shape[-1] == 16
+
+
+def test_conv_output_shape_and_config_round_trip():
+    conv = layers.SwitchableConv2D(16, 3, strides=2, name="c")
+    assert conv.compute_output_shape((None, 9, 9, 4)) == (None, 5, 5, 16)
+    clone = layers.SwitchableConv2D.from_config(conv.get_config())
+    assert (clone.filters, clone.kernel_size, clone.strides, clone.name) == (16, 3, 2, "c")
+
+
+def test_depthwise_follows_input_width(rng):
+    dw = layers.SwitchableDepthwiseConv2D(3, strides=2)
+    dw.build((None, None, None, 12))
+    x = _x(rng, 5)
+    y = dw(x)
+    assert tuple(y.shape) == (2, 4, 4, 5)
+    expected = keras.ops.depthwise_conv(x, dw.kernel.numpy()[:, :, :5, :], 2, "same")
+    np.testing.assert_allclose(y, expected, atol=1e-6)
+
+
+def test_batch_norm_training_inference_and_supplied_stats(rng):
+    bn = layers.SwitchableBatchNormalization(epsilon=1e-3)
+    bn.build((None, None, None, 12))
+    x = _x(rng, 5) * 3.0 + 2.0
+    # Training: batch statistics of the 5 channels, unit gamma, zero beta.
+    y = bn(x, training=True).numpy()
+    np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.std(axis=(0, 1, 2)), 1.0, atol=1e-3)
+    before = bn.moving_mean.numpy().copy()
+    np.testing.assert_array_equal(before, bn.moving_mean.numpy())  # no running update
+    # Inference: the first 5 moving statistics.
+    mm = rng.normal(size=12).astype("float32")
+    mv = rng.uniform(0.5, 2, size=12).astype("float32")
+    bn.moving_mean.assign(mm)
+    bn.moving_variance.assign(mv)
+    bn.gamma.assign(rng.uniform(0.5, 2, size=12).astype("float32"))
+    g, b = bn.gamma.numpy()[:5], bn.beta.numpy()[:5]
+    expected = (x - mm[:5]) / np.sqrt(mv[:5] + 1e-3) * g + b
+    np.testing.assert_allclose(bn(x, training=False), expected, rtol=1e-5, atol=1e-5)
+    # Supplied statistics win over the stored ones at inference.
+    sm, sv = np.ones(5, "float32"), np.full(5, 4.0, "float32")
+    expected = (x - 1.0) / np.sqrt(4.0 + 1e-3) * g + b
+    np.testing.assert_allclose(bn(x, training=False, stats=(sm, sv)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_accepts_any_input_prefix(rng):
+    dense = layers.SwitchableDense(4)
+    dense.build((None, 10))
+    x = rng.normal(size=(3, 6)).astype("float32")
+    expected = x @ dense.kernel.numpy()[:6] + dense.bias.numpy()
+    np.testing.assert_allclose(dense(x), expected, atol=1e-6)
+    assert dense(rng.normal(size=(3, 10)).astype("float32")).shape == (3, 4)
