@@ -8,8 +8,6 @@ resolution. It is what TFLite conversion and the standalone export use.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import keras
 import numpy as np
 
@@ -29,9 +27,9 @@ def _fold(kernel, gamma, beta, mean, variance, epsilon, depthwise):
 def extract_subnet(
     supernet: Supernet,
     config: specs.SubnetConfig,
-    bn_stats: Optional[BatchNormStats] = None,
+    bn_stats: BatchNormStats | None = None,
     fold_bn: bool = False,
-    name: Optional[str] = None,
+    name: str | None = None,
 ) -> keras.Model:
     """Builds the standalone Keras model of one subnet.
 
@@ -62,7 +60,9 @@ def extract_subnet(
         bn_stats = supernet.get_bn_stats(config)
     missing = sorted(set(widths) - set(bn_stats))
     if missing:
-        raise ValueError(f"bn_stats has no statistics for {missing[:3]}{'...' if len(missing) > 3 else ''}.")
+        raise ValueError(
+            f"bn_stats has no statistics for {missing[:3]}{'...' if len(missing) > 3 else ''}."
+        )
     for bn_name, c in widths.items():
         shapes = tuple(np.shape(s) for s in bn_stats[bn_name])
         if shapes != ((c,), (c,)):
@@ -72,7 +72,9 @@ def extract_subnet(
 
     arch = supernet.arch
     eps = supernet.bn_epsilon
-    rows = {row.name: row for row in flops.profile(config, supernet.num_classes, supernet.width_scale)}
+    rows = {
+        row.name: row for row in flops.profile(config, supernet.num_classes, supernet.width_scale)
+    }
 
     def conv_bn(x, layer_name, relu=True):
         row = rows[layer_name]
@@ -86,9 +88,7 @@ def extract_subnet(
         c = row.c_out
         gamma, beta = bn.gamma.numpy()[:c], bn.beta.numpy()[:c]
         mean, variance = (np.asarray(s, np.float32) for s in bn_stats[f"{layer_name}_bn"])
-        common = dict(
-            kernel_size=row.kernel, strides=row.stride, padding="same", name=layer_name
-        )
+        common = dict(kernel_size=row.kernel, strides=row.stride, padding="same", name=layer_name)
         if fold_bn:
             kernel, bias = _fold(kernel, gamma, beta, mean, variance, eps, depthwise)
             if depthwise:

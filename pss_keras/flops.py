@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import List, Tuple
 
 import numpy as np
 
@@ -38,8 +37,8 @@ class PlanLayer:
     c_out: tuple
 
 
-@functools.lru_cache(maxsize=None)
-def layer_plan(model_name: str) -> Tuple[PlanLayer, ...]:
+@functools.cache
+def layer_plan(model_name: str) -> tuple[PlanLayer, ...]:
     """The counted layers of ``model_name`` in order, with stable names.
 
     The names are the supernet's layer names (``stem_conv``,
@@ -47,9 +46,7 @@ def layer_plan(model_name: str) -> Tuple[PlanLayer, ...]:
     ``head_conv``, ``classifier``).
     """
     arch = specs.ARCH_SPECS[model_name]
-    plan: List[PlanLayer] = [
-        PlanLayer("stem_conv", "conv", 3, 2, ("input", 3), ("stage", 0, 1))
-    ]
+    plan: list[PlanLayer] = [PlanLayer("stem_conv", "conv", 3, 2, ("input", 3), ("stage", 0, 1))]
     in_stage = 0
     for i, block in enumerate(arch.blocks, start=1):
         c_in = ("stage", in_stage, 1)
@@ -62,14 +59,18 @@ def layer_plan(model_name: str) -> Tuple[PlanLayer, ...]:
             hidden = ("stage", in_stage, block.expansion)
             if block.expansion != 1:
                 plan.append(PlanLayer(f"block_{i}_expand", "conv", 1, 1, c_in, hidden))
-            plan.append(PlanLayer(f"block_{i}_depthwise", "depthwise", 3, block.stride, hidden, hidden))
+            plan.append(
+                PlanLayer(f"block_{i}_depthwise", "depthwise", 3, block.stride, hidden, hidden)
+            )
             plan.append(
                 PlanLayer(f"block_{i}_project", "conv", 1, 1, hidden, ("stage", block.out_stage, 1))
             )
         in_stage = block.out_stage
     if arch.head_stage is not None:
         plan.append(
-            PlanLayer("head_conv", "conv", 1, 1, ("stage", in_stage, 1), ("stage", arch.head_stage, 1))
+            PlanLayer(
+                "head_conv", "conv", 1, 1, ("stage", in_stage, 1), ("stage", arch.head_stage, 1)
+            )
         )
         in_stage = arch.head_stage
     plan.append(PlanLayer("pool", "pool", 0, 1, ("stage", in_stage, 1), ("stage", in_stage, 1)))
@@ -204,7 +205,7 @@ class LayerProfile:
 
 def profile(
     config: specs.SubnetConfig, num_classes: int = 1000, width_scale: float = 1.0
-) -> List[LayerProfile]:
+) -> list[LayerProfile]:
     """Per-layer channels, spatial sizes, MFLOPs and parameters of ``config``."""
     channels = specs.stage_channels(config, width_scale)
     rows = []

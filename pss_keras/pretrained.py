@@ -10,8 +10,6 @@ needs a download, or a local weights file passed as ``weights=path``).
 
 from __future__ import annotations
 
-from typing import Dict
-
 import keras
 import numpy as np
 
@@ -19,7 +17,7 @@ from pss_keras import flops
 from pss_keras.supernet import Supernet
 
 
-def _mbv1_names(plan_names) -> Dict[str, str]:
+def _mbv1_names(plan_names) -> dict[str, str]:
     names = {"stem_conv": "conv1", "classifier": "conv_preds"}
     for name in plan_names:
         if name.startswith("block_"):
@@ -32,7 +30,7 @@ def _mbv1_names(plan_names) -> Dict[str, str]:
     return out
 
 
-def _mbv2_names(plan_names) -> Dict[str, str]:
+def _mbv2_names(plan_names) -> dict[str, str]:
     names = {
         "stem_conv": "Conv1",
         "stem_conv_bn": "bn_Conv1",
@@ -49,7 +47,7 @@ def _mbv2_names(plan_names) -> Dict[str, str]:
     return names
 
 
-def keras_applications_name_map(model_name: str) -> Dict[str, str]:
+def keras_applications_name_map(model_name: str) -> dict[str, str]:
     """Supernet layer name -> keras.applications layer name."""
     plan_names = [layer.name for layer in flops.layer_plan(model_name)]
     if model_name == "mobilenet_v1":

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import math
 import random
-from typing import Iterable, Optional, Sequence, Tuple
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -28,7 +28,7 @@ MODEL_NAMES = ("mobilenet_v1", "mobilenet_v2")
 MULT_DECIMALS = 3
 
 
-def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
     """Rounds a channel count to the nearest multiple of ``divisor``.
 
     Never returns less than ``min_value`` (default ``divisor``) nor less than
@@ -73,16 +73,14 @@ class SubnetConfig:
 
     model_name: str
     resolution: int
-    stage_width_mults: Tuple[float, ...]
+    stage_width_mults: tuple[float, ...]
 
     def __post_init__(self):
         if self.model_name not in MODEL_NAMES:
             raise ValueError(
                 f"model_name={self.model_name!r} is not supported; use one of {MODEL_NAMES}."
             )
-        if isinstance(self.resolution, bool) or not isinstance(
-            self.resolution, (int, np.integer)
-        ):
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, (int, np.integer)):
             raise ValueError(
                 f"resolution must be an int, got {self.resolution!r} "
                 f"({type(self.resolution).__name__})."
@@ -92,9 +90,7 @@ class SubnetConfig:
         mults = tuple(float(m) for m in self.stage_width_mults)
         for i, m in enumerate(mults):
             if not (m > 0 and math.isfinite(m)):
-                raise ValueError(
-                    f"stage_width_mults[{i}]={m!r} must be a positive finite number."
-                )
+                raise ValueError(f"stage_width_mults[{i}]={m!r} must be a positive finite number.")
         expected = ARCH_SPECS[self.model_name].num_stages
         if len(mults) != expected:
             raise ValueError(
@@ -125,7 +121,7 @@ class SubnetConfig:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SubnetConfig":
+    def from_dict(cls, data: dict) -> SubnetConfig:
         missing = {"model_name", "resolution", "stage_width_mults"} - set(data)
         if missing:
             raise ValueError(f"Subnet config is missing field(s) {sorted(missing)}: {data!r}")
@@ -136,7 +132,7 @@ class SubnetConfig:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "SubnetConfig":
+    def from_json(cls, text: str) -> SubnetConfig:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -178,9 +174,9 @@ class ArchSpec:
     """
 
     name: str
-    base_channels: Tuple[int, ...]
-    blocks: Tuple[object, ...]
-    head_stage: Optional[int] = None
+    base_channels: tuple[int, ...]
+    blocks: tuple[object, ...]
+    head_stage: int | None = None
 
     @property
     def num_stages(self) -> int:
@@ -218,7 +214,7 @@ ARCH_SPECS = {
 }
 
 
-def stage_channels(config: SubnetConfig, width_scale: float = 1.0) -> Tuple[int, ...]:
+def stage_channels(config: SubnetConfig, width_scale: float = 1.0) -> tuple[int, ...]:
     """Channel count of every stage of ``config``.
 
     ``make_divisible(base * width_scale * mult, 8)``; the head stage of
@@ -263,9 +259,9 @@ class SearchSpace:
     """
 
     model_name: str = "mobilenet_v1"
-    resolution_range: Tuple[int, int] = (128, 224)
+    resolution_range: tuple[int, int] = (128, 224)
     resolution_step: int = 8
-    width_range: Tuple[float, float] = (0.75, 1.0)
+    width_range: tuple[float, float] = (0.75, 1.0)
     width_scale: float = 1.0
     num_classes: int = 1000
 
@@ -305,7 +301,7 @@ class SearchSpace:
         return self.arch.num_stages
 
     @property
-    def resolutions(self) -> Tuple[int, ...]:
+    def resolutions(self) -> tuple[int, ...]:
         r_min, r_max = self.resolution_range
         return tuple(range(r_min, r_max + 1, self.resolution_step))
 
@@ -321,7 +317,7 @@ class SearchSpace:
             self.model_name, self.resolution_range[0], (self.width_range[0],) * self.num_stages
         )
 
-    def random(self, rng: Optional[random.Random] = None) -> SubnetConfig:
+    def random(self, rng: random.Random | None = None) -> SubnetConfig:
         """A uniformly random subnet (resolution on the grid, 3-decimal widths)."""
         rng = rng or random
         resolution = rng.choice(self.resolutions)
@@ -332,7 +328,7 @@ class SearchSpace:
         )
         return SubnetConfig(self.model_name, resolution, mults)
 
-    def random_arrays(self, n: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    def random_arrays(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` uniformly random subnets as arrays (resolutions [n], mults [n, S])."""
         resolutions = rng.choice(np.asarray(self.resolutions), size=n)
         w_min, w_max = self.width_range
@@ -347,9 +343,7 @@ class SearchSpace:
                 stage_width_mults length or value, or resolution).
         """
         if not isinstance(config, SubnetConfig):
-            raise ValueError(
-                f"Expected a SubnetConfig, got {type(config).__name__}: {config!r}"
-            )
+            raise ValueError(f"Expected a SubnetConfig, got {type(config).__name__}: {config!r}")
         if config.model_name != self.model_name:
             raise ValueError(
                 f"model_name={config.model_name!r} does not match this {self.model_name} supernet."
@@ -376,11 +370,11 @@ class SearchSpace:
             )
         return config
 
-    def stage_channels(self, config: SubnetConfig) -> Tuple[int, ...]:
+    def stage_channels(self, config: SubnetConfig) -> tuple[int, ...]:
         """Channel count of every stage of ``config`` (no validation)."""
         return stage_channels(config, self.width_scale)
 
-    def max_stage_channels(self) -> Tuple[int, ...]:
+    def max_stage_channels(self) -> tuple[int, ...]:
         """Channels of the full-width supernet (the weights' shapes)."""
         return self.stage_channels(self.largest())
 
@@ -396,7 +390,7 @@ class SearchSpace:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SearchSpace":
+    def from_dict(cls, data: dict) -> SearchSpace:
         data = dict(data)
         for key in ("resolution_range", "width_range"):
             if key in data:
@@ -404,7 +398,7 @@ class SearchSpace:
         return cls(**data)
 
 
-def configs_to_arrays(configs: Iterable[SubnetConfig]) -> Tuple[np.ndarray, np.ndarray]:
+def configs_to_arrays(configs: Iterable[SubnetConfig]) -> tuple[np.ndarray, np.ndarray]:
     """Stacks configs (of one model) into (resolutions [n], mults [n, S])."""
     configs = list(configs)
     resolutions = np.asarray([c.resolution for c in configs], dtype=np.int64)
@@ -412,9 +406,7 @@ def configs_to_arrays(configs: Iterable[SubnetConfig]) -> Tuple[np.ndarray, np.n
     return resolutions, mults
 
 
-def arrays_to_configs(
-    model_name: str, resolutions: Sequence[int], mults: np.ndarray
-) -> list:
+def arrays_to_configs(model_name: str, resolutions: Sequence[int], mults: np.ndarray) -> list:
     """The inverse of `configs_to_arrays`."""
     return [
         SubnetConfig(model_name, int(r), tuple(float(m) for m in row))
@@ -422,7 +414,7 @@ def arrays_to_configs(
     ]
 
 
-def parse_subnet(text: str, space: SearchSpace, seed: Optional[int] = None) -> SubnetConfig:
+def parse_subnet(text: str, space: SearchSpace, seed: int | None = None) -> SubnetConfig:
     """A subnet of ``space`` from a user's string.
 
     Accepts ``max`` / ``largest``, ``min`` / ``smallest``, ``random``, a JSON

@@ -9,15 +9,13 @@ are tensors inside the graph: switching subnets never retraces.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from pss_keras import flops, layers, specs
 
-BatchNormStats = Dict[str, Tuple[np.ndarray, np.ndarray]]
+BatchNormStats = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def resize_to(images, resolution):
@@ -154,7 +152,7 @@ class Supernet(keras.Model):
             self._active_config = None
 
     @property
-    def active_subnet(self) -> Optional[specs.SubnetConfig]:
+    def active_subnet(self) -> specs.SubnetConfig | None:
         """The active `SubnetConfig` (None if it was set from a raw code)."""
         return self._active_config
 
@@ -221,7 +219,7 @@ class Supernet(keras.Model):
                 f"{list(self._layers_by_name)}."
             ) from None
 
-    def bn_channels(self, config: specs.SubnetConfig) -> Dict[str, int]:
+    def bn_channels(self, config: specs.SubnetConfig) -> dict[str, int]:
         """Width of every batch-norm layer when ``config`` runs."""
         return {
             f"{row.name}_bn": row.c_out
@@ -229,7 +227,7 @@ class Supernet(keras.Model):
             if row.kind in ("conv", "depthwise")
         }
 
-    def get_bn_stats(self, config: Optional[specs.SubnetConfig] = None) -> BatchNormStats:
+    def get_bn_stats(self, config: specs.SubnetConfig | None = None) -> BatchNormStats:
         """The stored moving statistics sliced to ``config`` (default: active)."""
         config = self._require_config(config)
         out = {}

@@ -28,20 +28,28 @@ from pss_keras import extraction, flops, specs, supernet  # noqa: E402
 _MODEL = flags.DEFINE_enum("model", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.", lower_bound=1)
 _SUBNETS = flags.DEFINE_list("subnets", ["max", "min"], "Subnets (see profile_subnet.py --subnet).")
-_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed repetitions (median reported).", lower_bound=1)
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 10, "Timed repetitions (median reported).", lower_bound=1
+)
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed repetitions first.", lower_bound=0)
 _WIDTH_SCALE = flags.DEFINE_float("width_scale", 1.0, "Global width scale.")
 _TRAIN = flags.DEFINE_bool("train", True, "Also time a training step (forward + backward).")
 _OUTPUT = flags.DEFINE_string("output", "bench_results/supernet.json", "JSON output path.")
 
 
-def _median_ms(fn, repeats, warmup):
+def _median_ms(fn, args, repeats, warmup):
+    """Median wall time of ``fn(*args)`` in ms, outputs fetched to host."""
+
+    def run():
+        outputs = fn(*args)
+        return [t.numpy() for t in tf.nest.flatten(outputs)[:1]]
+
     for _ in range(warmup):
-        fn()
+        run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        run()
         times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times))
 
@@ -72,25 +80,20 @@ def main(argv):
         return tape.gradient(loss, model.trainable_weights)
 
     rows = []
+    timing = (_REPEATS.value, _WARMUP.value)
     for config in configs:
         code = tf.constant(space.encode(config))
         x = tf.image.resize(images, (config.resolution, config.resolution))
+        standalone = extraction.extract_subnet(model, config, fold_bn=True)
+        standalone_fn = tf.function(standalone, jit_compile=False)
         row = {
             "subnet": config.name,
             "mflops": flops.count_mflops(config, space.num_classes, space.width_scale),
-            "forward_ms": _median_ms(lambda: forward(images, code).numpy(), _REPEATS.value, _WARMUP.value),
+            "forward_ms": _median_ms(forward, (images, code), *timing),
+            "standalone_forward_ms": _median_ms(standalone_fn, (x,), *timing),
         }
-        standalone = extraction.extract_subnet(model, config, fold_bn=True)
-        standalone_fn = tf.function(lambda t: standalone(t, training=False), jit_compile=False)
-        row["standalone_forward_ms"] = _median_ms(
-            lambda: standalone_fn(x).numpy(), _REPEATS.value, _WARMUP.value
-        )
         if _TRAIN.value:
-            row["train_step_ms"] = _median_ms(
-                lambda: [g.numpy() for g in train_step(images, labels, code)[:1]],
-                _REPEATS.value,
-                _WARMUP.value,
-            )
+            row["train_step_ms"] = _median_ms(train_step, (images, labels, code), *timing)
         rows.append(row)
 
     traces = {
@@ -102,7 +105,9 @@ def main(argv):
         f"median of {_REPEATS.value}, {os.cpu_count()} CPU cores, TF {tf.__version__}, "
         f"GPUs: {len(tf.config.list_physical_devices('GPU'))}"
     )
-    header = f"{'subnet':<12}{'MFLOPs':>9}{'forward ms':>12}{'standalone ms':>15}{'train step ms':>15}"
+    header = (
+        f"{'subnet':<12}{'MFLOPs':>9}{'forward ms':>12}{'standalone ms':>15}{'train step ms':>15}"
+    )
     print(header)
     print("-" * len(header))
     for name, row in zip(_SUBNETS.value, rows):

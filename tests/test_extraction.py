@@ -1,11 +1,10 @@
 import keras
 import numpy as np
 import pytest
+from conftest import random_bn_stats
 
 from pss_keras import extraction, flops
 from pss_keras.specs import SubnetConfig
-
-from conftest import random_bn_stats
 
 PLAIN = (
     keras.layers.InputLayer,
@@ -24,7 +23,11 @@ PLAIN = (
 def test_extracted_subnet_equals_supernet(tiny_supernets, model, fold_bn, rng):
     net = tiny_supernets[model]
     space = net.space
-    configs = [space.smallest(), space.largest(), SubnetConfig(model, 56, space.random().stage_width_mults)]
+    configs = [
+        space.smallest(),
+        space.largest(),
+        SubnetConfig(model, 56, space.random().stage_width_mults),
+    ]
     for config in configs:
         stats = random_bn_stats(net, config, rng)
         x = rng.uniform(-1, 1, (3, config.resolution, config.resolution, 3)).astype("float32")
@@ -58,5 +61,8 @@ def test_extraction_errors(tiny_supernets, rng):
     with pytest.raises(ValueError, match="no statistics for .*block_3_depthwise_bn"):
         extraction.extract_subnet(net, config, stats)
     wrong = random_bn_stats(net, net.space.largest(), rng)
-    with pytest.raises(ValueError, match=r"bn_stats\['block_1_pointwise_bn'\] has shapes \(\(32,\), \(32,\)\).*needs \(24,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"bn_stats\['block_1_pointwise_bn'\] has shapes \(\(32,\), \(32,\)\).*needs \(24,\)",
+    ):
         extraction.extract_subnet(net, config, wrong)

@@ -68,7 +68,9 @@ def test_agrees_with_reference_counting_on_random_configs(model):
     rng = random.Random(7)
     configs = [space.random(rng) for _ in range(200)]
     # Also off-grid resolutions (odd feature-map sizes) and other class counts.
-    configs += [SubnetConfig(model, r, c.stage_width_mults) for r, c in zip((97, 131, 250), configs)]
+    configs += [
+        SubnetConfig(model, r, c.stage_width_mults) for r, c in zip((97, 131, 250), configs)
+    ]
     for config in configs:
         assert flops.count_mflops(config) == pytest.approx(reference_mflops(config), rel=1e-12)
         assert flops.count_mflops(config, num_classes=10) == pytest.approx(
@@ -114,7 +116,12 @@ def test_profile_rows_sum_to_totals():
     rows = flops.profile(config)
     assert sum(r.mflops for r in rows) == pytest.approx(flops.count_mflops(config))
     assert sum(r.params for r in rows) == flops.count_params(config)
-    assert [r.name for r in rows][:4] == ["stem_conv", "block_1_depthwise", "block_1_project", "block_2_expand"]
+    assert [r.name for r in rows][:4] == [
+        "stem_conv",
+        "block_1_depthwise",
+        "block_1_project",
+        "block_2_expand",
+    ]
     assert rows[-1].name == "classifier" and rows[-1].c_in == 1280
     text = flops.format_profile(config)
     assert f"MFLOPs: {flops.count_mflops(config):.2f}" in text

@@ -64,7 +64,9 @@ def test_batch_norm_training_inference_and_supplied_stats(rng):
     # Supplied statistics win over the stored ones at inference.
     sm, sv = np.ones(5, "float32"), np.full(5, 4.0, "float32")
     expected = (x - 1.0) / np.sqrt(4.0 + 1e-3) * g + b
-    np.testing.assert_allclose(bn(x, training=False, stats=(sm, sv)), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        bn(x, training=False, stats=(sm, sv)), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_dense_accepts_any_input_prefix(rng):

@@ -5,7 +5,10 @@ import pytest
 from pss_keras import pretrained
 from pss_keras.supernet import Supernet
 
-APPS = {"mobilenet_v1": keras.applications.MobileNet, "mobilenet_v2": keras.applications.MobileNetV2}
+APPS = {
+    "mobilenet_v1": keras.applications.MobileNet,
+    "mobilenet_v2": keras.applications.MobileNetV2,
+}
 
 
 def _randomize_bn(model, rng):

@@ -33,10 +33,22 @@ def test_config_json_and_name_round_trip():
     "kwargs, field",
     [
         (dict(model_name="resnet50", resolution=224, stage_width_mults=(1.0,) * 14), "model_name"),
-        (dict(model_name="mobilenet_v1", resolution=0, stage_width_mults=(1.0,) * 14), "resolution"),
-        (dict(model_name="mobilenet_v1", resolution=224.0, stage_width_mults=(1.0,) * 14), "resolution"),
-        (dict(model_name="mobilenet_v1", resolution=224, stage_width_mults=(1.0,) * 9), "stage_width_mults"),
-        (dict(model_name="mobilenet_v2", resolution=224, stage_width_mults=(1.0,) * 8 + (-1.0,)), r"stage_width_mults\[8\]"),
+        (
+            dict(model_name="mobilenet_v1", resolution=0, stage_width_mults=(1.0,) * 14),
+            "resolution",
+        ),
+        (
+            dict(model_name="mobilenet_v1", resolution=224.0, stage_width_mults=(1.0,) * 14),
+            "resolution",
+        ),
+        (
+            dict(model_name="mobilenet_v1", resolution=224, stage_width_mults=(1.0,) * 9),
+            "stage_width_mults",
+        ),
+        (
+            dict(model_name="mobilenet_v2", resolution=224, stage_width_mults=(1.0,) * 8 + (-1.0,)),
+            r"stage_width_mults\[8\]",
+        ),
     ],
 )
 def test_config_rejects_malformed_values(kwargs, field):
@@ -89,7 +101,17 @@ def test_space_extremes_and_random_draws():
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(24.0, 24), (26.0, 24), (27.9, 32), (28.0, 32), (3.0, 8), (12.0, 16), (960.0, 960), (17.0, 16), (9.0, 16)],
+    [
+        (24.0, 24),
+        (26.0, 24),
+        (27.9, 32),
+        (28.0, 32),
+        (3.0, 8),
+        (12.0, 16),
+        (960.0, 960),
+        (17.0, 16),
+        (9.0, 16),
+    ],
 )
 def test_make_divisible(value, expected):
     assert make_divisible(value) == expected
@@ -104,8 +126,38 @@ def test_make_divisible_never_drops_below_90_percent():
 
 
 def test_stage_channels():
-    assert V1.stage_channels(V1.largest()) == (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
-    assert V1.stage_channels(V1.smallest()) == (24, 48, 96, 96, 192, 192, 384, 384, 384, 384, 384, 384, 768, 768)
+    assert V1.stage_channels(V1.largest()) == (
+        32,
+        64,
+        128,
+        128,
+        256,
+        256,
+        512,
+        512,
+        512,
+        512,
+        512,
+        512,
+        1024,
+        1024,
+    )
+    assert V1.stage_channels(V1.smallest()) == (
+        24,
+        48,
+        96,
+        96,
+        192,
+        192,
+        384,
+        384,
+        384,
+        384,
+        384,
+        384,
+        768,
+        768,
+    )
     # MobileNetV2's head conv (1280) never switches.
     assert V2.stage_channels(V2.smallest())[-1] == 1280
     assert SearchSpace("mobilenet_v2", width_scale=0.25).stage_channels(V2.largest())[-1] == 320

@@ -2,12 +2,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TINY, random_bn_stats
 
 from pss_keras import flops, layers
 from pss_keras.specs import SubnetConfig
 from pss_keras.supernet import Supernet, resize_to
-
-from conftest import TINY, random_bn_stats
 
 MODELS = ("mobilenet_v1", "mobilenet_v2")
 
@@ -48,7 +47,9 @@ def test_activations_are_really_sliced(tiny_supernets, model, rng, monkeypatch):
     x = rng.uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
     net(x, subnet=config)
     profile = flops.profile(config, net.num_classes, net.width_scale)
-    expected = {f"{r.name}_bn": (r.c_out, r.out_size) for r in profile if r.kind in ("conv", "depthwise")}
+    expected = {
+        f"{r.name}_bn": (r.c_out, r.out_size) for r in profile if r.kind in ("conv", "depthwise")
+    }
     assert seen == expected
 
 
@@ -103,7 +104,9 @@ def test_config_of_another_space_raises(tiny_supernets):
     with pytest.raises(ValueError, match="resolution=224 is not on this supernet's grid 32..64"):
         net.set_active_subnet(SubnetConfig("mobilenet_v1", 224, (1.0,) * 14))
     with pytest.raises(ValueError, match="model_name"):
-        net(np.zeros((1, 32, 32, 3), "float32"), subnet=SubnetConfig("mobilenet_v2", 32, (1.0,) * 9))
+        net(
+            np.zeros((1, 32, 32, 3), "float32"), subnet=SubnetConfig("mobilenet_v2", 32, (1.0,) * 9)
+        )
     assert net.active_subnet == net.space.largest()  # unchanged after the failure
 
 
@@ -137,7 +140,10 @@ def test_stable_weight_names_and_checkpoint_round_trip(tmp_path, rng):
         "stem_conv_bn/moving_mean",
         "stem_conv_bn/moving_variance",
     ]
-    assert "block_13_pointwise/kernel" in paths and paths[-2:] == ["classifier/kernel", "classifier/bias"]
+    assert "block_13_pointwise/kernel" in paths and paths[-2:] == [
+        "classifier/kernel",
+        "classifier/bias",
+    ]
     config = net.space.random()
     net.set_active_subnet(config)
     x = rng.uniform(-1, 1, (2, 40, 40, 3)).astype("float32")
