@@ -130,7 +130,7 @@ class Supernet(keras.Model):
             initializer=keras.initializers.Constant(self.space.encode(self.space.largest())),
             trainable=False,
         )
-        self._active_config = self.space.largest()
+        self._active = (self.space.largest(), self.space.encode(self.space.largest()))
         self.built = True
 
     # ------------------------------------------------------------------
@@ -145,16 +145,21 @@ class Supernet(keras.Model):
                 search space (naming the offending field).
         """
         if isinstance(subnet, specs.SubnetConfig):
-            self.active_subnet_code.assign(self.space.encode(subnet))
-            self._active_config = subnet
+            code = self.space.encode(subnet)
+            self.active_subnet_code.assign(code)
+            self._active = (subnet, code)
         else:
             self.active_subnet_code.assign(tf.cast(subnet, tf.int32))
-            self._active_config = None
+            self._active = None
 
     @property
     def active_subnet(self) -> specs.SubnetConfig | None:
-        """The active `SubnetConfig` (None if it was set from a raw code)."""
-        return self._active_config
+        """The active `SubnetConfig`, or None when it is only known as a code
+        (set from a raw code, or restored from a checkpoint)."""
+        if self._active is None:
+            return None
+        config, code = self._active
+        return config if np.array_equal(self.active_subnet_code.numpy(), code) else None
 
     def _code(self, subnet):
         if subnet is None:
@@ -258,10 +263,11 @@ class Supernet(keras.Model):
             )
 
     def _require_config(self, config):
-        config = config if config is not None else self._active_config
+        config = config if config is not None else self.active_subnet
         if config is None:
             raise ValueError(
-                "The active subnet was set from a raw code; pass the SubnetConfig explicitly."
+                "The active subnet is only known as a code (set from a raw code or restored "
+                "from a checkpoint); pass the SubnetConfig explicitly."
             )
         return self.space.validate(config)
 

@@ -154,9 +154,24 @@ def test_stable_weight_names_and_checkpoint_round_trip(tmp_path, rng):
     clone = Supernet.from_config(net.get_config())
     assert not np.allclose(clone(x).numpy(), expected)
     clone.load_weights(path)
-    # The active subnet is part of the state.
+    # The active subnet is part of the state (as a code: the config is not
+    # recoverable from channel counts, so it is not claimed).
     np.testing.assert_array_equal(clone.active_subnet_code.numpy(), net.space.encode(config))
+    assert clone.active_subnet is None and net.active_subnet == config
+    with pytest.raises(ValueError, match="pass the SubnetConfig explicitly"):
+        clone.get_bn_stats()
     np.testing.assert_allclose(clone(x).numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_keras_format_round_trip(tmp_path, tiny_supernets, rng):
+    net = tiny_supernets["mobilenet_v2"]
+    path = str(tmp_path / "supernet.keras")
+    net.save(path)
+    clone = keras.models.load_model(path)
+    assert isinstance(clone, Supernet) and clone.space == net.space
+    x = rng.uniform(-1, 1, (2, 48, 48, 3)).astype("float32")
+    config = net.space.random()
+    np.testing.assert_allclose(clone(x, subnet=config), net(x, subnet=config), rtol=1e-6, atol=1e-6)
 
 
 def test_trainable_parameter_count_of_the_full_supernet():
