@@ -164,6 +164,8 @@ class SwitchableBatchNormalization(keras.layers.Layer):
         training: batch statistics when true.
         stats: optional ``(mean, variance)`` of length ``c`` to use at
             inference instead of the stored moving statistics.
+        return_moments: also return the ``(mean, variance)`` used (the batch
+            moments in training); post-BN calibration averages them.
     """
 
     def __init__(self, epsilon=1e-3, **kwargs):
@@ -189,7 +191,7 @@ class SwitchableBatchNormalization(keras.layers.Layer):
         axes = list(range(len(inputs.shape) - 1))
         return keras.ops.moments(inputs, axes=axes)
 
-    def call(self, inputs, training=False, stats=None):
+    def call(self, inputs, training=False, stats=None, return_moments=False):
         c = _channels(inputs)
         if training:
             mean, variance = self.batch_moments(inputs)
@@ -197,7 +199,7 @@ class SwitchableBatchNormalization(keras.layers.Layer):
             mean, variance = stats
         else:
             mean, variance = self.moving_mean[:c], self.moving_variance[:c]
-        return keras.ops.batch_normalization(
+        outputs = keras.ops.batch_normalization(
             inputs,
             mean,
             variance,
@@ -206,6 +208,7 @@ class SwitchableBatchNormalization(keras.layers.Layer):
             scale=self.gamma[:c],
             epsilon=self.epsilon,
         )
+        return (outputs, (mean, variance)) if return_moments else outputs
 
     def get_config(self):
         config = super().get_config()

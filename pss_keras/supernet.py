@@ -9,6 +9,8 @@ are tensors inside the graph: switching subnets never retraces.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -171,40 +173,60 @@ class Supernet(keras.Model):
     # ------------------------------------------------------------------
     # Forward pass.
 
-    def _conv_bn(self, x, name, training, bn_stats, out_channels=None, relu=True):
+    def _conv_bn(self, x, name, training, bn_stats, moments, out_channels=None, relu=True):
         layer = self._layers_by_name[name]
         x = layer(x) if out_channels is None else layer(x, out_channels=out_channels)
         bn_name = f"{name}_bn"
         stats = None if bn_stats is None else bn_stats.get(bn_name)
-        x = self._layers_by_name[bn_name](x, training=training, stats=stats)
+        bn = self._layers_by_name[bn_name]
+        if moments is None:
+            x = bn(x, training=training, stats=stats)
+        else:
+            x, moments[bn_name] = bn(x, training=training, stats=stats, return_moments=True)
         return tf.nn.relu6(x) if relu else x
 
     def call(self, inputs, training=False, subnet=None, bn_stats=None):
+        return self._forward(inputs, training, subnet, bn_stats, None)
+
+    def bn_moments(self, inputs, subnet=None):
+        """Batch moments of every batch norm when ``subnet`` runs on ``inputs``.
+
+        Returns:
+            ``{bn_layer_name: (mean, variance)}`` of the batch (training-mode
+            forward pass, no weights change). Post-BN calibration averages
+            these over a few training batches.
+        """
+        moments = {}
+        self._forward(inputs, True, subnet, None, moments)
+        return moments
+
+    def _forward(self, inputs, training, subnet, bn_stats, moments):
         code = self._code(subnet)
         resolution, channels = code[0], code[1:]
         x = resize_to(inputs, resolution)
-        x = self._conv_bn(x, "stem_conv", training, bn_stats, channels[0])
+        conv_bn = functools.partial(
+            self._conv_bn, training=training, bn_stats=bn_stats, moments=moments
+        )
+        x = conv_bn(x, "stem_conv", out_channels=channels[0])
         in_stage = 0
         for i, block in enumerate(self.arch.blocks, start=1):
             out_channels = channels[block.out_stage]
             if isinstance(block, specs.DepthwiseSeparableSpec):
-                x = self._conv_bn(x, f"block_{i}_depthwise", training, bn_stats)
-                x = self._conv_bn(x, f"block_{i}_pointwise", training, bn_stats, out_channels)
+                x = conv_bn(x, f"block_{i}_depthwise")
+                x = conv_bn(x, f"block_{i}_pointwise", out_channels=out_channels)
             else:
                 shortcut = x
                 if block.expansion != 1:
                     hidden = channels[in_stage] * block.expansion
-                    x = self._conv_bn(x, f"block_{i}_expand", training, bn_stats, hidden)
-                x = self._conv_bn(x, f"block_{i}_depthwise", training, bn_stats)
-                x = self._conv_bn(
-                    x, f"block_{i}_project", training, bn_stats, out_channels, relu=False
-                )
+                    x = conv_bn(x, f"block_{i}_expand", out_channels=hidden)
+                x = conv_bn(x, f"block_{i}_depthwise")
+                x = conv_bn(x, f"block_{i}_project", out_channels=out_channels, relu=False)
                 if block.stride == 1 and block.out_stage == in_stage:
                     x = x + shortcut
             in_stage = block.out_stage
         if self.arch.head_stage is not None:
             # The reference keeps the head conv at full width.
-            x = self._conv_bn(x, "head_conv", training, bn_stats)
+            x = conv_bn(x, "head_conv")
         x = keras.ops.mean(x, axis=(1, 2))
         return self._layers_by_name["classifier"](x)
 
