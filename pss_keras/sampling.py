@@ -216,7 +216,9 @@ class PrioritizedSampler:
         """The next step's candidate."""
         metric_types = sorted(self.samplers)
         weights = np.array([len(self.samplers[m].available) for m in metric_types], float)
-        metric_type = metric_types[int(self.rng.choice(len(metric_types), p=weights / weights.sum()))]
+        metric_type = metric_types[
+            int(self.rng.choice(len(metric_types), p=weights / weights.sum()))
+        ]
         sampler = self.samplers[metric_type]
         k = sampler.available[int(self.rng.integers(len(sampler.available)))]
         pool = self.pools[(metric_type, k)]

@@ -1,0 +1,325 @@
+"""Input pipelines: TFDS datasets or a local image folder, with the method's
+ImageNet augmentation for training and resize/centre-crop for evaluation.
+
+Sources (``DataConfig.dataset``):
+* any TFDS image-classification name (``imagenet2012`` with its
+  ``manual_dir``, ``imagenette``, ...), prepared in ``data_dir``;
+* a local folder with ``train/`` and ``val/`` (or ``validation/``, ``test/``)
+  holding one sub-folder per class (TFDS's ImageFolder layout);
+* ``synthetic_shapes``: the generated set of `pss_keras.toydata`, built in
+  ``data_dir`` on first use (no download).
+
+A deterministic slice of the training split (every k-th example) is held out
+as *minival*, on which the retained subnets are chosen; it never enters
+training. Augmentation uses stateless random ops keyed by (seed, epoch,
+example), and the shuffle order by (seed, epoch): a resumed run sees exactly
+the batches the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import tensorflow as tf
+
+MEAN_RGB = (0.485, 0.456, 0.406)
+STDDEV_RGB = (0.229, 0.224, 0.225)
+# ImageNet PCA lighting noise (AlexNet), as in the reference transforms.
+_EIGVAL = (0.2175, 0.0188, 0.0045)
+_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+SYNTHETIC = "synthetic_shapes"
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be found or prepared; the message says how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What to load and how.
+
+    Attributes:
+        dataset: TFDS name, path of an image folder, or ``synthetic_shapes``.
+        data_dir: TFDS data directory (default: TFDS's), and where
+            ``synthetic_shapes`` is generated (default ``~/.cache/pss_keras``).
+        manual_dir: TFDS manual download directory (imagenet2012's tars).
+        image_size: the supernet's maximum resolution (crops are this size).
+        batch_size: global batch size.
+        eval_batch_size: batch size of evaluation.
+        minival_examples: training examples held out for choosing subnets.
+        crop_scale: random-resized-crop area range.
+        color_jitter: brightness/contrast/saturation strength.
+        lighting: PCA lighting noise standard deviation.
+        cache: cache decoded examples in memory: ``auto`` (when the split
+            has at most ``cache_max_examples`` examples), ``true`` or ``false``.
+        seed: data seed (shuffle and augmentation).
+    """
+
+    dataset: str = SYNTHETIC
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    image_size: int = 224
+    batch_size: int = 256
+    eval_batch_size: int = 256
+    minival_examples: int = 10000
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+    color_jitter: float = 0.4
+    lighting: float = 0.1
+    cache: str = "auto"
+    cache_max_examples: int = 50_000
+    shuffle_buffer: int = 10_000
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class DatasetSource:
+    """Decoded examples of one dataset: (image uint8 [h, w, 3], label int64)."""
+
+    name: str
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    num_train: int
+    num_validation: int
+    class_names: list
+
+
+def _folder_source(path: str) -> DatasetSource:
+    import tensorflow_datasets as tfds
+
+    splits = [s for s in os.listdir(path) if os.path.isdir(os.path.join(path, s))]
+    val_split = next((s for s in ("val", "validation", "test") if s in splits), None)
+    if "train" not in splits or val_split is None:
+        raise DatasetError(
+            f"Image folder {path} needs train/ and val/ (or validation/ or test/) "
+            f"sub-folders with one folder per class; found {sorted(splits)}."
+        )
+    builder = tfds.folder_dataset.ImageFolder(path)
+    counts = {name: info.num_examples for name, info in builder.info.splits.items()}
+    if not counts.get("train"):
+        raise DatasetError(f"Image folder {path}/train holds no images (.jpg/.jpeg/.png).")
+    return DatasetSource(
+        name=os.path.basename(os.path.normpath(path)),
+        train=builder.as_dataset(split="train", as_supervised=True, shuffle_files=False),
+        validation=builder.as_dataset(split=val_split, as_supervised=True, shuffle_files=False),
+        num_train=counts["train"],
+        num_validation=counts.get(val_split, 0),
+        class_names=list(builder.info.features["label"].names),
+    )
+
+
+def _tfds_source(name: str, data_dir: str | None, manual_dir: str | None) -> DatasetSource:
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # tfds raises DatasetNotFoundError and friends
+        raise DatasetError(
+            f"Unknown dataset {name!r}: not a TFDS dataset name and not an existing image "
+            f"folder ({type(e).__name__}). Pass a TFDS name (e.g. imagenet2012, imagenette), "
+            "a folder with train/ and val/ class sub-folders, or synthetic_shapes."
+        ) from None
+    if not builder.info.splits or not tf.io.gfile.exists(builder.data_dir):
+        try:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+            )
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise DatasetError(
+                f"Dataset {name!r} is not prepared in {builder.data_dir} and could not be "
+                f"prepared here ({reason}). Prepare it once with network access "
+                f"(`tfds build {name}`), or for manual datasets such as imagenet2012 put the "
+                "downloaded archives in --manual_dir, or pass --data_dir where it is prepared."
+            ) from None
+    splits = builder.info.splits
+    val_split = next((s for s in ("validation", "val", "test") if s in splits), None)
+    if "train" not in splits or val_split is None:
+        raise DatasetError(
+            f"Dataset {name!r} needs a train and a validation/test split; it has {list(splits)}."
+        )
+    if "image" not in builder.info.features or "label" not in builder.info.features:
+        raise DatasetError(f"Dataset {name!r} is not an image classification dataset.")
+    read = dict(as_supervised=True, shuffle_files=False)
+    return DatasetSource(
+        name=name,
+        train=builder.as_dataset(split="train", **read),
+        validation=builder.as_dataset(split=val_split, **read),
+        num_train=splits["train"].num_examples,
+        num_validation=splits[val_split].num_examples,
+        class_names=list(builder.info.features["label"].names),
+    )
+
+
+def load_source(config: DataConfig) -> DatasetSource:
+    """Finds (and for ``synthetic_shapes`` builds) the dataset.
+
+    Raises:
+        DatasetError: with one line that says what is missing and how to
+            provide it.
+    """
+    dataset = config.dataset
+    if dataset == SYNTHETIC:
+        from pss_keras import toydata
+
+        root = os.path.join(config.data_dir or os.path.expanduser("~/.cache/pss_keras"), SYNTHETIC)
+        return _folder_source(toydata.make_synthetic_shapes(root))
+    if os.path.sep in dataset or os.path.isdir(dataset):
+        if not os.path.isdir(dataset):
+            raise DatasetError(f"Image folder {dataset} does not exist.")
+        return _folder_source(dataset)
+    return _tfds_source(dataset, config.data_dir, config.manual_dir)
+
+
+def _to_rgb(image):
+    """Greyscale (1 channel) to RGB; RGBA to RGB; RGB as is."""
+    image = tf.convert_to_tensor(image)
+    if image.shape[-1] == 3:
+        return image
+    return tf.cond(
+        tf.shape(image)[-1] < 3,
+        lambda: tf.tile(image[..., :1], [1, 1, 3]),
+        lambda: image[..., :3],
+    )
+
+
+def normalize(image01):
+    """[0, 1] RGB -> ImageNet mean/std normalized float32."""
+    return (image01 - tf.constant(MEAN_RGB)) / tf.constant(STDDEV_RGB)
+
+
+def train_transform(image, seed, config: DataConfig):
+    """The method's training augmentation, stateless (``seed``: int32 [2])."""
+    seeds = tf.random.experimental.stateless_split(seed, 7)
+    image = _to_rgb(image)
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seeds[0],
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=config.crop_scale,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    image = tf.slice(image, begin, size)
+    image = tf.image.resize(image, (config.image_size, config.image_size), method="bilinear")
+    image = tf.clip_by_value(image / 255.0, 0.0, 1.0)
+    jitter = config.color_jitter
+    if jitter > 0:
+        factor = tf.random.stateless_uniform([], seeds[1], 1 - jitter, 1 + jitter)
+        image = tf.clip_by_value(image * factor, 0.0, 1.0)
+        image = tf.image.stateless_random_contrast(image, 1 - jitter, 1 + jitter, seeds[2])
+        image = tf.image.stateless_random_saturation(image, 1 - jitter, 1 + jitter, seeds[3])
+        image = tf.clip_by_value(image, 0.0, 1.0)
+    if config.lighting > 0:
+        alpha = tf.random.stateless_normal([3], seeds[4], stddev=config.lighting)
+        rgb = tf.linalg.matvec(tf.constant(_EIGVEC), alpha * tf.constant(_EIGVAL))
+        image = image + rgb
+    image = tf.image.stateless_random_flip_left_right(image, seeds[5])
+    return normalize(image)
+
+
+def eval_transform(image, image_size: int):
+    """Resize the shorter side to ``image_size * 256 / 224``, centre-crop
+    ``image_size`` (resize 256 / crop 224 at ImageNet's resolution)."""
+    image = tf.cast(_to_rgb(image), tf.float32)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    resize = float(round(image_size * 256 / 224))
+    scale = resize / tf.reduce_min(shape)
+    new_shape = tf.cast(tf.round(shape * scale), tf.int32)
+    image = tf.image.resize(image, new_shape, method="bilinear")
+    top = (new_shape[0] - image_size) // 2
+    left = (new_shape[1] - image_size) // 2
+    image = tf.image.crop_to_bounding_box(image, top, left, image_size, image_size)
+    return normalize(tf.clip_by_value(image / 255.0, 0.0, 1.0))
+
+
+class Pipelines:
+    """The train / minival / validation pipelines of one `DataConfig`."""
+
+    def __init__(self, config: DataConfig, source: DatasetSource | None = None):
+        self.config = config
+        self.source = source or load_source(config)
+        n = self.source.num_train
+        if config.minival_examples >= n:
+            raise DatasetError(
+                f"minival_examples={config.minival_examples} leaves no training data "
+                f"({n} training examples); lower it."
+            )
+        self.minival_stride = max(2, n // max(1, config.minival_examples))
+        self.num_minival = len(range(0, n, self.minival_stride))
+        self.num_train = n - self.num_minival
+        if self.num_train < config.batch_size:
+            raise DatasetError(
+                f"batch_size={config.batch_size} is larger than the {self.num_train} "
+                "training examples; lower it."
+            )
+        self.steps_per_epoch = self.num_train // config.batch_size
+        if self.should_cache(n):
+            logging.info("Caching %d decoded training examples in memory.", n)
+        indexed = self.source.train.enumerate()
+        if self.should_cache(n):
+            indexed = indexed.cache()
+        self._indexed_train = indexed
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.source.class_names)
+
+    def should_cache(self, num_examples: int) -> bool:
+        cache = str(self.config.cache).lower()
+        if cache not in ("auto", "true", "false"):
+            raise ValueError(f"cache={self.config.cache!r} must be auto, true or false.")
+        return cache == "true" or (
+            cache == "auto" and num_examples <= self.config.cache_max_examples
+        )
+
+    def _train_examples(self):
+        stride = self.minival_stride
+        return self._indexed_train.filter(lambda i, example: i % stride != 0)
+
+    def train_epoch(self, epoch: int) -> tf.data.Dataset:
+        """Epoch ``epoch``'s augmented training batches (``steps_per_epoch``
+        of them); the same for the same (seed, epoch), so a resumed run sees
+        the batches the interrupted one would have."""
+        c = self.config
+        epoch = int(epoch)
+        ds = self._train_examples().shuffle(
+            min(c.shuffle_buffer, self.num_train),
+            seed=(c.seed * 1_000_003 + epoch) % (2**31 - 1),
+            reshuffle_each_iteration=False,
+        )
+
+        def augment(i, example):
+            image, label = example
+            seed = tf.cast(tf.stack([c.seed * 7919 + epoch, i]), tf.int32)
+            return train_transform(image, seed, c), tf.cast(label, tf.int32)
+
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(c.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    def _eval(self, ds, count):
+        size = self.config.image_size
+
+        def prepare(image, label):
+            return eval_transform(image, size), tf.cast(label, tf.int32)
+
+        ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+        if self.should_cache(count):
+            ds = ds.cache()
+        return ds.batch(self.config.eval_batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def minival(self) -> tf.data.Dataset:
+        """The held-out training examples, with the evaluation transform."""
+        stride = self.minival_stride
+        held_out = self._indexed_train.filter(lambda i, example: i % stride == 0)
+        return self._eval(held_out.map(lambda i, example: example), self.num_minival)
+
+    def validation(self) -> tf.data.Dataset:
+        return self._eval(self.source.validation, self.source.num_validation)
