@@ -121,8 +121,11 @@ class Checkpointer:
             if n.startswith(".epoch-"):
                 shutil.rmtree(os.path.join(self.directory, n), ignore_errors=True)
 
-    def restore(self, path: str, trainable_variables) -> dict:
+    def restore(self, path: str) -> dict:
         """Loads a checkpoint; returns its saved state (``epoch`` etc.).
+
+        The optimizer (if any) must be built; with ``optimizer=None`` only
+        the weights and the sampler state are restored (evaluation).
 
         Raises:
             ValueError: naming the checkpoint, if it is incomplete or does not
@@ -138,17 +141,16 @@ class Checkpointer:
                 f"Checkpoint {path} does not fit this supernet ({e}); resume with the same "
                 "model flags as the interrupted run."
             ) from None
-        if not self.optimizer.built:
-            self.optimizer.build(trainable_variables)
-        with np.load(os.path.join(path, OPTIMIZER)) as saved:
-            values = [saved[k] for k in sorted(saved.files)]
-        if len(values) != len(self.optimizer.variables):
-            raise ValueError(
-                f"Checkpoint {path} holds {len(values)} optimizer variables, this optimizer "
-                f"has {len(self.optimizer.variables)}; use the same optimizer flags."
-            )
-        for variable, value in zip(self.optimizer.variables, values):
-            variable.assign(value)
+        if self.optimizer is not None:
+            with np.load(os.path.join(path, OPTIMIZER)) as saved:
+                values = [saved[k] for k in sorted(saved.files)]
+            if len(values) != len(self.optimizer.variables):
+                raise ValueError(
+                    f"Checkpoint {path} holds {len(values)} optimizer variables, this optimizer "
+                    f"has {len(self.optimizer.variables)}; use the same optimizer flags."
+                )
+            for variable, value in zip(self.optimizer.variables, values):
+                variable.assign(value)
         with open(os.path.join(path, STATE)) as f:
             state = json.load(f)
         self.sampler.load_state_dict(state["sampler"])

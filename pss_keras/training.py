@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import time
 
 import keras
@@ -112,6 +113,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        data_config = dict(data.pop("data", {}))
+        data_config["crop_scale"] = tuple(data_config.get("crop_scale", (0.25, 1.0)))
+        for key in ("resolution_range", "width_range", "flops_targets", "p_space", "temperature"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(data=data_lib.DataConfig(**data_config), **data)
 
 
 def _kl(teacher_probs, student_logits):
@@ -263,6 +274,19 @@ class PSSCallback(keras.callbacks.Callback):
             self.checkpointer.save(epoch + 1)
 
 
+class EpochProgbar(keras.callbacks.ProgbarLogger):
+    """The standard progress bar, showing the run's total epochs when `fit`
+    is called once per epoch."""
+
+    def __init__(self, total_epochs: int):
+        super().__init__()
+        self.total_epochs = int(total_epochs)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.total_epochs
+
+
 def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """SGD with Nesterov momentum and per-step cosine decay (optional warm-up).
 
@@ -384,6 +408,53 @@ def load_bn_stats(job_dir: str, entry: dict) -> dict:
         return {name: (saved[f"{name}/mean"], saved[f"{name}/variance"]) for name in layers_}
 
 
+def evaluate_job(
+    job_dir: str,
+    checkpoint: str | None = None,
+    topk: int | None = None,
+    calib_batches: int | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Re-runs the end-of-training selection from a checkpoint of ``job_dir``.
+
+    Uses the run's own settings (``run_config.json``) and, by default, its
+    latest checkpoint; rewrites ``retained_subnets.json``.
+
+    Raises:
+        ValueError: if the job directory or checkpoint is missing.
+    """
+    path = os.path.join(job_dir, RUN_CONFIG)
+    if not os.path.exists(path):
+        raise ValueError(
+            f"{job_dir} is not a PSS job directory ({RUN_CONFIG} is missing); pass the "
+            "--job_dir of a training run."
+        )
+    with open(path) as f:
+        config = TrainConfig.from_dict(json.load(f))
+    if data_dir:
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, data_dir=data_dir)
+        )
+    pipelines = data_lib.Pipelines(config.data)
+    supernet = build_supernet(config, pipelines.num_classes)
+    sampler = build_samplers(config, supernet.space)
+    checkpointer = Checkpointer(os.path.join(job_dir, "checkpoints"), supernet, None, sampler)
+    checkpoint = checkpoint or checkpointer.latest()
+    if not checkpoint or not os.path.isdir(checkpoint):
+        raise ValueError(f"No checkpoint found in {job_dir}/checkpoints (or at {checkpoint}).")
+    checkpointer.restore(checkpoint)
+    return retain_subnets(
+        supernet,
+        sampler,
+        pipelines,
+        job_dir,
+        topk or config.topk,
+        calib_batches or config.calib_batches,
+        progress=progress,
+    )
+
+
 def _check_run_config(job_dir: str, config: TrainConfig) -> None:
     path = os.path.join(job_dir, RUN_CONFIG)
     current = json.loads(json.dumps(config.to_dict()))
@@ -418,7 +489,11 @@ def train(config: TrainConfig) -> dict:
     os.makedirs(config.job_dir, exist_ok=True)
     pipelines = data_lib.Pipelines(config.data)
     _check_run_config(config.job_dir, config)
-    keras.utils.set_random_seed(config.seed)
+    # Seeds Keras's initializers (they draw from Python's random) but not
+    # TensorFlow's global seed, which would change tf.data's shuffle order
+    # between training and a later `evaluate_job`.
+    random.seed(config.seed)
+    np.random.seed(config.seed)
     supernet = build_supernet(config, pipelines.num_classes)
     map_start = time.perf_counter()
     sampler = build_samplers(config, supernet.space)
@@ -436,7 +511,9 @@ def train(config: TrainConfig) -> dict:
     initial_epoch = 0
     latest = checkpointer.latest()
     if latest:
-        initial_epoch = checkpointer.restore(latest, trainer.trainable_variables)["epoch"]
+        if not optimizer.built:
+            optimizer.build(trainer.trainable_variables)
+        initial_epoch = checkpointer.restore(latest)["epoch"]
         logging.info("Resuming from %s (epoch %d of %d).", latest, initial_epoch, config.epochs)
     with open(os.path.join(config.job_dir, "classes.json"), "w") as f:
         json.dump(pipelines.source.class_names, f)
@@ -444,6 +521,7 @@ def train(config: TrainConfig) -> dict:
     callbacks = [
         PSSCallback(trainer, sampler, checkpointer, os.path.join(log_dir, "pss")),
         keras.callbacks.TensorBoard(log_dir, update_freq=config.tensorboard_update_freq),
+        EpochProgbar(config.epochs),
     ]
     # One fit() per epoch: each epoch's data is seeded by its number, and the
     # traced train step is reused across calls.

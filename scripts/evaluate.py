@@ -1,0 +1,47 @@
+"""Re-runs the end-of-training subnet selection and evaluation of a PSS run.
+
+    python scripts/evaluate.py --job_dir=jobs/quickstart
+
+Calibrates batch norm for the top-k subnets of every pool, picks the best per
+target on minival, reports its validation accuracy and rewrites
+<job_dir>/retained_subnets.json. Settings come from <job_dir>/run_config.json.
+"""
+
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("job_dir", None, "Job directory of a training run.", required=True)
+flags.DEFINE_string("checkpoint", None, "Checkpoint directory (default: the latest).")
+flags.DEFINE_integer("valid_topk", None, "Subnets per pool to evaluate (default: the run's).")
+flags.DEFINE_integer("calib_batches", None, "Calibration batches (default: the run's).")
+flags.DEFINE_string("dataset_dir", None, "TFDS data_dir, if it moved since training.")
+F = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    logging.getLogger().setLevel(logging.INFO)
+    from pss_keras import training
+
+    try:
+        retained = training.evaluate_job(
+            F.job_dir, F.checkpoint, F.valid_topk, F.calib_batches, F.dataset_dir
+        )
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    print(f"{'tier':<16}{'MFLOPs':>9}{'val top1':>10}{'val top5':>10}{'minival top1':>14}")
+    for e in retained:
+        print(
+            f"{e['name']:<16}{e['mflops']:>9.2f}{e['top1']:>10.3f}{e['top5']:>10.3f}"
+            f"{e['minival_top1']:>14.3f}"
+        )
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,147 @@
+"""Trains a PSS supernet and retains the best subnet of every target.
+
+    python scripts/train.py --flagfile=quickstart.flags    # minutes, no download
+    python scripts/train.py --flagfile=mbv1.flags --dataset_dir=...  # the paper's run
+
+Flags follow the reference implementation's argument names where it has
+one. Re-running with the same --job_dir resumes from its last checkpoint.
+"""
+
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+from pss_keras import specs  # noqa: E402
+
+F = flags.FLAGS
+flags.DEFINE_string("job_dir", None, "Output directory (checkpoints, logs, retained subnets).")
+flags.DEFINE_string("dataset", "synthetic_shapes", "TFDS name, image folder, or synthetic_shapes.")
+flags.DEFINE_string("dataset_dir", None, "TFDS data_dir (and where synthetic_shapes is built).")
+flags.DEFINE_string("manual_dir", None, "TFDS manual_dir (e.g. imagenet2012's archives).")
+flags.DEFINE_enum("model_name", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
+flags.DEFINE_float("width_scale", 1.0, "Global width scale (1.0: MobileNet; 0.25: tiny).")
+flags.DEFINE_list("resolution_range", ["128", "224"], "min,max subnet resolution.")
+flags.DEFINE_integer("resolution_step", 8, "Resolution grid step.")
+flags.DEFINE_list("width_mult_range", ["0.75", "1.0"], "min,max stage width multiplier.")
+flags.DEFINE_list("infer_metric_types", ["flops"], "Metric types with pools (flops).")
+flags.DEFINE_list("infer_metric_target_range_starts", ["110"], "First target per metric type.")
+flags.DEFINE_list("infer_metric_target_range_stops", ["570"], "Last target per metric type.")
+flags.DEFINE_list("infer_metric_target_steps", ["10"], "Target step per metric type.")
+flags.DEFINE_integer("gen_map_num", 100_000, "Random subnets drawn for the conditional sampler.")
+flags.DEFINE_integer("pool_size", 50, "Subnets per pool (P).")
+flags.DEFINE_float("metric_lambda", 0.9, "EMA lambda of pool scores.")
+flags.DEFINE_list("supernet_p_range", ["1.0", "0.01"], "p_space schedule start,end.")
+flags.DEFINE_list("pool_softmax_t_range", ["1.0", "0.01"], "Pool softmax temperature start,end.")
+flags.DEFINE_integer("epochs", 250, "Training epochs.")
+flags.DEFINE_integer("batch_size", 1024, "Global batch size.")
+flags.DEFINE_integer("eval_batch_size", 256, "Evaluation batch size.")
+flags.DEFINE_float("lr", 0.3, "Peak learning rate (cosine decay per step).")
+flags.DEFINE_float("momentum", 0.9, "SGD (Nesterov) momentum.")
+flags.DEFINE_float("weight_decay", 1e-4, "L2 on conv and dense kernels.")
+flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up epochs.")
+flags.DEFINE_list("crop_scale", ["0.25", "1.0"], "Random-resized-crop area range.")
+flags.DEFINE_integer("minival_examples", 10000, "Training examples held out to choose subnets.")
+flags.DEFINE_integer("calib_batches", 8, "Batches for post-BN calibration.")
+flags.DEFINE_integer("valid_topk", 5, "Top subnets of every pool evaluated at the end.")
+flags.DEFINE_enum("cache", "auto", ["auto", "true", "false"], "Cache decoded images in memory.")
+flags.DEFINE_integer("random_seed", 0, "Seed of weights, data order, augmentation, sampling.")
+flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept in job_dir.")
+flags.DEFINE_integer("tensorboard_update_freq", 50, "Steps between TensorBoard step scalars.")
+flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
+
+
+def _pair(name, cast):
+    values = getattr(F, name)
+    if len(values) != 2:
+        raise ValueError(f"--{name} needs two comma-separated values, got {values}.")
+    return tuple(cast(v) for v in values)
+
+
+def _config():
+    from pss_keras import data, training
+
+    if not F.job_dir:
+        raise ValueError("--job_dir is required (where checkpoints and results go).")
+    if F.infer_metric_types != ["flops"]:
+        raise ValueError(
+            f"--infer_metric_types={','.join(F.infer_metric_types)}: only flops is implemented "
+            "(latency pools need a measured look-up table)."
+        )
+    targets = []
+    for name in (
+        "infer_metric_target_range_starts",
+        "infer_metric_target_range_stops",
+        "infer_metric_target_steps",
+    ):
+        values = getattr(F, name)
+        if len(values) != 1:
+            raise ValueError(f"--{name} needs one value per metric type (flops), got {values}.")
+        targets.append(float(values[0]))
+    resolution = _pair("resolution_range", int)
+    return training.TrainConfig(
+        job_dir=F.job_dir,
+        data=data.DataConfig(
+            dataset=F.dataset,
+            data_dir=F.dataset_dir,
+            manual_dir=F.manual_dir,
+            image_size=resolution[1],
+            batch_size=F.batch_size,
+            eval_batch_size=F.eval_batch_size,
+            minival_examples=F.minival_examples,
+            crop_scale=_pair("crop_scale", float),
+            cache=F.cache,
+            seed=F.random_seed,
+        ),
+        model_name=F.model_name,
+        width_scale=F.width_scale,
+        resolution_range=resolution,
+        resolution_step=F.resolution_step,
+        width_range=_pair("width_mult_range", float),
+        flops_targets=tuple(targets),
+        num_map_samples=F.gen_map_num,
+        pool_size=F.pool_size,
+        pool_ema=F.metric_lambda,
+        p_space=_pair("supernet_p_range", float),
+        temperature=_pair("pool_softmax_t_range", float),
+        epochs=F.epochs,
+        lr=F.lr,
+        momentum=F.momentum,
+        weight_decay=F.weight_decay,
+        warmup_epochs=F.warmup_epochs,
+        calib_batches=F.calib_batches,
+        topk=F.valid_topk,
+        seed=F.random_seed,
+        keep_checkpoints=F.keep_checkpoints,
+        tensorboard_update_freq=F.tensorboard_update_freq,
+        verbose=F.verbose,
+    )
+
+
+def main(argv):
+    del argv
+    logging.getLogger().setLevel(logging.INFO)
+    from pss_keras import training
+
+    try:
+        config = _config()
+        config.validate()
+        summary = training.train(config)
+    except ValueError as e:  # includes DatasetError: one line, no stack trace
+        sys.exit(f"error: {e}")
+    print(f"\nRetained subnets ({summary['job_dir']}/{training.RETAINED}):")
+    print(f"{'tier':<16}{'MFLOPs':>9}{'params':>11}{'val top1':>10}{'val top5':>10}")
+    for entry in summary["retained"]:
+        print(
+            f"{entry['name']:<16}{entry['mflops']:>9.2f}{entry['params']:>11,}"
+            f"{entry['top1']:>10.3f}{entry['top5']:>10.3f}"
+        )
+    print(f"wall time {summary['wall_seconds']:.0f} s (sampler map {summary['map_seconds']:.2f} s)")
+
+
+if __name__ == "__main__":
+    app.run(main)
