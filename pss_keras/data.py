@@ -131,11 +131,13 @@ def _tfds_source(name: str, data_dir: str | None, manual_dir: str | None) -> Dat
             )
         except Exception as e:
             reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            reason = reason.rstrip(":. ")
             raise DatasetError(
                 f"Dataset {name!r} is not prepared in {builder.data_dir} and could not be "
                 f"prepared here ({reason}). Prepare it once with network access "
                 f"(`tfds build {name}`), or for manual datasets such as imagenet2012 put the "
-                "downloaded archives in --manual_dir, or pass --data_dir where it is prepared."
+                "downloaded archives in the manual directory (--manual_dir), or point the data "
+                "directory (--dataset_dir) at where it is prepared."
             ) from None
     splits = builder.info.splits
     val_split = next((s for s in ("validation", "val", "test") if s in splits), None)

@@ -486,8 +486,8 @@ def train(config: TrainConfig) -> dict:
     """
     config.validate()
     start = time.perf_counter()
+    pipelines = data_lib.Pipelines(config.data)  # fails before anything is written
     os.makedirs(config.job_dir, exist_ok=True)
-    pipelines = data_lib.Pipelines(config.data)
     _check_run_config(config.job_dir, config)
     # Seeds Keras's initializers (they draw from Python's random) but not
     # TensorFlow's global seed, which would change tf.data's shuffle order
@@ -501,6 +501,9 @@ def train(config: TrainConfig) -> dict:
     trainer = PSSTrainer(supernet, weight_decay=config.weight_decay)
     optimizer = build_optimizer(config, pipelines.steps_per_epoch)
     trainer.compile(optimizer=optimizer, jit_compile=False)
+    # Built before the first step, so the step traces once (a trace that
+    # creates variables is traced again).
+    optimizer.build(trainer.trainable_variables)
     checkpointer = Checkpointer(
         os.path.join(config.job_dir, "checkpoints"),
         supernet,
@@ -511,8 +514,6 @@ def train(config: TrainConfig) -> dict:
     initial_epoch = 0
     latest = checkpointer.latest()
     if latest:
-        if not optimizer.built:
-            optimizer.build(trainer.trainable_variables)
         initial_epoch = checkpointer.restore(latest)["epoch"]
         logging.info("Resuming from %s (epoch %d of %d).", latest, initial_epoch, config.epochs)
     with open(os.path.join(config.job_dir, "classes.json"), "w") as f:

@@ -35,3 +35,48 @@ def random_bn_stats(model, config, rng):
         )
         for name, c in model.bn_channels(config).items()
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_image_folder(tmp_path_factory):
+    """A small generated image folder (10 classes, 16 train / 6 val each, 32 px)."""
+    from pss_keras import toydata
+
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    return str(toydata.make_synthetic_shapes(str(root), 16, 6, image_size=32, seed=1))
+
+
+def tiny_train_config(job_dir, dataset, **overrides):
+    """A PSS run that takes seconds: width 0.25, 16..32 px, 3 targets."""
+    from pss_keras import data, training
+    from pss_keras.flops import count_mflops
+    from pss_keras.specs import SearchSpace
+
+    space = SearchSpace("mobilenet_v1", (16, 32), 8, (0.75, 1.0), 0.25, 10)
+    lo = count_mflops(space.smallest(), 10, 0.25)
+    hi = count_mflops(space.largest(), 10, 0.25)
+    step = round((hi - lo) / 2, 3)
+    kwargs = dict(
+        job_dir=str(job_dir),
+        data=data.DataConfig(
+            dataset=dataset,
+            image_size=32,
+            batch_size=16,
+            eval_batch_size=64,
+            minival_examples=20,
+            crop_scale=(0.6, 1.0),
+        ),
+        model_name="mobilenet_v1",
+        width_scale=0.25,
+        resolution_range=(16, 32),
+        flops_targets=(round(lo, 3), round(lo + 2 * step, 3), step),
+        num_map_samples=3000,
+        pool_size=3,
+        epochs=2,
+        lr=0.1,
+        calib_batches=2,
+        topk=2,
+        verbose=0,
+    )
+    kwargs.update(overrides)
+    return training.TrainConfig(**kwargs)
