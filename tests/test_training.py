@@ -96,8 +96,8 @@ def test_weight_decay_only_on_conv_and_dense_kernels():
     assert "block_2_depthwise/kernel" not in decayed
     assert not any(p.endswith(("gamma", "beta", "bias")) for p in decayed)
     n_conv = sum(
-        isinstance(l, (layers.SwitchableConv2D, layers.SwitchableDense))
-        for l in net.switchable_layers
+        isinstance(layer, (layers.SwitchableConv2D, layers.SwitchableDense))
+        for layer in net.switchable_layers
     )
     assert len(decayed) == n_conv
 
@@ -107,11 +107,11 @@ def test_checkpoint_round_trip_continues_identically(tiny_image_folder, tmp_path
     pipelines, supernet, sampler, trainer = _setup(config, seed=0)
     callback = training.PSSCallback(trainer, sampler)
     batches = list(pipelines.train_epoch(0).take(4))
-    ds = (
-        lambda i, j: tf.data.Dataset.from_tensor_slices(  # noqa: E731
-            tuple(tf.concat([b[k] for b in batches[i:j]], 0) for k in (0, 1))
-        ).batch(16)
-    )
+
+    def ds(i, j):
+        stacked = tuple(tf.concat([b[k] for b in batches[i:j]], 0) for k in (0, 1))
+        return tf.data.Dataset.from_tensor_slices(stacked).batch(16)
+
     trainer.fit(ds(0, 2), epochs=1, verbose=0, callbacks=[callback], shuffle=False)
     ckpt = Checkpointer(str(tmp_path / "ckpt"), supernet, trainer.optimizer, sampler)
     path = ckpt.save(1)
