@@ -1,0 +1,145 @@
+"""scripts/train.py and scripts/evaluate.py as a user runs them."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cmd(*args):
+    return [sys.executable, *args]
+
+
+def _env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _run(*args, timeout=900):
+    return subprocess.run(
+        _cmd(*args), cwd=ROOT, capture_output=True, text=True, env=_env(), timeout=timeout
+    )
+
+
+def _tiny_flags(job_dir, dataset, epochs=3):
+    return [
+        "scripts/train.py",
+        f"--job_dir={job_dir}",
+        f"--dataset={dataset}",
+        "--width_scale=0.25",
+        "--resolution_range=16,32",
+        "--infer_metric_target_range_starts=0.2",
+        "--infer_metric_target_range_stops=0.8",
+        "--infer_metric_target_steps=0.3",
+        "--gen_map_num=3000",
+        "--pool_size=3",
+        f"--epochs={epochs}",
+        "--batch_size=16",
+        "--eval_batch_size=64",
+        "--minival_examples=20",
+        "--calib_batches=2",
+        "--valid_topk=2",
+        "--verbose=2",
+    ]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--infer_metric_target_range_stops=0.1"],
+            "FLOPs target range 0.8..0.1 step 0.8 is empty",
+        ),
+        (["--pool_size=0"], "pool_size=0 must be at least 1"),
+        (["--dataset=no_such_dataset_xyz"], "Unknown dataset 'no_such_dataset_xyz'"),
+        (["--infer_metric_types=latency_cpu"], "only flops is implemented"),
+        (["--resolution_range=32"], "--resolution_range needs two comma-separated values"),
+    ],
+)
+def test_bad_flags_fail_fast_with_one_line(tmp_path, flags, message):
+    job = tmp_path / "job"
+    result = _run(
+        "scripts/train.py",
+        "--flagfile=quickstart.flags",
+        f"--job_dir={job}",
+        f"--dataset_dir={tmp_path}",
+        *flags,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
+    assert "Traceback" not in result.stderr
+    assert not job.exists()  # nothing half written
+
+
+def test_unknown_model_is_rejected_by_the_flag_parser(tmp_path):
+    result = _run("scripts/train.py", "--flagfile=quickstart.flags", "--model_name=resnet50")
+    assert result.returncode != 0 and "mobilenet_v1" in result.stderr
+
+
+def test_paper_flags_fail_clearly_without_imagenet(tmp_path):
+    result = _run(
+        "scripts/train.py",
+        "--flagfile=mbv1.flags",
+        f"--job_dir={tmp_path / 'job'}",
+        f"--dataset_dir={tmp_path / 'tfds'}",
+        f"--manual_dir={tmp_path / 'manual'}",
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "error: Dataset 'imagenet2012' is not prepared" in last and "--manual_dir" in last
+    assert not (tmp_path / "job").exists()
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume(tmp_path, tiny_image_folder):
+    job = tmp_path / "job"
+    flags = _tiny_flags(job, tiny_image_folder, epochs=4)
+    proc = subprocess.Popen(
+        _cmd(*flags), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 300
+        while not (job / "checkpoints" / "epoch-0002").exists():
+            assert proc.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # mid-epoch 3, maybe mid-write
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (job / "retained_subnets.json").exists()
+    result = _run(*flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resuming from" in result.stderr and "epoch 2 of 4" in result.stderr
+    retained = json.loads((job / "retained_subnets.json").read_text())
+    assert retained and all(0 <= e["top1"] <= 1 for e in retained)
+    assert sorted(os.listdir(job / "checkpoints")) == ["epoch-0003", "epoch-0004", "latest"]
+    evaluated = _run("scripts/evaluate.py", f"--job_dir={job}")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    for entry in retained:
+        assert entry["name"] in evaluated.stdout
+
+
+@pytest.mark.slow
+def test_quickstart_flags_run_end_to_end(tmp_path):
+    job = tmp_path / "quickstart"
+    result = _run(
+        "scripts/train.py",
+        "--flagfile=quickstart.flags",
+        f"--job_dir={job}",
+        f"--dataset_dir={tmp_path / 'data'}",
+        "--verbose=2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    retained = json.loads((job / "retained_subnets.json").read_text())
+    assert [e["name"] for e in retained] == ["flops_0p8m", "flops_1p6m", "flops_2p4m", "flops_3p2m"]
+    assert "Retained subnets" in result.stdout
+    # It learns: the largest tier is far above chance (10 classes).
+    assert max(e["top1"] for e in retained) > 0.5
