@@ -101,8 +101,10 @@ def main(argv):
     step_ms = 1000 * float(np.median(times))
     step_ips = _BATCH.value / (step_ms / 1000)
 
-    print(f"{model}, batch {_BATCH.value}, 224x224, {os.cpu_count()} CPU cores, TF {tf.__version__}, "
-          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+    print(
+        f"{model}, batch {_BATCH.value}, 224x224, {os.cpu_count()} CPU cores, TF {tf.__version__}, "
+        f"GPUs: {len(tf.config.list_physical_devices('GPU'))}"
+    )
     print(f"{'measure':<44}{'value':>14}")
     print("-" * 58)
     print(f"{'sampler map, ' + format(_MAP.value, ',') + ' subnets (s)':<44}{map_seconds:>14.2f}")
