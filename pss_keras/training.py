@@ -310,6 +310,8 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimize
 
 
 def build_samplers(config: TrainConfig, space: specs.SearchSpace) -> sampling.PrioritizedSampler:
+    """The run's prioritized sampler: the FLOPs map (seeded, so a resumed
+    run rebuilds the same one) and empty pools."""
     grid = TargetGrid("flops", *config.flops_targets)
     conditional = sampling.ConditionalSampler.build(
         space, grid, num_samples=config.num_map_samples, seed=config.seed
@@ -327,6 +329,7 @@ def build_samplers(config: TrainConfig, space: specs.SearchSpace) -> sampling.Pr
 
 
 def build_supernet(config: TrainConfig, num_classes: int) -> Supernet:
+    """The run's supernet (freshly initialized)."""
     return Supernet(
         config.model_name,
         num_classes=num_classes,
@@ -378,7 +381,9 @@ def retain_subnets(
             for layer, mv in stats.items()
             for part, v in zip(("mean", "variance"), mv)
         }
-        np.savez(os.path.join(job_dir, stats_file), **arrays)
+        tmp = os.path.join(stats_dir, f".{name}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, os.path.join(job_dir, stats_file))
         retained.append(
             {
                 "name": name,
@@ -516,8 +521,7 @@ def train(config: TrainConfig) -> dict:
     if latest:
         initial_epoch = checkpointer.restore(latest)["epoch"]
         logging.info("Resuming from %s (epoch %d of %d).", latest, initial_epoch, config.epochs)
-    with open(os.path.join(config.job_dir, "classes.json"), "w") as f:
-        json.dump(pipelines.source.class_names, f)
+    atomic_write_json(os.path.join(config.job_dir, "classes.json"), pipelines.source.class_names)
     log_dir = os.path.join(config.job_dir, "logs")
     callbacks = [
         PSSCallback(trainer, sampler, checkpointer, os.path.join(log_dir, "pss")),
@@ -536,7 +540,9 @@ def train(config: TrainConfig) -> dict:
             verbose=config.verbose,
             shuffle=False,  # the data pipeline shuffles, seeded per epoch
         )
-    supernet.save_weights(os.path.join(config.job_dir, "supernet.weights.h5"))
+    tmp = os.path.join(config.job_dir, ".supernet-tmp.weights.h5")
+    supernet.save_weights(tmp)  # then renamed: never a half-written file in place
+    os.replace(tmp, os.path.join(config.job_dir, "supernet.weights.h5"))
     retained = retain_subnets(
         supernet,
         sampler,
