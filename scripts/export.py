@@ -1,0 +1,54 @@
+"""Exports a trained PSS job as a multi-signature SavedModel for TF Serving.
+
+    python scripts/export.py --job_dir=jobs/quickstart --export_dir=saved_models/quickstart
+    saved_model_cli show --all --dir saved_models/quickstart/1
+
+Writes <export_dir>/<new version>/ (never overwrites a version): one
+signature per retained tier, serving_default (the largest tier) and `tiers`.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("job_dir", "jobs/quickstart", "A finished training job.")
+flags.DEFINE_string("export_dir", None, "Model base path (default saved_models/<job name>).")
+flags.DEFINE_enum(
+    "export_mode", "shared", ["shared", "standalone"], "Weights stored once, or per tier."
+)
+flags.DEFINE_list("tiers", [], "Tiers to export (default: all retained).")
+flags.DEFINE_integer("latency_repeats", 20, "Runs per tier for the recorded batch-1 latency.")
+F = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from pss_keras import export
+
+    export_dir = F.export_dir or os.path.join(
+        "saved_models", os.path.basename(os.path.normpath(F.job_dir))
+    )
+    try:
+        summary = export.export(
+            F.job_dir, export_dir, F.export_mode, F.tiers or None, F.latency_repeats
+        )
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    print(
+        f"wrote {summary['path']} ({summary['mode']} weights, default tier {summary['default_tier']})"
+    )
+    print(f"{'signature':<16}{'MFLOPs':>9}{'res':>5}{'val top1':>10}{'batch-1 ms':>12}")
+    for t in summary["tiers"]:
+        print(
+            f"{t['name']:<16}{t['mflops']:>9.2f}{t['resolution']:>5}{t['top1']:>10.3f}"
+            f"{t['latency_ms']:>12.2f}"
+        )
+    print("plus serving_default and tiers; input: " + summary["input"])
+
+
+if __name__ == "__main__":
+    app.run(main)
