@@ -80,3 +80,14 @@ def tiny_train_config(job_dir, dataset, **overrides):
     )
     kwargs.update(overrides)
     return training.TrainConfig(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def trained_job(tiny_image_folder, tmp_path_factory):
+    """A finished tiny PSS run (3 epochs): (TrainConfig, train() summary)."""
+    from pss_keras import training
+
+    config = tiny_train_config(
+        tmp_path_factory.mktemp("trained") / "job", tiny_image_folder, epochs=3
+    )
+    return config, training.train(config)

@@ -171,15 +171,6 @@ def test_keep_and_prune_checkpoints(tmp_path):
         ckpt.restore(str(tmp_path / "epoch-0004"))
 
 
-@pytest.fixture(scope="module")
-def trained_job(tiny_image_folder, tmp_path_factory):
-    config = tiny_train_config(
-        tmp_path_factory.mktemp("trained") / "job", tiny_image_folder, epochs=3
-    )
-    summary = training.train(config)
-    return config, summary
-
-
 def test_train_writes_retained_subnets(trained_job):
     config, summary = trained_job
     job = config.job_dir
