@@ -1,0 +1,86 @@
+"""Sends images to a PSS model in TF Serving and prints the top-5 classes.
+
+    python scripts/query.py --server=localhost:8500 --model_name=quickstart --tier=flops_1p6m cat.jpg
+    python scripts/query.py --max_mflops=2 cat.jpg             # most accurate tier within 2 MFLOPs
+    python scripts/query.py --latency_budget_ms=5 cat.jpg      # ... within 5 ms (measured at export)
+    python scripts/query.py --list_tiers
+    python scripts/query.py --protocol=rest --server=localhost:8501 ...
+
+Images (JPEG, PNG, BMP, GIF) are sent as raw uint8 pixels; the model resizes,
+crops and normalizes them itself.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("server", "localhost:8500", "host:port of TF Serving (gRPC 8500, REST 8501).")
+flags.DEFINE_enum("protocol", "grpc", ["grpc", "rest"], "Transport.")
+flags.DEFINE_string("model_name", "quickstart", "Model name in TF Serving.")
+flags.DEFINE_string("tier", None, "Tier (signature) to use, e.g. flops_1p6m.")
+flags.DEFINE_float("max_mflops", None, "Use the most accurate tier within this many MFLOPs.")
+flags.DEFINE_float("latency_budget_ms", None, "Use the most accurate tier within this latency.")
+flags.DEFINE_bool("list_tiers", False, "Print the served tiers and exit.")
+flags.DEFINE_float("timeout", 30.0, "Request timeout in seconds.")
+F = flags.FLAGS
+
+
+def _read_image(path):
+    import tensorflow as tf
+
+    try:
+        data = tf.io.read_file(path)
+        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
+        raise ValueError(f"Cannot read image {path}: {e.message.splitlines()[0]}") from None
+
+
+def main(argv):
+    paths = argv[1:]
+    from pss_keras import serving
+
+    client = serving.connect(F.server, F.model_name, F.protocol, F.timeout)
+    try:
+        tiers = client.tiers()
+        if F.list_tiers:
+            print(
+                f"{'tier':<16}{'MFLOPs':>9}{'params':>11}{'res':>5}{'val top1':>10}{'export ms':>11}"
+            )
+            for t in tiers:
+                print(
+                    f"{t.name:<16}{t.mflops:>9.2f}{t.params:>11,}{t.resolution:>5}{t.top1:>10.3f}{t.latency_ms:>11.2f}"
+                )
+            return
+        if not paths:
+            raise ValueError("Give one or more image files (or --list_tiers).")
+        if F.tier and (F.max_mflops is not None or F.latency_budget_ms is not None):
+            raise ValueError(
+                "Use --tier or a budget (--max_mflops / --latency_budget_ms), not both."
+            )
+        if F.tier:
+            tier = F.tier
+        elif F.max_mflops is not None or F.latency_budget_ms is not None:
+            tier = client.choose_tier(F.max_mflops, F.latency_budget_ms).name
+        else:
+            tier = max(tiers, key=lambda t: t.mflops).name
+        for path in paths:
+            outputs = client.predict(_read_image(path), tier)
+            print(f"{path} [{tier}]")
+            for rank, (index, name) in enumerate(
+                zip(outputs["top5_indices"][0], outputs["top5_classes"][0]), start=1
+            ):
+                print(
+                    f"  {rank}. {name} (class {int(index)}): {outputs['probabilities'][0][int(index)]:.3f}"
+                )
+    except (ValueError, serving.ServingError) as e:
+        sys.exit(f"error: {e}")
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    app.run(main)
