@@ -11,7 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tensorflow as tf
-from serving_server import ModelServer, free_port
+from serving_server import ModelServer, free_port  # noqa: I001
 
 from pss_keras import export, serving
 

@@ -1,0 +1,118 @@
+"""Compares the two export modes: file size, load time, memory, latency.
+
+    python scripts/benchmark_export.py --job_dir=jobs/quickstart
+
+Exports the job in `shared` and `standalone` mode (to a temporary folder),
+then, each in a fresh process: loads the SavedModel (time, resident-memory
+growth) and times every tier signature at batch 1 and batch 32 (median).
+Prints a table and writes JSON.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("job_dir", "jobs/quickstart", "A finished training job.")
+flags.DEFINE_integer("repeats", 30, "Timed calls per tier and batch size.")
+flags.DEFINE_string("output", "bench_results/export.json", "JSON output path.")
+F = flags.FLAGS
+
+_MEASURE = r"""
+import json, os, sys, time, resource
+import numpy as np
+import tensorflow as tf
+path, repeats, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+before = rss_mb()
+start = time.perf_counter()
+model = tf.saved_model.load(path)
+load_s = time.perf_counter() - start
+table = json.load(open(os.path.join(path, "assets.extra", "tiers.json")))
+rows = []
+for tier in table["tiers"]:
+    fn = model.signatures[tier["name"]]
+    row = {"name": tier["name"]}
+    for batch in (1, 32):
+        images = tf.constant(np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), np.uint8))
+        fn(images=images)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn(images=images)["logits"].numpy()
+            times.append(time.perf_counter() - t)
+        row[f"batch{batch}_ms"] = 1000 * float(np.median(times))
+    rows.append(row)
+print(json.dumps({"load_s": load_s, "rss_mb": rss_mb() - before, "tiers": rows}))
+"""
+
+
+def _size_mb(path):
+    total = 0
+    for folder, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(folder, f)) for f in files)
+    return total / 2**20
+
+
+def main(argv):
+    del argv
+    from pss_keras import export
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in export.MODES:
+            try:
+                summary = export.export(F.job_dir, os.path.join(tmp, mode), mode, latency_repeats=3)
+            except ValueError as e:
+                sys.exit(f"error: {e}")
+            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _MEASURE,
+                    summary["path"],
+                    str(F.repeats),
+                    str(summary["image_size"]),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            )
+            measured = json.loads(out.stdout.strip().splitlines()[-1])
+            results[mode] = dict(
+                measured,
+                size_mb=_size_mb(summary["path"]),
+                variables_mb=_size_mb(os.path.join(summary["path"], "variables")),
+            )
+    print(f"job {F.job_dir}, {os.cpu_count()} CPU cores, median of {F.repeats}")
+    print(f"{'mode':<12}{'size MB':>9}{'vars MB':>9}{'load s':>8}{'RSS MB':>8}")
+    for mode, r in results.items():
+        print(
+            f"{mode:<12}{r['size_mb']:>9.2f}{r['variables_mb']:>9.2f}{r['load_s']:>8.2f}{r['rss_mb']:>8.1f}"
+        )
+    print(f"\n{'tier':<16}" + "".join(f"{m + ' b1 ms':>17}{m + ' b32 ms':>18}" for m in results))
+    names = [t["name"] for t in results["shared"]["tiers"]]
+    for i, name in enumerate(names):
+        cells = "".join(
+            f"{r['tiers'][i]['batch1_ms']:>17.2f}{r['tiers'][i]['batch32_ms']:>18.2f}"
+            for r in results.values()
+        )
+        print(f"{name:<16}{cells}")
+    os.makedirs(os.path.dirname(os.path.abspath(F.output)), exist_ok=True)
+    with open(F.output, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {F.output}")
+
+
+if __name__ == "__main__":
+    app.run(main)
