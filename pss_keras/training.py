@@ -441,6 +441,7 @@ def evaluate_job(
         config = dataclasses.replace(
             config, data=dataclasses.replace(config.data, data_dir=data_dir)
         )
+    _seed_run(config.seed)
     pipelines = data_lib.Pipelines(config.data)
     supernet = build_supernet(config, pipelines.num_classes)
     sampler = build_samplers(config, supernet.space)
@@ -458,6 +459,19 @@ def evaluate_job(
         calib_batches or config.calib_batches,
         progress=progress,
     )
+
+
+def _seed_run(seed: int) -> None:
+    """Makes a run's randomness a function of its seed alone.
+
+    Keras's initializers draw from Python's `random`; the data pipeline's
+    shuffle seeds combine with TensorFlow's global seed, which is cleared so
+    that training, a resume and `evaluate_job` see the same batches whatever
+    the calling program set with `tf.random.set_seed`.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(None)
 
 
 def _check_run_config(job_dir: str, config: TrainConfig) -> None:
@@ -494,11 +508,7 @@ def train(config: TrainConfig) -> dict:
     pipelines = data_lib.Pipelines(config.data)  # fails before anything is written
     os.makedirs(config.job_dir, exist_ok=True)
     _check_run_config(config.job_dir, config)
-    # Seeds Keras's initializers (they draw from Python's random) but not
-    # TensorFlow's global seed, which would change tf.data's shuffle order
-    # between training and a later `evaluate_job`.
-    random.seed(config.seed)
-    np.random.seed(config.seed)
+    _seed_run(config.seed)
     supernet = build_supernet(config, pipelines.num_classes)
     map_start = time.perf_counter()
     sampler = build_samplers(config, supernet.space)

@@ -200,6 +200,7 @@ def test_train_writes_retained_subnets(trained_job):
 
 def test_evaluate_job_reproduces_the_selection(trained_job):
     config, summary = trained_job
+    tf.random.set_seed(1234)  # the caller's global seed must not change the batches
     again = training.evaluate_job(config.job_dir, progress=False)
     assert [(e["name"], e["config"], e["top1"]) for e in again] == [
         (e["name"], e["config"], e["top1"]) for e in summary["retained"]
