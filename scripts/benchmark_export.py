@@ -65,6 +65,7 @@ def _size_mb(path):
 def main(argv):
     del argv
     from pss_keras import export
+    from pss_keras.checkpoints import atomic_write_json
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,9 +109,7 @@ def main(argv):
             for r in results.values()
         )
         print(f"{name:<16}{cells}")
-    os.makedirs(os.path.dirname(os.path.abspath(F.output)), exist_ok=True)
-    with open(F.output, "w") as f:
-        json.dump(results, f, indent=2)
+    atomic_write_json(F.output, results)
     print(f"wrote {F.output}")
 
 

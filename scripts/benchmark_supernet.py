@@ -10,7 +10,6 @@ All subnets run through ONE traced tf.function per mode (the subnet is a
 tensor argument); the script checks that it traced once.
 """
 
-import json
 import os
 import platform
 import sys
@@ -24,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from pss_keras import extraction, flops, specs, supernet  # noqa: E402
+from pss_keras.checkpoints import atomic_write_json  # noqa: E402
 
 _MODEL = flags.DEFINE_enum("model", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.", lower_bound=1)
@@ -126,9 +126,7 @@ def main(argv):
         "rows": rows,
         "traces": traces,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-    with open(_OUTPUT.value, "w") as f:
-        json.dump(result, f, indent=2)
+    atomic_write_json(_OUTPUT.value, result)
     print(f"wrote {_OUTPUT.value}")
 
 

@@ -11,7 +11,6 @@ Prints a table and writes JSON. The pipeline is not the bottleneck when its
 images/s exceeds the step's.
 """
 
-import json
 import os
 import sys
 import tarfile
@@ -25,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from pss_keras import data, sampling, specs, training  # noqa: E402
+from pss_keras.checkpoints import atomic_write_json  # noqa: E402
 from pss_keras.pools import TargetGrid  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,9 +123,7 @@ def main(argv):
         "train_step_images_per_s": step_ips,
         "cpus": os.cpu_count(),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-    with open(_OUTPUT.value, "w") as f:
-        json.dump(result, f, indent=2)
+    atomic_write_json(_OUTPUT.value, result)
     print(f"wrote {_OUTPUT.value}")
 
 
