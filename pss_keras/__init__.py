@@ -1,10 +1,16 @@
 """pss_keras: PSS-Net resource-adaptive supernets in Keras 3 / TensorFlow.
 
 The pipeline, one module per step:
-    specs, flops      the search space and cost of subnets (pure Python/NumPy)
-    layers, supernet  width-switchable layers and the MobileNet supernets
-    pretrained        weights from keras.applications
-    extraction        standalone Keras models of single subnets
+    data, toydata        input pipelines (TFDS, image folders, generated shapes)
+    specs, flops         the search space and cost of subnets (pure Python/NumPy)
+    layers, supernet     width-switchable layers and the MobileNet supernets
+    pretrained           weights from keras.applications
+    pools, sampling      subnet pools, conditional and prioritized samplers
+    training             the PSS train step, the run, the subnet selection
+    checkpoints          atomic, resumable checkpoints
+    evaluation           post-BN calibration and accuracy of subnets
+    extraction           standalone Keras models of single subnets
+    export, serving      the TF Serving SavedModel and its client
 
 The TensorFlow-backed names are imported on first use, so that counting
 FLOPs or sampling configs does not pay for importing TensorFlow.
