@@ -81,7 +81,7 @@ class Checkpointer:
         path = os.path.join(self.directory, name)
         return path if os.path.isdir(path) else None
 
-    def save(self, epoch: int, extra: dict | None = None) -> str:
+    def save(self, epoch: int) -> str:
         """Writes the checkpoint of the state after ``epoch`` completed epochs."""
         os.makedirs(self.directory, exist_ok=True)
         name = f"epoch-{epoch:04d}"
@@ -93,7 +93,7 @@ class Checkpointer:
                 f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(self.optimizer.variables)
             }
             np.savez(os.path.join(tmp, OPTIMIZER), **values)
-            state = {"epoch": epoch, "sampler": self.sampler.state_dict(), **(extra or {})}
+            state = {"epoch": epoch, "sampler": self.sampler.state_dict()}
             with open(os.path.join(tmp, STATE), "w") as f:
                 json.dump(state, f)
             for file in os.listdir(tmp):

@@ -480,7 +480,15 @@ def _check_run_config(job_dir: str, config: TrainConfig) -> None:
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
-        ignore = {"epochs", "verbose", "tensorboard_update_freq", "keep_checkpoints", "job_dir"}
+        # "data" is compared field by field below, where its locations may move.
+        ignore = {
+            "epochs",
+            "verbose",
+            "tensorboard_update_freq",
+            "keep_checkpoints",
+            "job_dir",
+            "data",
+        }
         changed = sorted(k for k in current if k not in ignore and saved.get(k) != current.get(k))
         data_changed = sorted(
             k

@@ -284,6 +284,17 @@ def test_resume_with_other_settings_is_refused(trained_job):
 
     with pytest.raises(ValueError, match="holds a run with other settings \\(lr\\)"):
         training.train(dataclasses.replace(config, lr=0.5))
+    with pytest.raises(ValueError, match="other settings \\(batch_size\\)"):
+        training._check_run_config(
+            config.job_dir,
+            dataclasses.replace(config, data=dataclasses.replace(config.data, batch_size=8)),
+        )
+    # The data's location may move between runs (a new disk, another machine).
+    training._check_run_config(
+        config.job_dir,
+        dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir="/elsewhere")),
+    )
+    training._check_run_config(config.job_dir, config)  # leave the shared job as it was
 
 
 @pytest.mark.parametrize(
