@@ -178,7 +178,7 @@ def load_source(config: DataConfig) -> DatasetSource:
     return _tfds_source(dataset, config.data_dir, config.manual_dir)
 
 
-def _to_rgb(image):
+def to_rgb(image):
     """Greyscale (1 channel) to RGB; RGBA to RGB; RGB as is."""
     image = tf.convert_to_tensor(image)
     if image.shape[-1] == 3:
@@ -195,10 +195,15 @@ def normalize(image01):
     return (image01 - tf.constant(MEAN_RGB)) / tf.constant(STDDEV_RGB)
 
 
+def to_pixels(normalized):
+    """Inverse of `normalize`, scaled to pixel values: normalized -> [0, 255] RGB."""
+    return (normalized * tf.constant(STDDEV_RGB) + tf.constant(MEAN_RGB)) * 255.0
+
+
 def train_transform(image, seed, config: DataConfig):
     """The method's training augmentation, stateless (``seed``: int32 [2])."""
     seeds = tf.random.experimental.stateless_split(seed, 7)
-    image = _to_rgb(image)
+    image = to_rgb(image)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
@@ -230,7 +235,7 @@ def train_transform(image, seed, config: DataConfig):
 def eval_transform(image, image_size: int):
     """Resize the shorter side to ``image_size * 256 / 224``, centre-crop
     ``image_size`` (resize 256 / crop 224 at ImageNet's resolution)."""
-    image = tf.cast(_to_rgb(image), tf.float32)
+    image = tf.cast(to_rgb(image), tf.float32)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     resize = float(round(image_size * 256 / 224))
     scale = resize / tf.reduce_min(shape)
@@ -316,6 +321,20 @@ class Pipelines:
         if self.should_cache(count):
             ds = ds.cache()
         return ds.batch(self.config.eval_batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def representative(self, count: int) -> tf.data.Dataset:
+        """``count`` training examples (minival excluded, fixed order) with
+        the evaluation transform, unbatched: calibration data for
+        post-training quantization, which must look like inference inputs."""
+        if count < 1:
+            raise ValueError(f"The representative set needs at least 1 image, got {count}.")
+        size = self.config.image_size
+        examples = self._train_examples().take(count)
+        return examples.map(
+            lambda i, example: (eval_transform(example[0], size), tf.cast(example[1], tf.int32)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
 
     def minival(self) -> tf.data.Dataset:
         """The held-out training examples, with the evaluation transform."""

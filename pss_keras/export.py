@@ -46,8 +46,9 @@ TIERS_SIGNATURE = "tiers"
 WARMUP_FILE = "tf_serving_warmup_requests"
 
 
-def preprocess(images, image_size: int):
-    """Batched evaluation transform of uint8 images (see module docstring)."""
+def preprocess(images, image_size: int, normalized: bool = True):
+    """Batched evaluation transform of uint8 images (see module docstring);
+    ``normalized=False`` stops before the mean/std step (pixels in [0, 255])."""
     images = tf.cast(images, tf.float32)
     shape = tf.cast(tf.shape(images)[1:3], tf.float32)
     resize = float(round(image_size * 256 / 224))
@@ -58,7 +59,7 @@ def preprocess(images, image_size: int):
     left = (new_shape[1] - image_size) // 2
     images = images[:, top : top + image_size, left : left + image_size, :]
     images = tf.clip_by_value(images / 255.0, 0.0, 1.0)
-    return data_lib.normalize(images)
+    return data_lib.normalize(images) if normalized else images * 255.0
 
 
 def _outputs(logits, class_names):

@@ -4,6 +4,10 @@
 ordinary `keras.Model` of exactly that shape (Conv2D, DepthwiseConv2D,
 BatchNormalization or BN folded into the convs, Dense), with a fixed input
 resolution. It is what TFLite conversion and the standalone export use.
+
+The same code builds the model with Keras 3 (default) or, for
+quantization-aware training with tensorflow-model-optimization, with tf_keras
+(``keras_module=tf_keras``): both have the same layer API.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import keras
 import numpy as np
 
 from pss_keras import flops, specs
+from pss_keras.data import MEAN_RGB, STDDEV_RGB
 from pss_keras.supernet import BatchNormStats, Supernet
 
 
@@ -30,6 +35,8 @@ def extract_subnet(
     bn_stats: BatchNormStats | None = None,
     fold_bn: bool = False,
     name: str | None = None,
+    pixel_input: bool = False,
+    keras_module=keras,
 ) -> keras.Model:
     """Builds the standalone Keras model of one subnet.
 
@@ -43,12 +50,19 @@ def extract_subnet(
             bias; no BatchNormalization layers). Faster, and what TFLite
             would do anyway.
         name: model name (default: the config's name, sanitized).
+        pixel_input: the model takes RGB pixel values in [0, 255] and its
+            first layer (``normalize``, a 1x1 depthwise convolution with
+            bias, which every converter and tfmot support) applies the
+            ImageNet mean/std normalization. For TFLite, where the app feeds
+            camera pixels.
+        keras_module: ``keras`` (Keras 3) or ``tf_keras``.
 
     Returns:
-        A functional `keras.Model` taking float images
-        [batch, resolution, resolution, 3] (normalized as for the supernet)
-        and returning logits [batch, num_classes]. Its outputs equal the
-        supernet's with ``config`` active and the same statistics.
+        A functional model taking float images
+        [batch, resolution, resolution, 3] (normalized as for the supernet,
+        or pixels with ``pixel_input``) and returning logits
+        [batch, num_classes]. Its outputs equal the supernet's with
+        ``config`` active and the same statistics.
 
     Raises:
         ValueError: if ``config`` is not in the supernet's space or
@@ -70,6 +84,7 @@ def extract_subnet(
                 f"bn_stats[{bn_name!r}] has shapes {shapes}; subnet {config} needs ({c},) each."
             )
 
+    K = keras_module
     arch = supernet.arch
     eps = supernet.bn_epsilon
     rows = {
@@ -92,27 +107,37 @@ def extract_subnet(
         if fold_bn:
             kernel, bias = _fold(kernel, gamma, beta, mean, variance, eps, depthwise)
             if depthwise:
-                layer = keras.layers.DepthwiseConv2D(use_bias=True, **common)
+                layer = K.layers.DepthwiseConv2D(use_bias=True, **common)
             else:
-                layer = keras.layers.Conv2D(row.c_out, use_bias=True, **common)
+                layer = K.layers.Conv2D(row.c_out, use_bias=True, **common)
             x = layer(x)
             layer.set_weights([kernel, bias])
         else:
             if depthwise:
-                layer = keras.layers.DepthwiseConv2D(use_bias=False, **common)
+                layer = K.layers.DepthwiseConv2D(use_bias=False, **common)
             else:
-                layer = keras.layers.Conv2D(row.c_out, use_bias=False, **common)
+                layer = K.layers.Conv2D(row.c_out, use_bias=False, **common)
             x = layer(x)
             layer.set_weights([kernel])
-            bn_layer = keras.layers.BatchNormalization(epsilon=eps, name=f"{layer_name}_bn")
+            bn_layer = K.layers.BatchNormalization(epsilon=eps, name=f"{layer_name}_bn")
             x = bn_layer(x)
             bn_layer.set_weights([gamma, beta, mean, variance])
         if relu:
-            x = keras.layers.ReLU(max_value=6.0, name=f"{layer_name}_relu")(x)
+            x = K.layers.ReLU(max_value=6.0, name=f"{layer_name}_relu")(x)
         return x
 
-    inputs = keras.Input((config.resolution, config.resolution, 3), name="images")
-    x = conv_bn(inputs, "stem_conv")
+    inputs = K.Input((config.resolution, config.resolution, 3), name="images")
+    x = inputs
+    if pixel_input:
+        # (x / 255 - mean) / std  ==  x * (1 / (255 std)) - mean / std
+        scale = 1.0 / (255.0 * np.asarray(STDDEV_RGB, np.float64))
+        offset = -np.asarray(MEAN_RGB, np.float64) / np.asarray(STDDEV_RGB, np.float64)
+        normalize = K.layers.DepthwiseConv2D(1, use_bias=True, name="normalize")
+        x = normalize(x)
+        normalize.set_weights(
+            [scale.reshape(1, 1, 3, 1).astype(np.float32), offset.astype(np.float32)]
+        )
+    x = conv_bn(x, "stem_conv")
     in_stage = 0
     for i, block in enumerate(arch.blocks, start=1):
         if isinstance(block, specs.DepthwiseSeparableSpec):
@@ -125,15 +150,15 @@ def extract_subnet(
             x = conv_bn(x, f"block_{i}_depthwise")
             x = conv_bn(x, f"block_{i}_project", relu=False)
             if block.stride == 1 and block.out_stage == in_stage:
-                x = keras.layers.Add(name=f"block_{i}_add")([shortcut, x])
+                x = K.layers.Add(name=f"block_{i}_add")([shortcut, x])
         in_stage = block.out_stage
     if arch.head_stage is not None:
         x = conv_bn(x, "head_conv")
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = K.layers.GlobalAveragePooling2D(name="pool")(x)
     row = rows["classifier"]
-    dense = keras.layers.Dense(supernet.num_classes, name="classifier")
+    dense = K.layers.Dense(supernet.num_classes, name="classifier")
     outputs = dense(x)
     source = supernet.get_layer_by_name("classifier")
     dense.set_weights([source.kernel.numpy()[: row.c_in], source.bias.numpy()])
     model_name = name or config.name.replace(",", "_").replace(".", "p")
-    return keras.Model(inputs, outputs, name=model_name)
+    return K.Model(inputs, outputs, name=model_name)
