@@ -81,7 +81,7 @@ class Job:
         for file in (training.RUN_CONFIG, training.RETAINED, "supernet.weights.h5"):
             if not os.path.exists(os.path.join(job_dir, file)):
                 raise ValueError(
-                    f"{job_dir} has no {file}: export needs a finished training run "
+                    f"{job_dir} has no {file}: it needs a finished training run "
                     "(python scripts/train.py --job_dir=...)."
                 )
         self.job_dir = job_dir

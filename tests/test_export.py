@@ -128,7 +128,7 @@ def test_versions_are_new_and_atomic(trained_job, tmp_path):
 
 def test_export_errors(trained_job, tmp_path):
     config, _ = trained_job
-    with pytest.raises(ValueError, match="export needs a finished training run"):
+    with pytest.raises(ValueError, match="it needs a finished training run"):
         export.export(str(tmp_path / "nope"), str(tmp_path / "out"))
     with pytest.raises(ValueError, match=r"Unknown tier\(s\) \['flops_9999m'\]"):
         export.export(config.job_dir, str(tmp_path / "out"), tiers=["flops_9999m"])

@@ -66,3 +66,26 @@ def test_extraction_errors(tiny_supernets, rng):
         match=r"bn_stats\['block_1_pointwise_bn'\] has shapes \(\(32,\), \(32,\)\).*needs \(24,\)",
     ):
         extraction.extract_subnet(net, config, wrong)
+
+
+@pytest.mark.parametrize("model", ["mobilenet_v1", "mobilenet_v2"])
+def test_pixel_input_and_tf_keras_build_equal_the_supernet(tiny_supernets, model, rng):
+    import tensorflow as tf
+    import tf_keras
+
+    from pss_keras import data
+
+    net = tiny_supernets[model]
+    config = net.space.random()
+    stats = random_bn_stats(net, config, rng)
+    r = config.resolution
+    pixels = rng.uniform(0, 255, (2, r, r, 3)).astype("float32")
+    expected = net(data.normalize(pixels / 255.0), subnet=config, bn_stats=stats).numpy()
+    sub = extraction.extract_subnet(net, config, stats, fold_bn=True, pixel_input=True)
+    assert sub.layers[1].name == "normalize"
+    np.testing.assert_allclose(sub(pixels).numpy(), expected, atol=1e-5, rtol=0)
+    legacy = extraction.extract_subnet(
+        net, config, stats, fold_bn=True, pixel_input=True, keras_module=tf_keras
+    )
+    assert isinstance(legacy, tf_keras.Model) and not isinstance(legacy, keras.Model)
+    np.testing.assert_allclose(legacy(tf.constant(pixels)).numpy(), expected, atol=1e-5, rtol=0)

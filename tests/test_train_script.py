@@ -143,3 +143,27 @@ def test_quickstart_flags_run_end_to_end(tmp_path):
     assert "Retained subnets" in result.stdout
     # It learns: the largest tier is far above chance (10 classes).
     assert max(e["top1"] for e in retained) > 0.5
+    # The trained tiers convert to TFLite and agree with the served model:
+    # float32 to 1e-4 of the logits' range, int8 (post-training, integer
+    # I/O) on >= 98% of the validation top-1 predictions.
+    for quantize, extra in (("none", []), ("int8", ["--io_dtype=uint8"])):
+        out = tmp_path / f"tflite_{quantize}"
+        result = _run(
+            "scripts/convert_tflite.py",
+            f"--job_dir={job}",
+            f"--output_dir={out}",
+            f"--quantize={quantize}",
+            f"--dataset_dir={tmp_path / 'data'}",
+            "--latency_repeats=5",
+            "--progress=false",
+            *extra,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert [t["name"] for t in manifest["tiers"]] == [e["name"] for e in retained]
+        for tier in manifest["tiers"]:
+            v = tier["verification"]
+            assert v["meets_target"], (quantize, tier["name"], v)
+            assert v["examples"] == 300
+            assert (out / tier["file"]).stat().st_size == tier["size_bytes"]
+        assert "warning" not in result.stdout
