@@ -11,6 +11,7 @@ The pipeline, one module per step:
     evaluation           post-BN calibration and accuracy of subnets
     extraction           standalone Keras models of single subnets
     export, serving      the TF Serving SavedModel and its client
+    tflite, qat          per-tier .tflite files (float, fp16, int8, QAT int8)
 
 The TensorFlow-backed names are imported on first use, so that counting
 FLOPs or sampling configs does not pay for importing TensorFlow.

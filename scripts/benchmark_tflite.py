@@ -1,0 +1,97 @@
+"""Compares TFLite precisions per tier: size, accuracy, agreement, latency.
+
+    python scripts/benchmark_tflite.py --job_dir=jobs/quickstart
+
+Converts every retained tier of the job as float32, fp16, int8 (post-training)
+and int8 after quantization-aware fine-tuning (--qat_epochs), each verified
+with the LiteRT interpreter against the tier's serving signature on the
+validation set (pss_keras.tflite.convert), and prints one table: file size,
+validation top-1 (the SavedModel's and each file's), top-1 agreement with the
+SavedModel, and batch-1 latency (median). Writes JSON with the manifests.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+flags.DEFINE_string("job_dir", "jobs/quickstart", "A finished training job.")
+flags.DEFINE_list("modes", ["none", "fp16", "int8", "qat"], "Which conversions to compare.")
+flags.DEFINE_integer("qat_epochs", 2, "Epochs of quantization-aware fine-tuning.", lower_bound=1)
+flags.DEFINE_float("qat_lr", 0.001, "Peak learning rate of QAT fine-tuning.")
+flags.DEFINE_enum("io_dtype", "float32", ["float32", "uint8", "int8"], "int8 models' I/O type.")
+flags.DEFINE_integer("num_threads", 1, "Interpreter threads for latency.", lower_bound=1)
+flags.DEFINE_integer("latency_repeats", 200, "Batch-1 runs per tier (median).", lower_bound=1)
+flags.DEFINE_string("output", "bench_results/tflite.json", "JSON output path.")
+F = flags.FLAGS
+
+_SETTINGS = {
+    "none": dict(quantize="none"),
+    "fp16": dict(quantize="fp16"),
+    "int8": dict(quantize="int8"),
+    "qat": dict(quantize="int8"),
+}
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    from pss_keras import tflite
+    from pss_keras.checkpoints import atomic_write_json
+
+    unknown = [m for m in F.modes if m not in _SETTINGS]
+    if unknown:
+        sys.exit(f"error: unknown mode(s) {unknown}; use {sorted(_SETTINGS)}.")
+    manifests = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in F.modes:
+            settings = dict(
+                _SETTINGS[mode],
+                num_threads=F.num_threads,
+                latency_repeats=F.latency_repeats,
+                qat_epochs=F.qat_epochs if mode == "qat" else 0,
+                qat_lr=F.qat_lr,
+                io_dtype=F.io_dtype if _SETTINGS[mode]["quantize"] == "int8" else "float32",
+            )
+            print(f"== {mode}")
+            try:
+                manifests[mode] = tflite.convert(
+                    F.job_dir, os.path.join(tmp, mode), tflite.ConvertConfig(**settings)
+                )
+            except ValueError as e:
+                sys.exit(f"error: {e}")
+    modes = list(manifests)
+    first = manifests[modes[0]]
+    names = [t["name"] for t in first["tiers"]]
+    by = {m: {t["name"]: t for t in manifests[m]["tiers"]} for m in modes}
+    header = f"{'tier':<12}{'MFLOPs':>7}{'res':>5}  {'SM top1':>7}"
+    for title in ("KB", "top1", "agree", "ms"):
+        header += "  " + " ".join(f"{title + ' ' + m:>11}" for m in modes)
+    print(header)
+    for name in names:
+        t0 = by[modes[0]][name]
+        line = f"{name:<12}{t0['mflops']:>7.2f}{t0['resolution']:>5}"
+        line += f"  {t0['verification']['reference_top1']:>7.3f}"
+        line += "  " + " ".join(f"{by[m][name]['size_bytes'] / 1024:>11.1f}" for m in modes)
+        line += "  " + " ".join(f"{by[m][name]['verification']['top1']:>11.3f}" for m in modes)
+        line += "  " + " ".join(
+            f"{by[m][name]['verification']['top1_agreement']:>11.3f}" for m in modes
+        )
+        line += "  " + " ".join(f"{by[m][name]['latency_ms']:>11.3f}" for m in modes)
+        print(line)
+    print(
+        f"validation images: {first['tiers'][0]['verification']['examples']}; latency: batch 1, "
+        f"median of {F.latency_repeats}, {F.num_threads} thread(s), {first['latency']['runtime']}; "
+        f"int8 I/O: {F.io_dtype}; qat: {F.qat_epochs} epoch(s), lr {F.qat_lr}"
+    )
+    atomic_write_json(F.output, {"job_dir": F.job_dir, "manifests": manifests})
+    print(f"wrote {F.output}")
+
+
+if __name__ == "__main__":
+    app.run(main)
