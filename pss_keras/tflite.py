@@ -32,6 +32,7 @@ separate files; one file per tier is what is written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -258,6 +259,10 @@ class TFLiteRunner:
         return 1000.0 * float(np.median(times))
 
 
+def _logits_of(images, fn):
+    return fn(images)["logits"]
+
+
 def _reference_fns(job, entries, saved_model: str | None):
     """``({tier: fn(uint8 images) -> logits}, description)``."""
     if saved_model:
@@ -282,9 +287,12 @@ def _reference_fns(job, entries, saved_model: str | None):
         return fns, f"SavedModel {saved_model}"
     shared = export_lib.tier_functions(job, entries, "shared")
     spec = [tf.TensorSpec([None, None, None, 3], tf.uint8)]
+    # One tf.function per tier, each traced once. functools.partial gives each
+    # its own identity: TF keys its "excessive retracing" warning on the
+    # wrapped function's code, which a lambda would share across tiers.
     fns = {
         name: tf.function(
-            lambda images, fn=fn: fn(images)["logits"], input_signature=spec, jit_compile=False
+            functools.partial(_logits_of, fn=fn), input_signature=spec, jit_compile=False
         )
         for name, fn in shared.items()
     }

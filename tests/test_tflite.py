@@ -71,6 +71,9 @@ def test_float_files_match_the_serving_signature(trained_job, float_manifest):
         got = tflite.TFLiteRunner(model_path=str(path))(x)
         assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max()
     assert not [n for n in os.listdir(out) if n.startswith(".")]
+    # Readable like any other file there (not mkstemp's 0600).
+    modes = {(out / n).stat().st_mode & 0o777 for n in os.listdir(out)}
+    assert len(modes) == 1, modes
 
 
 def test_runner_batches_equal_single_images(float_manifest, rng):
