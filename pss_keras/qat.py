@@ -60,6 +60,7 @@ def quantization_aware_subnet(
     epochs: int,
     lr: float = 0.001,
     progress: bool = True,
+    name: str | None = None,
 ):
     """Fine-tunes a quantization-aware copy of one subnet.
 
@@ -76,6 +77,7 @@ def quantization_aware_subnet(
         epochs: number of epochs (>= 1).
         lr: peak learning rate of the cosine schedule.
         progress: show a progress bar per epoch.
+        name: what the progress lines call the subnet (default: its config).
 
     Returns:
         ``(model, info)``: the tf_keras quantization-aware model (pixel input,
@@ -123,7 +125,7 @@ def quantization_aware_subnet(
     for epoch in range(epochs):
         bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if progress else 0)
         if progress:
-            print(f"QAT {config.name}: epoch {epoch + 1}/{epochs}")
+            print(f"QAT {name or config.name}: epoch {epoch + 1}/{epochs}")
         for step, (images, _) in enumerate(batches(epoch).take(steps_per_epoch)):
             loss = float(train_step(images))
             bar.update(step + 1, [("kl", loss)])

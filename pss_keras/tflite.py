@@ -374,7 +374,10 @@ def convert(
     if config.verify_images > 0:
         references, reference_name = _reference_fns(job, entries, config.saved_model)
 
-    tmp = tempfile.mkdtemp(prefix="pss_tflite_out_")
+    # The temporary folder lives inside output_dir so that the final moves are
+    # renames on one file system.
+    os.makedirs(output_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-tflite-", dir=output_dir)
     try:
         runners, tier_rows = {}, []
         bar = keras.utils.Progbar(len(entries), verbose=1 if progress else 0)
@@ -404,7 +407,9 @@ def convert(
             "mode": config.mode_name,
             "io_dtype": config.io_dtype if config.quantize == "int8" else "float32",
             "representative_images": (
-                config.representative_images if config.quantize == "int8" else 0
+                min(config.representative_images, pipelines.num_train)
+                if config.quantize == "int8"
+                else 0
             ),
             "qat_epochs": config.qat_epochs,
             "target": TARGETS[config.quantize],
@@ -421,7 +426,6 @@ def convert(
             "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
             "tiers": tier_rows,
         }
-        os.makedirs(output_dir, exist_ok=True)
         manifest_path = os.path.join(output_dir, MANIFEST)
         if os.path.exists(manifest_path):
             os.remove(manifest_path)
@@ -466,6 +470,7 @@ def _convert_tier(job, entry, config: ConvertConfig, pipelines, progress) -> dic
             config.qat_epochs,
             config.qat_lr,
             progress,
+            name=entry["name"],
         )
     else:
         model = extraction.extract_subnet(
