@@ -82,7 +82,8 @@ def quantization_aware_subnet(
     Returns:
         ``(model, info)``: the tf_keras quantization-aware model (pixel input,
         logits output; convert it with ``tf.lite.Optimize.DEFAULT`` to get
-        the int8 model) and ``{"epochs", "steps", "lr", "final_loss"}``.
+        the int8 model) and ``{"epochs", "steps", "lr", "epoch_kl"}`` (the
+        mean distillation loss of each epoch).
 
     Raises:
         ValueError: for ``epochs < 1``, ``steps_per_epoch < 1`` or ``lr <= 0``.
@@ -121,15 +122,17 @@ def quantization_aware_subnet(
         optimizer.apply_gradients(zip(grads, trainable))
         return loss
 
-    loss = float("nan")
+    epoch_losses = []
     for epoch in range(epochs):
         bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if progress else 0)
         if progress:
             print(f"QAT {name or config.name}: epoch {epoch + 1}/{epochs}")
+        losses = []
         for step, (images, _) in enumerate(batches(epoch).take(steps_per_epoch)):
-            loss = float(train_step(images))
-            bar.update(step + 1, [("kl", loss)])
-    return student, {"epochs": epochs, "steps": total, "lr": lr, "final_loss": loss}
+            losses.append(float(train_step(images)))
+            bar.update(step + 1, [("kl", losses[-1])])
+        epoch_losses.append(sum(losses) / max(1, len(losses)))
+    return student, {"epochs": epochs, "steps": total, "lr": lr, "epoch_kl": epoch_losses}
 
 
 _ACTIVATION_RANGES = ("post_activation", "output")

@@ -146,7 +146,11 @@ def test_quantization_aware_training(trained_job, float_manifest, tmp_path):
     tier = manifest["tiers"][0]
     assert manifest["mode"] == "qat_int8" and manifest["qat_epochs"] == 1
     assert tier["qat"]["epochs"] == 1 and tier["qat"]["steps"] >= 1
-    assert np.isfinite(tier["qat"]["final_loss"]) and tier["qat"]["final_loss"] < 0.1
+    # A diverging fine-tuning (unfrozen normalization, [-6, 6] input range)
+    # reaches KL > 1.5 within an epoch; a working one stays near 0 (the
+    # quickstart tiers: 0.0005-0.0015).
+    (kl,) = tier["qat"]["epoch_kl"]
+    assert np.isfinite(kl) and kl < 0.5, kl
     assert _dtypes(tmp_path / tier["file"]) == {"int8", "int32", "float32"}
     v = tier["verification"]
     assert v["top1_agreement"] >= 0.5 and v["max_rel_logit_diff"] < 0.5, v  # see the int8 test
