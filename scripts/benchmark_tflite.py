@@ -15,6 +15,11 @@ times full-size subnets instead (the largest and smallest of a randomly
 initialized 1000-class supernet at 224/128 px; int8 calibrated on random
 pixels): file size and batch-1 latency, float32 vs int8, at 1 and 2 threads.
 Latency does not depend on the weights' values; accuracy is not measured.
+
+    python scripts/benchmark_tflite.py --multi_signature
+
+compares one float32 .tflite per tier with one multi-signature .tflite that
+holds every tier of the job (one signature runner per tier).
 """
 
 import os
@@ -36,6 +41,7 @@ flags.DEFINE_integer("latency_repeats", 200, "Batch-1 runs per tier (median).", 
 flags.DEFINE_list(
     "full_size", [], "Time full-size random-weight subnets of these models instead of a job."
 )
+flags.DEFINE_bool("multi_signature", False, "Compare separate files with one multi-signature file.")
 flags.DEFINE_string("output", "bench_results/tflite.json", "JSON output path.")
 F = flags.FLAGS
 
@@ -88,12 +94,56 @@ def full_size(models):
     return rows
 
 
+def _logits_endpoint(model):
+    return lambda images: {"logits": model(images, training=False)}
+
+
+def multi_signature(job_dir):
+    import keras
+    import tensorflow as tf
+
+    from pss_keras import export, extraction, tflite
+
+    job = export.Job(job_dir)
+    archive = keras.export.ExportArchive()
+    separate = {}
+    for entry in job.retained:
+        config, stats = job.tier(entry)
+        r = config.resolution
+        model = extraction.extract_subnet(
+            job.supernet, config, stats, fold_bn=True, pixel_input=True, name=entry["name"]
+        )
+        separate[entry["name"]] = len(tflite.convert_model(model, r))
+        archive.track(model)
+        archive.add_endpoint(
+            entry["name"],
+            _logits_endpoint(model),
+            input_signature=[tf.TensorSpec([None, r, r, 3], tf.float32, name="images")],
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        archive.write_out(tmp, verbose=False)
+        names = list(separate)
+        content = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=names).convert()
+    signatures = list(tflite.TFLiteRunner(content).interpreter.get_signature_list())
+    assert sorted(signatures) == sorted(names), signatures
+    for name, size in separate.items():
+        print(f"{name:<14}{size / 1024:>10.1f} KB")
+    total = sum(separate.values())
+    print(f"{'separate, sum':<14}{total / 1024:>10.1f} KB")
+    print(f"{'one file':<14}{len(content) / 1024:>10.1f} KB ({len(signatures)} signatures)")
+    return {"separate_bytes": separate, "multi_signature_bytes": len(content)}
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     from pss_keras import tflite
     from pss_keras.checkpoints import atomic_write_json
 
+    if F.multi_signature:
+        atomic_write_json(F.output, multi_signature(F.job_dir))
+        print(f"wrote {F.output}")
+        return
     if F.full_size:
         rows = full_size(F.full_size)
         atomic_write_json(F.output, {"full_size": rows})
