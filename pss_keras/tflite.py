@@ -440,11 +440,17 @@ def convert(
 
 
 def _pixel_batches(dataset, resolution: int):
-    """Normalized images at the job's image size -> pixels at ``resolution``."""
-    return dataset.map(
-        lambda images, labels: (resize_to(data_lib.to_pixels(images), resolution), labels),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    """Normalized images at the job's image size -> pixels at ``resolution``.
+
+    Clipped to [0, 255]: training augmentation (PCA lighting) leaves the
+    pixel range slightly, and QAT must learn the input range a camera gives.
+    """
+
+    def to_pixels(images, labels):
+        pixels = tf.clip_by_value(data_lib.to_pixels(images), 0.0, 255.0)
+        return resize_to(pixels, resolution), labels
+
+    return dataset.map(to_pixels, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _convert_tier(job, entry, config: ConvertConfig, pipelines, progress) -> dict:

@@ -144,10 +144,15 @@ def test_quickstart_flags_run_end_to_end(tmp_path):
     # It learns: the largest tier is far above chance (10 classes).
     assert max(e["top1"] for e in retained) > 0.5
     # The trained tiers convert to TFLite and agree with the served model:
-    # float32 to 1e-4 of the logits' range, int8 (post-training, integer
-    # I/O) on >= 98% of the validation top-1 predictions.
-    for quantize, extra in (("none", []), ("int8", ["--io_dtype=uint8"])):
-        out = tmp_path / f"tflite_{quantize}"
+    # float32 to 1e-4 of the logits' range, int8 (post-training with integer
+    # I/O, and after one QAT epoch) on >= 98% of the validation top-1
+    # predictions.
+    for quantize, extra in (
+        ("none", []),
+        ("int8", ["--io_dtype=uint8"]),
+        ("int8", ["--qat_epochs=1", "--tiers=flops_0p8m,flops_3p2m"]),
+    ):
+        out = tmp_path / f"tflite_{quantize}_{len(extra)}"
         result = _run(
             "scripts/convert_tflite.py",
             f"--job_dir={job}",
@@ -160,7 +165,11 @@ def test_quickstart_flags_run_end_to_end(tmp_path):
         )
         assert result.returncode == 0, result.stderr[-3000:]
         manifest = json.loads((out / "manifest.json").read_text())
-        assert [t["name"] for t in manifest["tiers"]] == [e["name"] for e in retained]
+        tiers = [e["name"] for e in retained]
+        if "--qat_epochs=1" in extra:
+            tiers = ["flops_0p8m", "flops_3p2m"]
+            assert all(t["qat"]["epoch_kl"][0] < 0.01 for t in manifest["tiers"])
+        assert [t["name"] for t in manifest["tiers"]] == tiers
         for tier in manifest["tiers"]:
             v = tier["verification"]
             assert v["meets_target"], (quantize, tier["name"], v)
