@@ -387,9 +387,12 @@ def convert(
             row = _convert_tier(job, entry, config, pipelines, progress)
             with open(os.path.join(tmp, row["file"]), "wb") as f:
                 f.write(row.pop("content"))
-            runners[entry["name"]] = TFLiteRunner(
+            runner = TFLiteRunner(
                 model_path=os.path.join(tmp, row["file"]), num_threads=config.num_threads
             )
+            row["input"] = _tensor_info(runner.input)
+            row["output"] = _tensor_info(runner.output)
+            runners[entry["name"]] = runner
             tier_rows.append(row)
             bar.update(i + 1)
         if references is not None:
@@ -485,7 +488,6 @@ def _convert_tier(job, entry, config: ConvertConfig, pipelines, progress) -> dic
             job.supernet, subnet, stats, fold_bn=True, pixel_input=True, name=entry["name"]
         )
     content = convert_model(model, r, config.quantize, representative, config.io_dtype)
-    runner = TFLiteRunner(model_content=content)
     return {
         "name": entry["name"],
         "file": f"{entry['name']}.tflite",
@@ -494,8 +496,6 @@ def _convert_tier(job, entry, config: ConvertConfig, pipelines, progress) -> dic
         "params": int(entry["params"]),
         "size_bytes": len(content),
         "sha256": _file_digest(content),
-        "input": _tensor_info(runner.input),
-        "output": _tensor_info(runner.output),
         "quantization": config.mode_name,
         "qat": qat_info,
         "config": entry["config"],
