@@ -120,6 +120,8 @@ class ConvertConfig:
                 f"qat_epochs={self.qat_epochs} needs quantize=int8 (quantization-aware training "
                 "prepares an int8 model)."
             )
+        if self.qat_epochs and not self.qat_lr > 0:
+            raise ValueError(f"qat_lr must be positive, got {self.qat_lr}.")
         if self.quantize == "int8" and self.representative_images < 1:
             raise ValueError(
                 "int8 quantization needs representative_images >= 1 (training images that "

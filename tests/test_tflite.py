@@ -199,6 +199,8 @@ def test_bad_requests(trained_job, tmp_path):
         tflite.ConvertConfig(quantize="int4").validate()
     with pytest.raises(ValueError, match="representative_images >= 1"):
         tflite.ConvertConfig(quantize="int8", representative_images=0).validate()
+    with pytest.raises(ValueError, match="qat_lr must be positive, got 0.0"):
+        tflite.ConvertConfig(quantize="int8", qat_epochs=1, qat_lr=0.0).validate()
 
 
 def test_int8_without_the_training_data(trained_job, tmp_path):
