@@ -147,21 +147,33 @@ def _interpreter(model_content=None, model_path=None, num_threads=1):
     return Interpreter(model_content=model_content, model_path=model_path, num_threads=num_threads)
 
 
-def _saved_model_for_conversion(model, resolution: int, path: str) -> None:
-    """A SavedModel with one ``serving_default``: images -> {"logits"}."""
-    spec = tf.TensorSpec([None, resolution, resolution, 3], tf.float32, name="images")
-    if isinstance(model, keras.Model):  # Keras 3
+def _logits_endpoint(model):
+    return lambda images: {"logits": model(images, training=False)}
+
+
+def write_conversion_saved_model(endpoints: dict, path: str) -> None:
+    """A SavedModel for `tf.lite.TFLiteConverter`: one signature per entry of
+    ``endpoints`` (``{signature name: (model, resolution)}``), each
+    ``images [None, r, r, 3] float32 -> {"logits"}``. The models are Keras 3,
+    or tf_keras (the QAT model)."""
+    specs = {
+        name: tf.TensorSpec([None, r, r, 3], tf.float32, name="images")
+        for name, (_, r) in endpoints.items()
+    }
+    if all(isinstance(model, keras.Model) for model, _ in endpoints.values()):  # Keras 3
         archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(
-            "serving_default",
-            lambda images: {"logits": model(images, training=False)},
-            input_signature=[spec],
-        )
+        for name, (model, _) in endpoints.items():
+            archive.track(model)
+            archive.add_endpoint(name, _logits_endpoint(model), input_signature=[specs[name]])
         archive.write_out(path, verbose=False)
-    else:  # tf_keras (the QAT model)
-        fn = tf.function(lambda images: {"logits": model(images, training=False)})
-        tf.saved_model.save(model, path, signatures=fn.get_concrete_function(spec))
+    else:  # tf_keras
+        signatures = {
+            name: tf.function(_logits_endpoint(model)).get_concrete_function(specs[name])
+            for name, (model, _) in endpoints.items()
+        }
+        root = tf.Module()
+        root.models = [model for model, _ in endpoints.values()]
+        tf.saved_model.save(root, path, signatures=signatures)
 
 
 def convert_model(
@@ -186,7 +198,7 @@ def convert_model(
         raise ValueError("int8 quantization needs representative data.")
     tmp = tempfile.mkdtemp(prefix="pss_tflite_")
     try:
-        _saved_model_for_conversion(model, resolution, tmp)
+        write_conversion_saved_model({"serving_default": (model, resolution)}, tmp)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         if quantize == "fp16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]

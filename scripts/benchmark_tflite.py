@@ -94,19 +94,13 @@ def full_size(models):
     return rows
 
 
-def _logits_endpoint(model):
-    return lambda images: {"logits": model(images, training=False)}
-
-
 def multi_signature(job_dir):
-    import keras
     import tensorflow as tf
 
     from pss_keras import export, extraction, tflite
 
     job = export.Job(job_dir)
-    archive = keras.export.ExportArchive()
-    separate = {}
+    endpoints, separate = {}, {}
     for entry in job.retained:
         config, stats = job.tier(entry)
         r = config.resolution
@@ -114,14 +108,9 @@ def multi_signature(job_dir):
             job.supernet, config, stats, fold_bn=True, pixel_input=True, name=entry["name"]
         )
         separate[entry["name"]] = len(tflite.convert_model(model, r))
-        archive.track(model)
-        archive.add_endpoint(
-            entry["name"],
-            _logits_endpoint(model),
-            input_signature=[tf.TensorSpec([None, r, r, 3], tf.float32, name="images")],
-        )
+        endpoints[entry["name"]] = (model, r)
     with tempfile.TemporaryDirectory() as tmp:
-        archive.write_out(tmp, verbose=False)
+        tflite.write_conversion_saved_model(endpoints, tmp)
         names = list(separate)
         content = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=names).convert()
     signatures = list(tflite.TFLiteRunner(content).interpreter.get_signature_list())
