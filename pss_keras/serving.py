@@ -169,7 +169,8 @@ class PSSClient:
         self, max_mflops: float | None = None, latency_budget_ms: float | None = None
     ) -> Tier:
         """The most accurate tier within the budgets (FLOPs and/or latency
-        measured at export); the cheapest tier if no budget is given.
+        measured at export); of equally accurate tiers, the cheaper one. With
+        no budget every tier fits, so this is the most accurate tier.
 
         Raises:
             ServingError: if no tier fits, naming the cheapest one.
@@ -243,10 +244,19 @@ class AdaptiveTierPolicy:
         window: requests per decision.
         headroom: fraction of the objective below which it steps up.
         start: tier name to start from (default: the most expensive).
+        clock: what `predict` times requests with: a function returning
+            seconds (default `time.perf_counter`). Tests pass a simulated
+            clock to make the policy's decisions independent of wall time.
     """
 
     def __init__(
-        self, tiers, objective_ms: float, window: int = 5, headroom: float = 0.6, start=None
+        self,
+        tiers,
+        objective_ms: float,
+        window: int = 5,
+        headroom: float = 0.6,
+        start=None,
+        clock=time.perf_counter,
     ):
         if objective_ms <= 0:
             raise ValueError(f"objective_ms must be positive, got {objective_ms}.")
@@ -260,6 +270,7 @@ class AdaptiveTierPolicy:
         self.objective_ms = float(objective_ms)
         self.window = int(window)
         self.headroom = float(headroom)
+        self.clock = clock
         self._latencies = collections.deque(maxlen=self.window)
         self.history = []  # (tier name, latency ms) per observation
 
@@ -282,11 +293,12 @@ class AdaptiveTierPolicy:
         return self.tier
 
     def predict(self, client: PSSClient, images) -> tuple[dict, Tier, float]:
-        """One request on the current tier; returns (outputs, tier used, ms)."""
+        """One request on the current tier, timed with ``clock``; returns
+        (outputs, tier used, ms)."""
         tier = self.tier
-        start = time.perf_counter()
+        start = self.clock()
         outputs = client.predict(images, tier.name)
-        latency = 1000 * (time.perf_counter() - start)
+        latency = 1000 * (self.clock() - start)
         self.observe(latency)
         return outputs, tier, latency
 

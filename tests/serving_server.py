@@ -3,13 +3,12 @@
 Serves one exported SavedModel version over TF Serving's gRPC
 PredictionService (Predict, GetModelMetadata) and its REST routes
 (``POST /v1/models/<name>:predict``, ``GET /v1/models/<name>/metadata``),
-with TF Serving's error codes for unknown signatures (FAILED_PRECONDITION /
-HTTP 404-ish 400) and bad inputs (INVALID_ARGUMENT / HTTP 400). Both listen on
-free localhost ports and run in background threads until `stop()`.
-
-``load_delay_ms_per_mflop`` simulates a saturated server for the adaptive
-policy tests: each request sleeps ``mflops * factor * (requests in flight)``
-milliseconds, so latency grows with load and with the tier's cost.
+with TF Serving's status codes and messages for an unknown model (NOT_FOUND /
+HTTP 404), an unknown signature (gRPC FAILED_PRECONDITION; REST
+INVALID_ARGUMENT, HTTP 400) and bad inputs (INVALID_ARGUMENT / HTTP 400).
+`start()` binds both servers to port 0 on 127.0.0.1 and records the ports
+the OS gave them (no pick-then-rebind race); they run in background threads
+until `stop()`.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import json
 import os
 import socket
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
@@ -34,6 +32,13 @@ from tensorflow_serving.apis import (
 
 
 def free_port() -> int:
+    """A localhost port that was free a moment ago, for servers that must be
+    told their port up front (tensorflow_model_server's --port flags).
+
+    The socket is closed before returning, so another process can take the
+    port before the server binds it: callers must detect a failed bind and
+    retry. The stand-in `ModelServer` does not use this; it binds port 0.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -46,7 +51,7 @@ class BadRequest(Exception):
 
 
 class ModelServer:
-    def __init__(self, model_dir: str, model_name: str, load_delay_ms_per_mflop: float = 0.0):
+    def __init__(self, model_dir: str, model_name: str):
         self.model_dir, self.model_name = model_dir, model_name
         self.model = tf.saved_model.load(model_dir)
         self.signatures = dict(self.model.signatures)
@@ -56,13 +61,7 @@ class ModelServer:
         self.signature_defs = {
             k: v for k, v in proto.meta_graphs[0].signature_def.items() if not k.startswith("__")
         }
-        with open(os.path.join(model_dir, "assets.extra", "tiers.json")) as f:
-            self.mflops = {t["name"]: t["mflops"] for t in json.load(f)["tiers"]}
-        self.delay = load_delay_ms_per_mflop
-        self.in_flight = 0
-        self.lock = threading.Lock()
-        self.grpc_port = free_port()
-        self.rest_port = free_port()
+        self.grpc_port = self.rest_port = None  # bound by start()
 
     # -- the shared request path -------------------------------------------
     def run(self, name: str, signature: str, inputs: dict) -> dict:
@@ -93,18 +92,10 @@ class ModelServer:
                     "INVALID_ARGUMENT",
                     f"input {key} has shape {list(value.shape)}, the signature expects {spec.shape}",
                 )
-        with self.lock:
-            self.in_flight += 1
-            load = self.in_flight
         try:
-            if self.delay and signature in self.mflops:
-                time.sleep(self.delay * self.mflops[signature] * load / 1000)
             outputs = fn(**{k: tf.constant(v) for k, v in inputs.items()})
         except tf.errors.InvalidArgumentError as e:
             raise BadRequest("INVALID_ARGUMENT", e.message) from None
-        finally:
-            with self.lock:
-                self.in_flight -= 1
         return {k: v.numpy() for k, v in outputs.items()}
 
     # -- gRPC ----------------------------------------------------------------
@@ -181,7 +172,7 @@ class ModelServer:
 
             def do_POST(self):
                 if not self.path.startswith("/v1/models/") or not self.path.endswith(":predict"):
-                    return self._send(404, {"error": f"Malformed request: POST {self.path}"})
+                    return self._send(400, {"error": f"Malformed request: POST {self.path}"})
                 name = self.path[len("/v1/models/") : -len(":predict")]
                 try:
                     body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
@@ -190,8 +181,18 @@ class ModelServer:
                 signature = body.get("signature_name", "")
                 raw = body.get("inputs", {})
                 try:
+                    if name != server.model_name:
+                        raise BadRequest(
+                            "NOT_FOUND", f"Servable not found for request: Latest({name})"
+                        )
                     fn = server.signatures.get(signature or "serving_default")
-                    specs = fn.structured_input_signature[1] if fn else {}
+                    if fn is None:  # REST reads the signature's inputs first (GetInfoMap)
+                        raise BadRequest(
+                            "INVALID_ARGUMENT",
+                            f'Serving signature name: "{signature or "serving_default"}" '
+                            "not found in signature def",
+                        )
+                    specs = fn.structured_input_signature[1]
                     inputs = {}
                     for k, v in raw.items():
                         dtype = specs[k].dtype.as_numpy_dtype if k in specs else None
@@ -201,9 +202,10 @@ class ModelServer:
                             and array.dtype.kind == "f"
                             and np.dtype(dtype).kind != "f"
                         ):
-                            raise BadRequest(
+                            raise BadRequest(  # util/json_tensor.cc TypeError
                                 "INVALID_ARGUMENT",
-                                f"JSON Value: {array.flat[0]} not formatted correctly for {np.dtype(dtype).name}",
+                                f"JSON Value: {array.flat[0]} Type: Number is not of expected "
+                                f"type: {np.dtype(dtype).name}",
                             )
                         inputs[k] = array.astype(dtype) if dtype is not None else array
                     outputs = server.run(name, signature, inputs)
@@ -227,9 +229,13 @@ class ModelServer:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             self._servicer(), self._grpc
         )
-        self._grpc.add_insecure_port(f"127.0.0.1:{self.grpc_port}")
+        # Port 0: the OS picks a free port and grpc returns it (0 if it failed).
+        self.grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
+        if not self.grpc_port:
+            raise RuntimeError("The stand-in gRPC server could not bind a localhost port.")
         self._grpc.start()
-        self._http = ThreadingHTTPServer(("127.0.0.1", self.rest_port), self._handler())
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.rest_port = self._http.server_address[1]
         self._http_thread = threading.Thread(target=self._http.serve_forever, daemon=True)
         self._http_thread.start()
         return self

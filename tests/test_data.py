@@ -6,6 +6,25 @@ import tensorflow as tf
 
 from pss_keras import data
 
+MEAN = np.array(data.MEAN_RGB)
+STD = np.array(data.STDDEV_RGB)
+
+
+def _to_pixels(normalized):
+    """Normalized RGB back to 0..255, with the ImageNet constants themselves."""
+    return (normalized * STD + MEAN) * 255.0
+
+
+def _assert_normalized_range(images, min_span):
+    """``images`` [..., 3] are (pixels / 255 - MEAN) / STD, per channel within
+    what 0..255 maps to (0.1 of the range allowed for the lighting noise,
+    added after the last clip), and spanning ``min_span`` of it."""
+    lo, hi = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD
+    flat = images.reshape(-1, 3)
+    assert np.all(flat.min(0) >= lo - 0.1 / STD), (flat.min(0), lo)
+    assert np.all(flat.max(0) <= hi + 0.1 / STD), (flat.max(0), hi)
+    assert np.all(flat.max(0) - flat.min(0) >= min_span / STD), flat.max(0) - flat.min(0)
+
 
 def _config(folder, **kw):
     base = dict(
@@ -25,18 +44,63 @@ def test_folder_pipelines_split_and_shapes(tiny_image_folder):
     assert (
         images.shape == (16, 32, 32, 3) and images.dtype == tf.float32 and labels.dtype == tf.int32
     )
-    assert abs(float(tf.reduce_mean(images))) < 2.0  # normalized, not 0..255
+    # ImageNet mean/std normalized pixels: within what 0..255 maps to (plus the
+    # PCA lighting noise, added after the last clip: < 0.03 of the pixel range
+    # measured, 0.1 allowed), and spanning more than half of it (the shapes
+    # have random colours over the whole range). Unnormalized [0, 1] or
+    # 0..255 images, or other constants (e.g. mean = std = 0.5), fail this.
+    _assert_normalized_range(images.numpy(), min_span=0.5)
     mv = [(x, y) for x, y in p.minival()]
     assert sum(int(y.shape[0]) for _, y in mv) == 20 and mv[0][0].shape[1:] == (32, 32, 3)
     assert sum(int(y.shape[0]) for _, y in p.validation()) == 60
 
 
 def test_minival_never_enters_training(tiny_image_folder):
-    p = data.Pipelines(_config(tiny_image_folder, cache="false"))
-    stride = p.minival_stride
-    train_ids = [int(i) for i, _ in p._train_examples()]
-    held_out = [i for i in range(p.source.num_train) if i % stride == 0]
-    assert not set(train_ids) & set(held_out) and len(train_ids) + len(held_out) == 160
+    # With augmentation off (a crop of the whole square source image, no
+    # colour or lighting noise), every training image is its source image,
+    # normalized and maybe mirrored, and every minival image is the eval
+    # transform of its source: identify the source example of each image the
+    # two pipelines actually yield by its content.
+    p = data.Pipelines(
+        _config(
+            tiny_image_folder,
+            batch_size=20,
+            crop_scale=(1.0, 1.0),
+            color_jitter=0.0,
+            lighting=0.0,
+            cache="false",
+        )
+    )
+    sources = [(image.numpy(), int(label)) for image, label in p.source.train]
+    images = np.stack([image for image, _ in sources]).astype(np.float32)
+    labels = np.array([label for _, label in sources])
+    assert len(sources) == 160 and len({image.tobytes() for image, _ in sources}) == 160
+
+    def source_of(image, label, candidates, atol):
+        err = np.abs(candidates - image).max(axis=(1, 2, 3))
+        best = int(np.argmin(err))
+        assert err[best] <= atol, f"no source example matches (closest: {err[best]})"
+        index = best % len(sources)
+        assert labels[index] == label
+        return index
+
+    # One epoch of 7 full batches of 20 is the whole training split.
+    assert p.steps_per_epoch * 20 == p.num_train == 140
+    both_ways = np.concatenate([images, images[:, :, ::-1]])
+    trained = [
+        source_of(_to_pixels(x), y, both_ways, atol=0.01)
+        for xs, ys in p.train_epoch(0)
+        for x, y in zip(xs.numpy(), ys.numpy())
+    ]
+    evaluated = np.stack([data.eval_transform(image, 32).numpy() for image, _ in sources])
+    held_out = [
+        source_of(x, y, evaluated, atol=1e-4)
+        for xs, ys in p.minival()
+        for x, y in zip(xs.numpy(), ys.numpy())
+    ]
+    assert len(set(trained)) == len(trained) == 140
+    assert len(set(held_out)) == len(held_out) == 20
+    assert not set(trained) & set(held_out)
 
 
 def test_epochs_are_deterministic_and_differ(tiny_image_folder):
@@ -48,23 +112,78 @@ def test_epochs_are_deterministic_and_differ(tiny_image_folder):
     assert not np.array_equal(a[0], c)
 
 
-def test_eval_transform_resizes_and_centre_crops():
-    image = tf.cast(tf.random.uniform((48, 80, 1), 0, 255, dtype=tf.int32), tf.uint8)  # greyscale
-    out = data.eval_transform(image, 32)
-    assert out.shape == (32, 32, 3)
+def test_eval_transform_resizes_the_shorter_side_and_centre_crops():
+    # A wide greyscale image, dark in the middle, with bright 16-column bands
+    # at both sides and a bright first and last row. At 32 px the shorter
+    # side is resized to round(32 * 256 / 224) = 37 (80 -> 62 columns) and
+    # the central 32 x 32 kept: source columns ~19.5..59.5, rows ~2.7..43,
+    # all dark. Resizing without a crop, an off-centre crop, or resizing the
+    # shorter side straight to 32 all bring bright pixels in.
+    image = np.zeros((48, 80, 1), np.uint8)
+    image[:, :16] = image[:, 64:] = 255
+    image[0] = image[-1] = 255
+    out = data.eval_transform(tf.constant(image), 32).numpy()
+    dark = (0.0 - MEAN) / STD  # greyscale is tiled to RGB, then normalized
+    np.testing.assert_allclose(out, np.broadcast_to(dark, (32, 32, 3)), atol=1e-5)
+
+    # Random RGB content, landscape and portrait: exactly a bilinear resize
+    # to (37, 62) / (62, 37), the central 32 x 32, then mean/std.
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 80, 3)).astype(np.uint8)
+    landscape = ((37, 62), (2, 15))  # (resized h, w), (top, left): (37-32)//2, (62-32)//2
+    portrait = ((62, 37), (15, 2))
+    for source, ((h, w), (top, left)) in ((rgb, landscape), (rgb.transpose(1, 0, 2), portrait)):
+        resized = tf.image.resize(source.astype(np.float32), (h, w), method="bilinear").numpy()
+        crop = np.clip(resized[top : top + 32, left : left + 32] / 255.0, 0.0, 1.0)
+        np.testing.assert_allclose(
+            data.eval_transform(tf.constant(source), 32).numpy(), (crop - MEAN) / STD, atol=1e-5
+        )
+
+
+def test_train_transform_normalizes_crops_and_flips():
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.integers(0, 256, (40, 60, 3)).astype(np.uint8))
+    config = data.DataConfig(image_size=24)
+    outs = [data.train_transform(image, tf.constant([s, 2]), config).numpy() for s in range(8)]
+    assert all(out.shape == (24, 24, 3) for out in outs)
+    again = data.train_transform(image, tf.constant([0, 2]), config).numpy()
+    np.testing.assert_array_equal(outs[0], again)  # stateless
+    # Colour noise narrows one image's span (0.56 of the range measured for
+    # one of these seeds); the eight together span the whole range (1.0).
+    _assert_normalized_range(np.stack(outs), min_span=0.5)
+
+    plain = data.DataConfig(image_size=24, color_jitter=0.0, lighting=0.0)
+    # Known pixels: without colour noise a constant image maps to
+    # (v / 255 - MEAN) / STD wherever it is cropped, whether flipped or not.
+    value = np.array([10, 128, 250], np.uint8)
+    const = tf.constant(np.broadcast_to(value, (40, 60, 3)))
+    out = data.train_transform(const, tf.constant([3, 4]), plain).numpy()
     np.testing.assert_allclose(
-        out[..., 0] * data.STDDEV_RGB[0] + data.MEAN_RGB[0],
-        out[..., 1] * data.STDDEV_RGB[1] + data.MEAN_RGB[1],
-        atol=1e-5,
+        out, np.broadcast_to((value / 255 - MEAN) / STD, out.shape), atol=1e-5
     )
 
+    # Crops: the 40 x 60 image's aspect ratio (1.5) is outside the crop's
+    # (3/4..4/3), so every seed takes a window of its own: no two outputs are
+    # equal, even up to a flip.
+    crops = [data.train_transform(image, tf.constant([s, 2]), plain).numpy() for s in range(8)]
+    for i in range(len(crops)):
+        for j in range(i):
+            assert not np.allclose(crops[i], crops[j], atol=1e-3)
+            assert not np.allclose(crops[i], crops[j][:, ::-1], atol=1e-3)
 
-def test_train_transform_shape_and_range():
-    image = tf.cast(tf.random.uniform((40, 60, 3), 0, 255, dtype=tf.int32), tf.uint8)
-    out = data.train_transform(image, tf.constant([1, 2]), data.DataConfig(image_size=24))
-    assert out.shape == (24, 24, 3)
-    again = data.train_transform(image, tf.constant([1, 2]), data.DataConfig(image_size=24))
-    np.testing.assert_array_equal(out, again)  # stateless
+    # Flips: a square image cropped whole is the image or its mirror image,
+    # and seeds give both.
+    square = rng.integers(0, 256, (24, 24, 3)).astype(np.uint8)
+    whole = data.DataConfig(image_size=24, crop_scale=(1.0, 1.0), color_jitter=0.0, lighting=0.0)
+    expected = (square / 255.0 - MEAN) / STD
+    flipped = []
+    for s in range(16):
+        out = data.train_transform(tf.constant(square), tf.constant([s, 5]), whole).numpy()
+        if np.allclose(out, expected, atol=1e-4):
+            flipped.append(False)
+        else:
+            np.testing.assert_allclose(out, expected[:, ::-1], atol=1e-4)
+            flipped.append(True)
+    assert any(flipped) and not all(flipped)
 
 
 def test_dataset_errors(tiny_image_folder, tmp_path):

@@ -46,17 +46,21 @@ def test_batch_norm_training_inference_and_supplied_stats(rng):
     bn = layers.SwitchableBatchNormalization(epsilon=1e-3)
     bn.build((None, None, None, 12))
     x = _x(rng, 5) * 3.0 + 2.0
-    # Training: batch statistics of the 5 channels, unit gamma, zero beta.
-    y = bn(x, training=True).numpy()
-    np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
-    np.testing.assert_allclose(y.std(axis=(0, 1, 2)), 1.0, atol=1e-3)
-    before = bn.moving_mean.numpy().copy()
-    np.testing.assert_array_equal(before, bn.moving_mean.numpy())  # no running update
-    # Inference: the first 5 moving statistics.
+    # Non-trivial running statistics, far from the batch's (mean 2, variance
+    # 9): a training call that used them, or moved them towards the batch
+    # moments (Keras's momentum update), would show below.
     mm = rng.normal(size=12).astype("float32")
     mv = rng.uniform(0.5, 2, size=12).astype("float32")
     bn.moving_mean.assign(mm)
     bn.moving_variance.assign(mv)
+    # Training: batch statistics of the 5 channels, unit gamma, zero beta.
+    y = bn(x, training=True).numpy()
+    np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.std(axis=(0, 1, 2)), 1.0, atol=1e-3)
+    # PSS-Net keeps no running statistics: training leaves them untouched.
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), mm)
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), mv)
+    # Inference: the first 5 moving statistics.
     bn.gamma.assign(rng.uniform(0.5, 2, size=12).astype("float32"))
     g, b = bn.gamma.numpy()[:5], bn.beta.numpy()[:5]
     expected = (x - mm[:5]) / np.sqrt(mv[:5] + 1e-3) * g + b

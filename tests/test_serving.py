@@ -1,17 +1,24 @@
-"""The client against TF Serving (when installed) or the stand-in server."""
+"""The client against TF Serving (when installed) or the stand-in server,
+and its handling of TF Serving's answers through fake transports."""
 
+import io
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
+import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
 from serving_server import ModelServer, free_port  # noqa: I001
+from tensorflow_serving.apis import predict_pb2
 
 from pss_keras import export, serving
 
@@ -24,29 +31,53 @@ def _real_server_binary():
 
 
 class RealServer:
-    """tensorflow_model_server as a subprocess (used when it is installed)."""
+    """tensorflow_model_server as a subprocess (used when it is installed).
 
-    def __init__(self, binary, base_path):
-        self.grpc_port, self.rest_port = free_port(), free_port()
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--port={self.grpc_port}",
-                f"--rest_api_port={self.rest_port}",
-                f"--model_name={MODEL}",
-                f"--model_base_path={base_path}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.rest_address}/v1/models/{MODEL}", timeout=1)
+    Its ports must be given on the command line, so they come from
+    `free_port()`, which releases them before the server binds them: another
+    process can take one in between. The server then fails to bind and exits,
+    and we retry with new ports (up to ``attempts`` times). A port taken by a
+    process that also sets SO_REUSEPORT, or an HTTP server on the REST port
+    that answers the readiness probe, would go unnoticed: a residual race.
+    """
+
+    def __init__(self, binary, base_path, attempts=3):
+        for _ in range(attempts):
+            self.grpc_port, self.rest_port = free_port(), free_port()
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    f"--port={self.grpc_port}",
+                    f"--rest_api_port={self.rest_port}",
+                    f"--model_name={MODEL}",
+                    f"--model_base_path={base_path}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            state = self._wait_until_available()
+            if state == "available":
                 return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("tensorflow_model_server did not come up")
+            self.stop()
+            if state == "timeout":
+                raise RuntimeError("tensorflow_model_server did not load the model in 60 s")
+        raise RuntimeError(f"tensorflow_model_server exited at start {attempts} times")
+
+    def _wait_until_available(self, wait_s=60):
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return "exited"  # most likely a port taken since free_port()
+            try:
+                url = f"{self.rest_address}/v1/models/{MODEL}"
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    status = json.loads(response.read())
+                if any(v["state"] == "AVAILABLE" for v in status["model_version_status"]):
+                    return "available"
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        return "timeout"
 
     grpc_address = property(lambda self: f"127.0.0.1:{self.grpc_port}")
     rest_address = property(lambda self: f"http://127.0.0.1:{self.rest_port}")
@@ -70,11 +101,13 @@ def served(trained_job, tmp_path_factory):
     server.stop()
 
 
+def _address(server, protocol):
+    return server.grpc_address if protocol == "grpc" else server.rest_address
+
+
 @pytest.fixture(params=["grpc", "rest"])
 def client(request, served):
-    server = served[0]
-    address = server.grpc_address if request.param == "grpc" else server.rest_address
-    c = serving.connect(address, MODEL, request.param, timeout=30)
+    c = serving.connect(_address(served[0], request.param), MODEL, request.param, timeout=30)
     yield c
     c.close()
 
@@ -106,20 +139,131 @@ def test_each_tier_returns_that_tiers_outputs(client, served):
     assert default["logits"].shape == (1, 10)
 
 
-def test_budget_picks_the_most_accurate_tier_within_it(client):
+# -- choose_tier -------------------------------------------------------------
+
+
+class _TableTransport:
+    """Answers only the ``tiers`` signature, with the table a server would send
+    (float32 numbers, bytes strings, in export order)."""
+
+    def __init__(self, rows):
+        self.rows, self.calls = rows, []
+
+    def predict(self, signature, inputs):
+        self.calls.append(signature)
+        assert signature == serving.TIERS_SIGNATURE and inputs == {}
+
+        def column(i, dtype):
+            return np.array([r[i] for r in self.rows], dtype)
+
+        return {
+            "names": np.array([r[0].encode() for r in self.rows], object),
+            "metric_types": np.array([b"flops"] * len(self.rows), object),
+            "targets": column(1, np.float32),
+            "mflops": column(1, np.float32),
+            "params": np.arange(len(self.rows), dtype=np.int64),
+            "resolutions": np.full(len(self.rows), 32, np.int32),
+            "top1": column(2, np.float32),
+            "latency_ms": column(3, np.float32),
+        }
+
+    def close(self):
+        pass
+
+
+# name, MFLOPs, top-1, latency ms. Accuracy is not monotone in cost: within
+# most budgets the largest (or slowest) tier that fits is NOT the most accurate.
+TABLE = [
+    ("d", 40.0, 0.85, 30.0),
+    ("a", 10.0, 0.60, 4.0),
+    ("c", 30.0, 0.70, 12.0),
+    ("b", 20.0, 0.80, 9.0),
+    ("e", 25.0, 0.80, 20.0),  # as accurate as b, dearer and slower: b wins the tie
+]
+
+
+@pytest.fixture
+def table_client():
+    return serving.PSSClient(_TableTransport(TABLE))
+
+
+def test_tiers_table_is_read_once_and_sorted_by_cost(table_client):
+    assert table_client.tier_names() == ["a", "b", "e", "c", "d"]
+    t = table_client.tiers()[1]
+    assert (t.name, t.metric_type, t.mflops, t.top1, t.latency_ms) == pytest.approx(
+        ("b", "flops", 20.0, 0.80, 9.0)
+    )
+    table_client.tiers()
+    assert table_client.transport.calls == ["tiers"]
+    table_client.tiers(refresh=True)
+    assert table_client.transport.calls == ["tiers", "tiers"]
+
+
+@pytest.mark.parametrize(
+    "budget, expected",
+    [
+        # FLOPs: c (30) and e (25) are dearer than b and less (or no more) accurate.
+        (dict(max_mflops=35), "b"),
+        (dict(max_mflops=20), "b"),  # a budget equal to a tier's cost fits it
+        (dict(max_mflops=19.9), "a"),
+        (dict(max_mflops=40), "d"),
+        # Latency: c (12 ms) and e (20 ms) fit 25 ms and are slower than b.
+        (dict(latency_budget_ms=25), "b"),
+        (dict(latency_budget_ms=8.9), "a"),
+        (dict(latency_budget_ms=30), "d"),
+        # Both: each budget excludes what the other allows.
+        (dict(max_mflops=40, latency_budget_ms=10), "b"),
+        (dict(max_mflops=15, latency_budget_ms=100), "a"),
+        # No budget: every tier fits, the most accurate wins.
+        ({}, "d"),
+    ],
+)
+def test_choose_tier_picks_the_most_accurate_within_budget(table_client, budget, expected):
+    assert table_client.choose_tier(**budget).name == expected
+
+
+def test_choose_tier_breaks_accuracy_ties_for_the_cheaper_tier():
+    rows = [("big", 30.0, 0.7, 5.0), ("small", 10.0, 0.7, 5.0), ("mid", 20.0, 0.7, 5.0)]
+    for order in (rows, rows[::-1]):
+        c = serving.PSSClient(_TableTransport(order))
+        assert c.choose_tier(max_mflops=30).name == "small"
+        assert c.choose_tier(latency_budget_ms=5).name == "small"
+
+
+def test_choose_tier_fits_a_budget_equal_to_a_float32_cost():
+    # The table is float32: 1.1 arrives as 1.10000002384..., above a budget of 1.1.
+    c = serving.PSSClient(_TableTransport([("x", 1.1, 0.5, 0.3), ("y", 2.0, 0.9, 0.7)]))
+    assert c.choose_tier(max_mflops=1.1).name == "x"
+    assert c.choose_tier(latency_budget_ms=0.3).name == "x"
+
+
+def test_choose_tier_names_the_cheapest_when_nothing_fits(table_client):
+    with pytest.raises(
+        serving.ServingError,
+        match=r"^No tier fits max_mflops=9\.0, latency_budget_ms=None; "
+        r"the cheapest is a \(10\.00 MFLOPs, 4\.00 ms\)\.$",
+    ):
+        table_client.choose_tier(max_mflops=9.0)
+    with pytest.raises(serving.ServingError, match=r"latency_budget_ms=3\.0; the cheapest is a "):
+        table_client.choose_tier(max_mflops=100, latency_budget_ms=3.0)
+
+
+def test_choose_tier_through_the_servers_tier_table(client):
     tiers = client.tiers()
-    mid = tiers[len(tiers) // 2]
-    chosen = client.choose_tier(max_mflops=mid.mflops)
-    within = [t for t in tiers if t.mflops <= mid.mflops]
-    assert chosen.mflops <= mid.mflops and chosen.top1 == max(t.top1 for t in within)
-    assert client.choose_tier(latency_budget_ms=1e9).top1 == max(t.top1 for t in tiers)
+    # Only the cheapest tier fits its own cost (a float32 round trip).
+    assert client.choose_tier(max_mflops=tiers[0].mflops) == tiers[0]
+    # Every tier fits the largest one's cost.
+    assert client.choose_tier(max_mflops=tiers[-1].mflops).top1 == max(t.top1 for t in tiers)
     with pytest.raises(
         serving.ServingError, match=f"No tier fits.*the cheapest is {tiers[0].name}"
     ):
         client.choose_tier(max_mflops=tiers[0].mflops / 2)
 
 
-def test_bad_requests_get_clear_errors(client):
+# -- errors ------------------------------------------------------------------
+
+
+def test_bad_requests_are_refused_before_sending(client):
     names = client.tier_names()
     with pytest.raises(
         serving.ServingError, match=rf"Unknown tier 'flops_1m'; the server has \['{names[0]}'"
@@ -131,19 +275,267 @@ def test_bad_requests_get_clear_errors(client):
         serving.ServingError, match=r"\[batch, height, width, 3\].*\(2, 40, 52, 4\)"
     ):
         client.predict(_images((2, 40, 52, 4)))
-    # The server's own answers, bypassing the client-side checks.
-    with pytest.raises(serving.ServingError, match='Serving signature key "nope" not found'):
+
+
+def test_server_rejections_carry_the_status_through_the_transport(client, served):
+    """The server's status reaches the caller as a ServingError naming it: the
+    gRPC code, or the HTTP status plus the ``error`` of the JSON body."""
+    protocol = "grpc" if isinstance(client.transport, serving.GrpcTransport) else "rest"
+    status = {  # TF Serving's status per failure, as each protocol reports it
+        "grpc": dict(signature="FAILED_PRECONDITION", dtype="INVALID_ARGUMENT", model="NOT_FOUND"),
+        "rest": dict(signature="HTTP 400", dtype="HTTP 400", model="HTTP 404"),
+    }[protocol]
+    rejected = "^TF Serving rejected the request"
+    with pytest.raises(
+        serving.ServingError, match=rf'{rejected} \({status["signature"]}\): .*"nope"'
+    ):
         client.transport.predict("nope", {"images": _images()})
-    with pytest.raises(serving.ServingError, match="INVALID_ARGUMENT|HTTP 400"):
-        client.transport.predict(names[0], {"images": _images().astype(np.float32)})
+    with pytest.raises(serving.ServingError, match=rf"{rejected} \({status['dtype']}\): "):
+        client.transport.predict(client.tier_names()[0], {"images": _images().astype(np.float32)})
+    other = serving.connect(_address(served[0], protocol), "no_such_model", protocol)
+    try:
+        with pytest.raises(
+            serving.ServingError, match=rf"{rejected} \({status['model']}\): .*no_such_model"
+        ):
+            other.tiers()
+    finally:
+        other.close()
+
+
+class _RpcError(grpc.RpcError):
+    """What a grpc stub raises: an RpcError with the call's code and details."""
+
+    def __init__(self, code, details):
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+class _Stub:
+    def __init__(self, answer):
+        self.answer, self.calls = answer, []
+
+    def Predict(self, request, timeout):  # noqa: N802 (grpc's name)
+        self.calls.append((request, timeout))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.fixture
+def grpc_transport():
+    t = serving.GrpcTransport("127.0.0.1:8500", MODEL, timeout=7.0)  # the channel is lazy
+    yield t
+    t.close()
+
+
+REJECTED = "TF Serving rejected the request"
+GRPC_UNREACHABLE = (
+    "Cannot reach TF Serving at 127.0.0.1:8500 over gRPC ({}): is the server running and "
+    "the port right (gRPC default 8500)?"
+)
+
+# Status codes and details as tensorflow_model_server sends them: NOT_FOUND from
+# core/basic_manager.cc, FAILED_PRECONDITION from servables/tensorflow/
+# predict_util.cc, INVALID_ARGUMENT from predict_util.cc and the TF runtime;
+# UNAVAILABLE and DEADLINE_EXCEEDED come from grpc itself on the client side.
+GRPC_CASES = [
+    (
+        "NOT_FOUND",
+        "Servable not found for request: Latest(pss)",
+        f"{REJECTED} (NOT_FOUND): Servable not found for request: Latest(pss)",
+    ),
+    (
+        "FAILED_PRECONDITION",
+        'Serving signature key "flops_1m" not found.',
+        f'{REJECTED} (FAILED_PRECONDITION): Serving signature key "flops_1m" not found.',
+    ),
+    (
+        "INVALID_ARGUMENT",
+        "Expects arg[0] to be uint8 but float is provided",
+        f"{REJECTED} (INVALID_ARGUMENT): Expects arg[0] to be uint8 but float is provided",
+    ),
+    (
+        "INVALID_ARGUMENT",
+        "input size does not match signature: 2!=1 len({images,x}) != len({images}). "
+        "Sent extra: {x}. Missing but required: {}.",
+        f"{REJECTED} (INVALID_ARGUMENT): input size does not match signature: 2!=1 "
+        "len({images,x}) != len({images}). Sent extra: {x}. Missing but required: {}.",
+    ),
+    (
+        "RESOURCE_EXHAUSTED",
+        "Received message larger than max (8388653 vs. 4194304)",
+        f"{REJECTED} (RESOURCE_EXHAUSTED): Received message larger than max (8388653 vs. 4194304)",
+    ),
+    (
+        "UNAVAILABLE",
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:8500: "
+        "Failed to connect to remote host: Connection refused",
+        GRPC_UNREACHABLE.format("UNAVAILABLE"),
+    ),
+    ("DEADLINE_EXCEEDED", "Deadline Exceeded", GRPC_UNREACHABLE.format("DEADLINE_EXCEEDED")),
+]
+
+
+@pytest.mark.parametrize("code, details, message", GRPC_CASES)
+def test_grpc_status_codes_become_serving_errors(grpc_transport, code, details, message):
+    grpc_transport._stub = stub = _Stub(_RpcError(getattr(grpc.StatusCode, code), details))
+    with pytest.raises(serving.ServingError) as e:
+        grpc_transport.predict("flops_1m", {"images": _images()})
+    assert str(e.value) == message
+    assert e.value.__suppress_context__  # one error, not a chained grpc traceback
+    assert stub.calls[0][1] == 7.0  # the transport's timeout is the call's deadline
+
+
+def test_grpc_request_and_response_conversion(grpc_transport):
+    response = predict_pb2.PredictResponse()
+    response.outputs["logits"].CopyFrom(tf.make_tensor_proto(np.eye(2, 3, dtype=np.float32)))
+    response.outputs["top5_classes"].CopyFrom(tf.make_tensor_proto(np.array([[b"cat"], [b"dog"]])))
+    grpc_transport._stub = stub = _Stub(response)
+    images = _images()
+    out = grpc_transport.predict("flops_2m", {"images": images})
+    request, _ = stub.calls[0]
+    assert (request.model_spec.name, request.model_spec.signature_name) == (MODEL, "flops_2m")
+    np.testing.assert_array_equal(tf.make_ndarray(request.inputs["images"]), images)
+    assert request.inputs["images"].dtype == tf.uint8.as_datatype_enum
+    np.testing.assert_array_equal(out["logits"], np.eye(2, 3))
+    assert out["top5_classes"].tolist() == [[b"cat"], [b"dog"]]
+
+
+class _Response(io.BytesIO):
+    """What urlopen returns (a context manager with read())."""
+
+
+def _http_error(status, reason, body):
+    url = "http://127.0.0.1:8501/v1/models/pss:predict"
+    return urllib.error.HTTPError(url, status, reason, {}, io.BytesIO(body))
+
+
+REST_UNREACHABLE = (
+    "Cannot reach TF Serving at http://127.0.0.1:8501 over REST ({}): is the server running "
+    "and the port right (REST default 8501)?"
+)
+
+# HTTP statuses and bodies as tensorflow_model_server's REST API sends them:
+# http_server.cc ToHTTPStatusCode (NOT_FOUND -> 404; INVALID_ARGUMENT and
+# FAILED_PRECONDITION -> 400; UNAVAILABLE -> 503; DEADLINE_EXCEEDED -> 504),
+# and util/json_tensor.cc MakeJsonFromStatus (a pretty-printed {"error": ...}).
+# An unknown signature is INVALID_ARGUMENT over REST
+# (http_rest_api_handler.cc GetInfoMap), a JSON value of the wrong type too
+# (json_tensor.cc TypeError).
+REST_CASES = [
+    (
+        _http_error(
+            404, "Not Found", b'{\n    "error": "Servable not found for request: Latest(pss)"\n}'
+        ),
+        f"{REJECTED} (HTTP 404): Servable not found for request: Latest(pss)",
+    ),
+    (
+        _http_error(
+            400,
+            "Bad Request",
+            b'{\n    "error": "Serving signature name: \\"flops_1m\\" not found in signature def"\n}',
+        ),
+        f'{REJECTED} (HTTP 400): Serving signature name: "flops_1m" not found in signature def',
+    ),
+    (
+        _http_error(
+            400,
+            "Bad Request",
+            b'{\n    "error": "JSON Value: 0.5 Type: Number is not of expected type: uint8"\n}',
+        ),
+        f"{REJECTED} (HTTP 400): JSON Value: 0.5 Type: Number is not of expected type: uint8",
+    ),
+    (
+        _http_error(503, "Service Unavailable", b'{ "error": "Servable is unavailable" }'),
+        f"{REJECTED} (HTTP 503): Servable is unavailable",
+    ),
+    # Not TF Serving's JSON (a proxy's page, an empty body, JSON without
+    # "error"): the HTTP reason phrase stands in.
+    (
+        _http_error(502, "Bad Gateway", b"<html>502 Bad Gateway</html>"),
+        f"{REJECTED} (HTTP 502): Bad Gateway",
+    ),
+    (_http_error(504, "Gateway Timeout", b""), f"{REJECTED} (HTTP 504): Gateway Timeout"),
+    (_http_error(400, "Bad Request", b'"not an object"'), f"{REJECTED} (HTTP 400): Bad Request"),
+    (_http_error(400, "Bad Request", b'{"message": "x"}'), f"{REJECTED} (HTTP 400): Bad Request"),
+    # No answer at all.
+    (
+        urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")),
+        REST_UNREACHABLE.format("[Errno 111] Connection refused"),
+    ),
+    (TimeoutError("timed out"), REST_UNREACHABLE.format("timed out")),
+]
+
+
+@pytest.mark.parametrize("error, message", REST_CASES)
+def test_rest_statuses_become_serving_errors(monkeypatch, error, message):
+    requests = []
+
+    def urlopen(request, timeout):
+        requests.append((request, timeout))
+        raise error
+
+    monkeypatch.setattr(serving.urllib.request, "urlopen", urlopen)
+    t = serving.RestTransport("127.0.0.1:8501", MODEL, timeout=7.0)
+    with pytest.raises(serving.ServingError) as e:
+        t.predict("flops_1m", {"images": _images()})
+    assert str(e.value) == message
+    assert e.value.__suppress_context__
+    assert requests[0][1] == 7.0
+
+
+def test_rest_request_and_response_conversion(monkeypatch):
+    requests, answers = [], []
+
+    def urlopen(request, timeout):
+        requests.append(request)
+        return _Response(json.dumps(answers.pop(0)).encode())
+
+    monkeypatch.setattr(serving.urllib.request, "urlopen", urlopen)
+    t = serving.RestTransport("http://127.0.0.1:8501/", MODEL)
+    images = _images((1, 2, 2, 3))
+    answers.append({"outputs": {"logits": [[0.5, 1.5]], "top5_classes": [["cat"]]}})
+    out = t.predict("flops_2m", {"images": images})
+    request = requests[0]
+    assert request.full_url == "http://127.0.0.1:8501/v1/models/pss:predict"
+    assert request.get_method() == "POST"
+    assert request.get_header("Content-type") == "application/json"
+    assert json.loads(request.data) == {
+        "signature_name": "flops_2m",
+        "inputs": {"images": images.tolist()},
+    }
+    np.testing.assert_array_equal(out["logits"], [[0.5, 1.5]])
+    assert out["top5_classes"].tolist() == [["cat"]]
+    # One output: TF Serving sends the bare tensor, in columnar or row format.
+    answers += [{"outputs": [[1, 2]]}, {"predictions": [[3, 4]]}]
+    np.testing.assert_array_equal(t.predict("x", {})["output"], [[1, 2]])
+    np.testing.assert_array_equal(t.predict("x", {})["output"], [[3, 4]])
+
+
+@pytest.fixture
+def unused_address():
+    """A localhost address nobody listens on: the port stays bound, without
+    listen(), for the whole test, so no other process can take it meanwhile
+    and a connection to it is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{s.getsockname()[1]}"
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
-def test_unreachable_server_names_the_address(protocol):
-    address = f"127.0.0.1:{free_port()}"
-    c = serving.connect(address, MODEL, protocol, timeout=2)
-    with pytest.raises(serving.ServingError, match=f"Cannot reach TF Serving at .*{address}"):
+def test_unreachable_server_names_the_address(protocol, unused_address):
+    c = serving.connect(unused_address, MODEL, protocol, timeout=10)
+    with pytest.raises(
+        serving.ServingError, match=f"^Cannot reach TF Serving at .*{unused_address}"
+    ):
         c.tiers()
+    c.close()
 
 
 def test_eight_concurrent_clients_with_mixed_tiers(served):
@@ -203,53 +595,105 @@ def test_adaptive_policy_steps_down_and_back_up():
         serving.AdaptiveTierPolicy(_tiers(1), objective_ms=0)
 
 
-def test_adaptive_policy_under_load(trained_job, tmp_path):
-    """A loaded server gets slower; the policy steps down, then back up."""
-    config, _ = trained_job
-    summary = export.export(config.job_dir, str(tmp_path / MODEL), latency_repeats=1)
-    # Simulated cost: alone, the largest tier takes ~20 ms and a cheaper one
-    # proportionally less; with n requests in flight, n times as long.
-    factor = 20.0 / max(t["mflops"] for t in summary["tiers"])
-    server = ModelServer(summary["path"], MODEL, load_delay_ms_per_mflop=factor).start()
-    try:
-        c = serving.connect(server.grpc_address, MODEL, "grpc")
-        tiers = c.tiers()
-        largest = tiers[-1]
-        # Met with headroom (< 30 ms) by every tier alone, missed under 8
-        # parallel clients by all but the cheapest.
-        objective = 60.0
-        policy = serving.AdaptiveTierPolicy(tiers, objective_ms=objective, window=4, headroom=0.5)
-        images = _images((1, 32, 32, 3))
-        stop = threading.Event()
+class _SimulatedClock:
+    """Seconds that pass only when a simulated request takes time."""
 
-        def load():
-            lc = serving.connect(server.grpc_address, MODEL, "grpc")
-            while not stop.is_set():
-                lc.predict(images, largest.name)
-            lc.close()
+    def __init__(self):
+        self.now = 0.0
 
-        workers = [threading.Thread(target=load) for _ in range(8)]
-        for w in workers:
-            w.start()
-        try:
-            for _ in range(40):
-                policy.predict(c, images)
-                if policy.tier.name == tiers[0].name:
-                    break
-        finally:
-            stop.set()
-            for w in workers:
-                w.join(60)
-        assert policy.tier.name == tiers[0].name, policy.history
-        under_load = len(policy.history)
-        for _ in range(40):
-            policy.predict(c, images)
-            if policy.tier.name == largest.name:
-                break
-        assert policy.tier.name == largest.name, policy.history[under_load:]
-        c.close()
-    finally:
-        server.stop()
+    def __call__(self):
+        return self.now
+
+
+class _SimulatedLoad:
+    """Wraps a transport: every request still reaches the server, and then
+    the clock advances by that tier's cost alone times ``load`` (the requests
+    a saturated server would be serving at once)."""
+
+    def __init__(self, transport, clock, cost_ms):
+        self.transport, self.clock, self.cost_ms = transport, clock, cost_ms
+        self.load, self.sent = 1, []
+
+    def predict(self, signature, inputs):
+        outputs = self.transport.predict(signature, inputs)
+        if signature in self.cost_ms:
+            self.sent.append(signature)
+            self.clock.now += self.cost_ms[signature] * self.load / 1000
+        return outputs
+
+    def close(self):
+        self.transport.close()
+
+
+def test_adaptive_policy_times_requests_with_its_clock():
+    assert serving.AdaptiveTierPolicy(_tiers(1), objective_ms=10).clock is time.perf_counter
+    clock, sent = _SimulatedClock(), []
+
+    class Client:
+        def predict(self, images, tier):
+            sent.append(tier)
+            clock.now += 0.025  # each request takes 25 ms
+            return {"tier": tier}
+
+    policy = serving.AdaptiveTierPolicy(_tiers(1, 2), objective_ms=10, window=1, clock=clock)
+    outputs, tier, ms = policy.predict(Client(), None)
+    assert (outputs, tier.name, ms) == ({"tier": "t2"}, "t2", pytest.approx(25))
+    assert policy.history == [("t2", pytest.approx(25))] and policy.tier.name == "t1"
+    clock.now += 100  # time between requests is not a request's latency
+    _, tier, ms = policy.predict(Client(), None)
+    assert (tier.name, ms) == ("t1", pytest.approx(25)) and sent == ["t2", "t1"]
+
+
+def test_adaptive_policy_under_load(client, served):
+    """A policy driving a real client: under load every tier but the cheapest
+    misses the objective, so it steps down to the cheapest; without load every
+    tier meets it with headroom, so it steps back up to the largest. The
+    requests reach the server; only their latency is simulated (a clock that
+    advances by tier cost x load), so the outcome does not depend on the
+    machine's speed."""
+    _, _, loaded = served
+    tiers = client.tiers()
+    n = len(tiers)
+    assert n >= 2
+    # Alone, 10 ms (cheapest) to 20 ms (largest): below headroom x objective
+    # (30 ms). Under 8x load, 80 to 160 ms: above the objective (60 ms).
+    cost = {t.name: 10 + 10 * i / (n - 1) for i, t in enumerate(tiers)}
+    clock = _SimulatedClock()
+    load = _SimulatedLoad(client.transport, clock, cost)
+    policy_client = serving.PSSClient(load)
+    window = 4
+    policy = serving.AdaptiveTierPolicy(
+        policy_client.tiers(), objective_ms=60, window=window, headroom=0.5, clock=clock
+    )
+    images = _images((1, 32, 32, 3))
+    expected = {
+        t.name: loaded.signatures[t.name](images=tf.constant(images))["logits"].numpy()
+        for t in tiers
+    }
+
+    def run(requests):
+        for _ in range(requests):
+            outputs, tier, ms = policy.predict(policy_client, images)
+            np.testing.assert_allclose(outputs["logits"], expected[tier.name], atol=1e-5)
+            assert ms == pytest.approx(cost[tier.name] * load.load)
+
+    load.load = 8
+    run(n * window)  # down one tier per window, then a window at the cheapest
+    assert policy.tier == tiers[0]
+    down = [t.name for t in reversed(tiers) for _ in range(window)]
+    assert [name for name, _ in policy.history] == down
+    load.load = 1
+    # The window still holds the cheapest tier's last loaded requests, so 3
+    # fast ones turn its median; then up one tier per window, and a window at
+    # the largest, which stays.
+    up = [tiers[0].name] * (window - 1) + [t.name for t in tiers[1:] for _ in range(window)]
+    run(len(up))
+    assert policy.tier == tiers[-1]
+    assert [name for name, _ in policy.history] == down + up
+    assert load.sent == down + up  # the tier the policy chose is the one requested
+    assert [ms for _, ms in policy.history] == pytest.approx(
+        [cost[name] * 8 for name in down] + [cost[name] for name in up]
+    )
 
 
 def test_query_script_prints_top5_from_the_right_tier(served, tmp_path):
