@@ -520,9 +520,12 @@ def _convert_tier(job, entry, config: ConvertConfig, pipelines, progress) -> dic
 def _verify(job, entries, runners, references, pipelines, config, progress) -> dict:
     """Agreement of each .tflite with its reference on validation images."""
     stats = {
-        e["name"]: dict(examples=0, agree=0, correct=0, ref_correct=0, diff=0.0, ref_max=0.0)
+        e["name"]: dict(
+            examples=0, agree=0, correct=0, ref_correct=0, diff=0.0, ref_max=0.0,
+            err_sq=0.0, signal_sq=0.0, flip_margin=0.0,
+        )
         for e in entries
-    }
+    }  # fmt: skip
     resolutions = {e["name"]: int(e["config"]["resolution"]) for e in entries}
     total = min(config.verify_images, pipelines.source.num_validation)
     bar = keras.utils.Progbar(total, verbose=1 if progress else 0)
@@ -540,6 +543,16 @@ def _verify(job, entries, runners, references, pipelines, config, progress) -> d
             s["ref_correct"] += int((ref_top == labels).sum())
             s["diff"] = max(s["diff"], float(np.abs(logits - reference).max()))
             s["ref_max"] = max(s["ref_max"], float(np.abs(reference).max()))
+            # Logit signal-to-noise: the reference's logits around their
+            # per-example mean vs the conversion's error.
+            centred = reference - reference.mean(-1, keepdims=True)
+            s["signal_sq"] += float(np.square(centred).sum())
+            s["err_sq"] += float(np.square(logits - reference).sum())
+            flipped = top != ref_top
+            if flipped.any():
+                ordered = np.sort(reference[flipped], -1)
+                margin = float((ordered[:, -1] - ordered[:, -2]).max())
+                s["flip_margin"] = max(s["flip_margin"], margin)
         seen += len(labels)
         bar.update(seen)
     if not seen:
@@ -562,24 +575,33 @@ def _verify(job, entries, runners, references, pipelines, config, progress) -> d
             "top1_agreement": agreement,
             "max_abs_logit_diff": s["diff"],
             "max_rel_logit_diff": relative,
+            "logit_sqnr_db": _sqnr_db(s["signal_sq"], s["err_sq"]),
+            "max_flipped_margin": s["flip_margin"],
             "meets_target": bool(meets),
         }
     return out
+
+
+def _sqnr_db(signal_sq: float, err_sq: float) -> float:
+    """10 log10(signal / error energy), capped at 200 dB for exact copies."""
+    if err_sq <= 0.0:
+        return 200.0
+    return float(min(200.0, 10.0 * np.log10(max(signal_sq, 1e-30) / err_sq)))
 
 
 def format_manifest(manifest: dict) -> str:
     """The manifest as a table: tier, size, accuracy, agreement, latency."""
     lines = [
         f"{'tier':<14}{'res':>5}{'MFLOPs':>8}{'KB':>9}{'in':>9}{'top1':>7}{'ref top1':>9}"
-        f"{'agree':>7}{'max|dlogit|':>12}{'ms':>8}"
+        f"{'agree':>7}{'max|dlogit|':>12}{'SQNR dB':>8}{'ms':>8}"
     ]
     for t in manifest["tiers"]:
         v = t.get("verification")
         acc = (
             f"{v['top1']:>7.3f}{v['reference_top1']:>9.3f}{v['top1_agreement']:>7.3f}"
-            f"{v['max_abs_logit_diff']:>12.2e}"
+            f"{v['max_abs_logit_diff']:>12.2e}{v['logit_sqnr_db']:>8.1f}"
             if v
-            else f"{'-':>7}{'-':>9}{'-':>7}{'-':>12}"
+            else f"{'-':>7}{'-':>9}{'-':>7}{'-':>12}{'-':>8}"
         )
         lines.append(
             f"{t['name']:<14}{t['resolution']:>5}{t['mflops']:>8.2f}{t['size_bytes'] / 1024:>9.1f}"

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny supernets (width 0.5, resolutions 32..64)."""
 
 import os
+import random
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -24,6 +25,25 @@ def tiny_supernets():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def py_rng():
+    """For `SearchSpace.random`: its default (the `random` module) depends on
+    whatever ran before."""
+    return random.Random(1234)
+
+
+@pytest.fixture(autouse=True)
+def _independent_random_state():
+    """Every test starts from the same global seeds (Python, NumPy, TF, Keras)
+    and leaves no global TF seed behind, so no result depends on test order."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(20251125)
+    yield
+    tf.random.set_seed(None)
 
 
 def random_bn_stats(model, config, rng):
@@ -88,6 +108,9 @@ def trained_job(tiny_image_folder, tmp_path_factory):
     from pss_keras import training
 
     config = tiny_train_config(
-        tmp_path_factory.mktemp("trained") / "job", tiny_image_folder, epochs=3
+        tmp_path_factory.mktemp("trained") / "job",
+        tiny_image_folder,
+        epochs=3,
+        tensorboard_update_freq=1,
     )
     return config, training.train(config)

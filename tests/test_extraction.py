@@ -20,13 +20,13 @@ PLAIN = (
 
 @pytest.mark.parametrize("model", ["mobilenet_v1", "mobilenet_v2"])
 @pytest.mark.parametrize("fold_bn", [False, True])
-def test_extracted_subnet_equals_supernet(tiny_supernets, model, fold_bn, rng):
+def test_extracted_subnet_equals_supernet(tiny_supernets, model, fold_bn, rng, py_rng):
     net = tiny_supernets[model]
     space = net.space
     configs = [
         space.smallest(),
         space.largest(),
-        SubnetConfig(model, 56, space.random().stage_width_mults),
+        SubnetConfig(model, 56, space.random(py_rng).stage_width_mults),
     ]
     for config in configs:
         stats = random_bn_stats(net, config, rng)
@@ -43,9 +43,9 @@ def test_extracted_subnet_equals_supernet(tiny_supernets, model, fold_bn, rng):
             assert n_trainable == flops.count_params(config, net.num_classes, net.width_scale)
 
 
-def test_extraction_defaults_to_stored_statistics(tiny_supernets, rng):
+def test_extraction_defaults_to_stored_statistics(tiny_supernets, rng, py_rng):
     net = tiny_supernets["mobilenet_v2"]
-    config = net.space.random()
+    config = net.space.random(py_rng)
     x = rng.uniform(-1, 1, (2, config.resolution, config.resolution, 3)).astype("float32")
     sub = extraction.extract_subnet(net, config)
     np.testing.assert_allclose(sub(x), net(x, subnet=config), atol=1e-5, rtol=0)
@@ -69,14 +69,14 @@ def test_extraction_errors(tiny_supernets, rng):
 
 
 @pytest.mark.parametrize("model", ["mobilenet_v1", "mobilenet_v2"])
-def test_pixel_input_and_tf_keras_build_equal_the_supernet(tiny_supernets, model, rng):
+def test_pixel_input_and_tf_keras_build_equal_the_supernet(tiny_supernets, model, rng, py_rng):
     import tensorflow as tf
     import tf_keras
 
     from pss_keras import data
 
     net = tiny_supernets[model]
-    config = net.space.random()
+    config = net.space.random(py_rng)
     stats = random_bn_stats(net, config, rng)
     r = config.resolution
     pixels = rng.uniform(0, 255, (2, r, r, 3)).astype("float32")

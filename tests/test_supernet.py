@@ -54,7 +54,7 @@ def test_activations_are_really_sliced(tiny_supernets, model, rng, monkeypatch):
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_one_trace_serves_every_subnet(tiny_supernets, model, rng):
+def test_one_trace_serves_every_subnet(tiny_supernets, model, rng, py_rng):
     net = tiny_supernets[model]
     x = rng.uniform(-1, 1, (4, 64, 64, 3)).astype("float32")
     y = rng.integers(0, 10, 4)
@@ -72,18 +72,21 @@ def test_one_trace_serves_every_subnet(tiny_supernets, model, rng):
     def infer(images):
         return net(images)  # reads the active subnet from its state
 
-    configs = [net.space.largest(), net.space.smallest(), net.space.random(), net.space.random()]
+    space = net.space
+    configs = [space.largest(), space.smallest(), space.random(py_rng), space.random(py_rng)]
     outputs = []
-    for config in configs:
-        grads = train_grads(x, y, net.space.encode(config))
-        assert all(g is not None for g in grads)
-        net.set_active_subnet(config)
-        outputs.append(infer(x).numpy())
-        np.testing.assert_allclose(outputs[-1], net(x, subnet=config), rtol=1e-5, atol=1e-6)
+    try:
+        for config in configs:
+            grads = train_grads(x, y, net.space.encode(config))
+            assert all(g is not None for g in grads)
+            net.set_active_subnet(config)
+            outputs.append(infer(x).numpy())
+            np.testing.assert_allclose(outputs[-1], net(x, subnet=config), rtol=1e-5, atol=1e-6)
+    finally:
+        net.set_active_subnet(net.space.largest())  # the session fixture, as it was
     assert train_grads.experimental_get_tracing_count() == 1
     assert infer.experimental_get_tracing_count() == 1
     assert not np.allclose(outputs[0], outputs[1])  # the switch took effect
-    net.set_active_subnet(net.space.largest())
 
 
 def test_gradients_touch_only_the_active_slice(tiny_supernets, rng):
@@ -110,9 +113,9 @@ def test_config_of_another_space_raises(tiny_supernets):
     assert net.active_subnet == net.space.largest()  # unchanged after the failure
 
 
-def test_bn_stats_supplied_equal_bn_stats_stored(rng):
+def test_bn_stats_supplied_equal_bn_stats_stored(rng, py_rng):
     net = Supernet("mobilenet_v2", **TINY)
-    config = net.space.random()
+    config = net.space.random(py_rng)
     net.set_active_subnet(config)
     stats = random_bn_stats(net, config, rng)
     x = rng.uniform(-1, 1, (2, 48, 48, 3)).astype("float32")
@@ -129,7 +132,7 @@ def test_bn_stats_supplied_equal_bn_stats_stored(rng):
         net.set_bn_stats({"nope": (np.zeros(8), np.ones(8))})
 
 
-def test_stable_weight_names_and_checkpoint_round_trip(tmp_path, rng):
+def test_stable_weight_names_and_checkpoint_round_trip(tmp_path, rng, py_rng):
     keras.utils.set_random_seed(1)
     net = Supernet("mobilenet_v1", **TINY)
     paths = [w.path for w in net.weights]
@@ -144,7 +147,7 @@ def test_stable_weight_names_and_checkpoint_round_trip(tmp_path, rng):
         "classifier/kernel",
         "classifier/bias",
     ]
-    config = net.space.random()
+    config = net.space.random(py_rng)
     net.set_active_subnet(config)
     x = rng.uniform(-1, 1, (2, 40, 40, 3)).astype("float32")
     expected = net(x).numpy()
@@ -163,14 +166,14 @@ def test_stable_weight_names_and_checkpoint_round_trip(tmp_path, rng):
     np.testing.assert_allclose(clone(x).numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
-def test_keras_format_round_trip(tmp_path, tiny_supernets, rng):
+def test_keras_format_round_trip(tmp_path, tiny_supernets, rng, py_rng):
     net = tiny_supernets["mobilenet_v2"]
     path = str(tmp_path / "supernet.keras")
     net.save(path)
     clone = keras.models.load_model(path)
     assert isinstance(clone, Supernet) and clone.space == net.space
     x = rng.uniform(-1, 1, (2, 48, 48, 3)).astype("float32")
-    config = net.space.random()
+    config = net.space.random(py_rng)
     np.testing.assert_allclose(clone(x, subnet=config), net(x, subnet=config), rtol=1e-6, atol=1e-6)
 
 

@@ -1,14 +1,19 @@
+import dataclasses
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import tiny_train_config
+from tensorflow.core.util import event_pb2
 
 from pss_keras import data, evaluation, layers, training
 from pss_keras.checkpoints import Checkpointer
+from pss_keras.flops import count_mflops
+from pss_keras.specs import SubnetConfig
 from pss_keras.supernet import Supernet
 
 
@@ -102,6 +107,7 @@ def test_weight_decay_only_on_conv_and_dense_kernels():
     assert len(decayed) == n_conv
 
 
+@pytest.mark.heavy
 def test_checkpoint_round_trip_continues_identically(tiny_image_folder, tmp_path):
     config = tiny_train_config(tmp_path / "job", tiny_image_folder)
     pipelines, supernet, sampler, trainer = _setup(config, seed=0)
@@ -164,8 +170,14 @@ def test_keep_and_prune_checkpoints(tmp_path):
     for epoch in (1, 2, 3):
         ckpt.save(epoch)
     os.makedirs(tmp_path / ".epoch-0004-killed")  # what a kill -9 mid-write leaves
+    assert (tmp_path / "latest").read_text() == "epoch-0003\n"
     ckpt.save(4)
     assert sorted(os.listdir(tmp_path)) == ["epoch-0003", "epoch-0004", "latest"]
+    assert ckpt.latest() == str(tmp_path / "epoch-0004")
+    # A pointer to a checkpoint that is gone is no checkpoint.
+    (tmp_path / "latest").write_text("epoch-0009\n")
+    assert ckpt.latest() is None
+    (tmp_path / "latest").write_text("epoch-0004\n")
     os.remove(tmp_path / "epoch-0004" / "optimizer.npz")
     with pytest.raises(ValueError, match="is incomplete: optimizer.npz is missing"):
         ckpt.restore(str(tmp_path / "epoch-0004"))
@@ -174,6 +186,7 @@ def test_keep_and_prune_checkpoints(tmp_path):
 def test_train_writes_retained_subnets(trained_job):
     config, summary = trained_job
     job = config.job_dir
+    supernet = training.build_supernet(config, 10)
     with open(os.path.join(job, training.RETAINED)) as f:
         retained = json.load(f)
     assert retained == json.loads(json.dumps(summary["retained"]))
@@ -191,15 +204,50 @@ def test_train_writes_retained_subnets(trained_job):
         }
         assert 0.0 <= entry["top1"] <= entry["top5"] <= 1.0
         assert abs(entry["mflops"] - entry["target"]) <= config.flops_targets[2] / 2 + 1e-9
+        # Statistics for exactly this subnet's batch norms, at its widths.
+        subnet = SubnetConfig.from_dict(entry["config"])
         stats = training.load_bn_stats(job, entry)
-        assert "stem_conv_bn" in stats
-    assert os.path.exists(os.path.join(job, "supernet.weights.h5"))
-    assert os.path.exists(os.path.join(job, "checkpoints", "epoch-0003"))
-    assert os.listdir(os.path.join(job, "logs"))  # TensorBoard events
+        channels = supernet.bn_channels(subnet)
+        assert set(stats) == set(channels)
+        for name, (mean, variance) in stats.items():
+            assert mean.shape == variance.shape == (channels[name],), name
+            assert np.all(np.isfinite(mean)) and np.all(variance >= 0), name
+        assert entry["mflops"] == pytest.approx(
+            count_mflops(subnet, 10, config.width_scale), rel=1e-6
+        )
+    # One tier per target at most, named by its target.
+    assert len({e["name"] for e in retained}) == len(retained)
+    # The final weights are the last checkpoint's, which `latest` names.
+    ckpt_dir = os.path.join(job, "checkpoints")
+    with open(os.path.join(ckpt_dir, "latest")) as f:
+        assert f.read().strip() == "epoch-0003"
+    supernet.load_weights(os.path.join(job, "supernet.weights.h5"))
+    final = [w.numpy() for w in supernet.weights]
+    supernet.load_weights(os.path.join(ckpt_dir, "epoch-0003", "supernet.weights.h5"))
+    for a, w in zip(final, supernet.weights):
+        np.testing.assert_array_equal(a, w.numpy(), err_msg=w.path)
+    # TensorBoard: the three losses of the sandwich step, logged every step
+    # (the fixture's tensorboard_update_freq=1).
+    tags = set()
+    for root, _, files in os.walk(os.path.join(job, "logs")):
+        for name in files:
+            for record in tf.data.TFRecordDataset(os.path.join(root, name)):
+                event = event_pb2.Event.FromString(record.numpy())
+                tags.update(v.tag for v in event.summary.value)
+    assert {"batch_loss_max", "batch_loss_candidate", "batch_loss_min"} <= tags, tags
 
 
-def test_evaluate_job_reproduces_the_selection(trained_job):
+@pytest.fixture
+def job_copy(trained_job, tmp_path):
+    """The shared trained job, copied: for tests that write into a job."""
     config, summary = trained_job
+    copy = tmp_path / "job"
+    shutil.copytree(config.job_dir, copy)
+    return dataclasses.replace(config, job_dir=str(copy)), summary
+
+
+def test_evaluate_job_reproduces_the_selection(job_copy):
+    config, summary = job_copy  # evaluate_job rewrites retained_subnets.json
     tf.random.set_seed(1234)  # the caller's global seed must not change the batches
     again = training.evaluate_job(config.job_dir, progress=False)
     assert [(e["name"], e["config"], e["top1"]) for e in again] == [
@@ -209,45 +257,76 @@ def test_evaluate_job_reproduces_the_selection(trained_job):
         training.evaluate_job(os.path.dirname(config.job_dir) + "/nope")
 
 
-def _toy_batches(rng, n_batches, batch=32, size=32):
-    """Two classes a tiny net separates in a few steps: dark vs bright images."""
-    out = []
-    for _ in range(n_batches):
-        labels = rng.integers(0, 2, batch)
-        base = np.where(labels[:, None, None, None] == 1, 0.8, -0.8)
-        images = base + rng.normal(0, 0.6, (batch, size, size, 3))
-        out.append((images.astype("float32"), labels.astype("int32")))
-    return out
-
-
 def test_bn_calibration_changes_statistics_and_helps(rng):
+    """Calibration recovers the statistics training normalized with.
+
+    Deterministic arithmetic on a seeded, briefly trained net (no accuracy
+    threshold, which would depend on the CPU that trained it): the stem's
+    statistics against a direct computation, and the calibrated inference
+    pass against the batch-statistics (training-mode) pass it stands in for.
+    """
+    from pss_keras.supernet import resize_to
+
     keras.utils.set_random_seed(0)
     net = Supernet("mobilenet_v1", num_classes=2, width_scale=0.25, resolution_range=(16, 32))
     trainer = training.PSSTrainer(net)
     trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
-    train = _toy_batches(rng, 30)
-    trainer.fit(
-        tf.data.Dataset.from_tensor_slices(tuple(np.concatenate(x) for x in zip(*train))).batch(32),
-        epochs=2,
-        verbose=0,
-        shuffle=False,
-    )
+    # Shifted, scaled inputs: far from the zero-mean / unit-variance defaults.
+    images = (rng.normal(0.7, 1.5, (64, 32, 32, 3))).astype("float32")
+    labels = rng.integers(0, 2, 64).astype("int32")
+    trainer.fit(images, labels, batch_size=32, epochs=1, verbose=0, shuffle=False)
     small = net.space.smallest()
     evaluator = evaluation.SubnetEvaluator(net)
     before = net.get_bn_stats(small)  # training never updates them: zeros / ones
     assert all(np.all(m == 0) and np.all(v == 1) for m, v in before.values())
-    test = _toy_batches(rng, 4)
-    uncalibrated = evaluator.evaluate(small, before, test)["top1"]
-    stats = evaluator.calibrate(small, iter(train), num_batches=8)
-    assert max(np.abs(m).max() for m, _ in stats.values()) > 1e-2
-    assert any(np.abs(v - 1).max() > 1e-2 for _, v in stats.values())
-    calibrated = evaluator.evaluate(small, stats, test)["top1"]
-    assert calibrated >= 0.9 and calibrated > uncalibrated + 0.2, (uncalibrated, calibrated)
+
+    batches = [images[:32], images[32:]]
+    stats = evaluator.calibrate(small, iter(batches), num_batches=8)  # only 2 exist
+    assert set(stats) == set(net.bn_channels(small))
+    for name, (mean, variance) in stats.items():
+        assert mean.shape == variance.shape == (net.bn_channels(small)[name],), name
+    # The stem by hand: conv of the resized input, per-batch mean and unbiased
+    # variance, averaged over the two batches.
+    c0 = net.bn_channels(small)["stem_conv_bn"]
+    kernel = net.get_layer_by_name("stem_conv").kernel.numpy()[..., :c0]
+    means, variances = [], []
+    for batch in batches:
+        y = tf.nn.conv2d(resize_to(batch, small.resolution), kernel, 2, "SAME").numpy()
+        n = y.shape[0] * y.shape[1] * y.shape[2]
+        means.append(y.mean(axis=(0, 1, 2)))
+        variances.append(y.var(axis=(0, 1, 2)) * n / (n - 1))
+    np.testing.assert_allclose(stats["stem_conv_bn"][0], np.mean(means, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        stats["stem_conv_bn"][1], np.mean(variances, 0), rtol=1e-4, atol=1e-5
+    )
+
+    # Inference with a batch's own (biased) moments is the training-mode pass
+    # on that batch: the statistics are used as training used them. The
+    # calibrated ones are those moments with the unbiased variance.
+    batch = images[:32]
+    code = net.space.encode(small)
+    train_mode = net(batch, training=True, subnet=code).numpy()
+    moments = {k: (m.numpy(), v.numpy()) for k, (m, v) in net.bn_moments(batch, code).items()}
+    np.testing.assert_allclose(
+        net(batch, training=False, subnet=code, bn_stats=moments).numpy(), train_mode, atol=1e-5
+    )
+    one = evaluator.calibrate(small, iter([batch]), num_batches=1)
+    for name, (mean, variance) in one.items():
+        np.testing.assert_allclose(mean, moments[name][0], rtol=1e-6, atol=1e-7, err_msg=name)
+        # Unbiased: n / (n - 1) times the batch variance, n = 32 x H x W >= 32.
+        biased = moments[name][1]
+        assert np.all(variance >= biased * (1 - 1e-6) - 1e-9), name
+        assert np.all(variance <= biased * (32 / 31) * (1 + 1e-6) + 1e-9), name
+    uncalibrated = net(batch, training=False, subnet=code, bn_stats=before).numpy()
+    assert np.abs(uncalibrated - train_mode).max() > 0.1 * np.abs(train_mode).max()
+    # evaluate() uses the statistics it is given and stores them.
+    evaluator.evaluate(small, stats, [(batch, labels[:32])])
     np.testing.assert_array_equal(
         net.get_bn_stats(small)["stem_conv_bn"][0], stats["stem_conv_bn"][0]
     )
 
 
+@pytest.mark.heavy
 def test_resume_after_interruption_matches_uninterrupted(tiny_image_folder, tmp_path, monkeypatch):
     straight = tiny_train_config(tmp_path / "straight", tiny_image_folder)
     training.train(straight)
@@ -278,10 +357,8 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_image_folder, tmp_
     assert [e["config"] for e in summary["retained"]] == [e["config"] for e in straight_retained]
 
 
-def test_resume_with_other_settings_is_refused(trained_job):
-    config, _ = trained_job
-    import dataclasses
-
+def test_resume_with_other_settings_is_refused(job_copy):
+    config, _ = job_copy  # _check_run_config rewrites run_config.json
     with pytest.raises(ValueError, match="holds a run with other settings \\(lr\\)"):
         training.train(dataclasses.replace(config, lr=0.5))
     with pytest.raises(ValueError, match="other settings \\(batch_size\\)"):
@@ -294,7 +371,8 @@ def test_resume_with_other_settings_is_refused(trained_job):
         config.job_dir,
         dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir="/elsewhere")),
     )
-    training._check_run_config(config.job_dir, config)  # leave the shared job as it was
+    with open(os.path.join(config.job_dir, "run_config.json")) as f:
+        assert json.load(f)["data"]["data_dir"] == "/elsewhere"  # the new location is kept
 
 
 @pytest.mark.parametrize(
