@@ -1,17 +1,24 @@
 """pss_keras: PSS-Net resource-adaptive supernets in Keras 3 / TensorFlow.
 
-The pipeline, one module per step:
+The pipeline, one module per concept, in the order data flows:
+    run_config           a run's settings (TrainConfig, DataConfig; no TF)
     data, toydata        input pipelines (TFDS, image folders, generated shapes)
-    specs, flops         the search space and cost of subnets (pure Python/NumPy)
+    preprocessing        the one evaluation transform (training, serving, TFLite)
+    specs, blocks, flops the search space, the architecture plan, subnet cost
     layers, supernet     width-switchable layers and the MobileNet supernets
     pretrained           weights from keras.applications
     pools, sampling      subnet pools, conditional and prioritized samplers
-    training             the PSS train step, the run, the subnet selection
-    checkpoints          atomic, resumable checkpoints
+    losses, trainer      the sandwich step (PSSTrainer) and its losses
+    callbacks            candidate choice, checkpoints, progress per epoch
+    checkpoints          atomic, resumable checkpoints (optimizer by name)
     evaluation           post-BN calibration and accuracy of subnets
+    selection            the end-of-run choice of one subnet per target
+    training             the run driver (train, evaluate_job)
+    jobs                 the job directory's layout and records (no TF)
     extraction           standalone Keras models of single subnets
     export, serving      the TF Serving SavedModel and its client
-    tflite, qat          per-tier .tflite files (float, fp16, int8, QAT int8)
+    tflite, tflite_*, qat  per-tier .tflite files (float, fp16, int8, QAT int8)
+    fileio, timing       atomic durable writes; the one latency loop
 
 The TensorFlow-backed names are imported on first use, so that counting
 FLOPs or sampling configs does not pay for importing TensorFlow.
@@ -19,8 +26,9 @@ FLOPs or sampling configs does not pay for importing TensorFlow.
 
 import importlib
 
+from pss_keras.blocks import make_divisible
 from pss_keras.flops import count_mflops, count_mflops_np, count_params
-from pss_keras.specs import SearchSpace, SubnetConfig, make_divisible
+from pss_keras.specs import SearchSpace, SubnetConfig
 
 _LAZY = {
     "Supernet": "pss_keras.supernet",

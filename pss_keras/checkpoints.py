@@ -18,43 +18,12 @@ import tempfile
 
 import numpy as np
 
+from pss_keras.fileio import atomic_write_text, fsync_dir, fsync_tree
+
 WEIGHTS = "supernet.weights.h5"
 OPTIMIZER = "optimizer.npz"
 STATE = "pss_state.json"
 LATEST = "latest"
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` so that readers see the old or the new file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}-", dir=folder)
-    try:
-        # mkstemp creates 0600; give the file the permissions open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_json(path: str, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 class Checkpointer:
@@ -93,24 +62,18 @@ class Checkpointer:
         tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=self.directory)
         try:
             self.supernet.save_weights(os.path.join(tmp, WEIGHTS))
-            values = {
-                f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(self.optimizer.variables)
-            }
-            np.savez(os.path.join(tmp, OPTIMIZER), **values)
+            np.savez(os.path.join(tmp, OPTIMIZER), **_optimizer_state(self.optimizer))
             state = {"epoch": epoch, "sampler": self.sampler.state_dict()}
             with open(os.path.join(tmp, STATE), "w") as f:
                 json.dump(state, f)
-            for file in os.listdir(tmp):
-                with open(os.path.join(tmp, file), "rb") as f:
-                    os.fsync(f.fileno())
-            _fsync_dir(tmp)
+            fsync_tree(tmp)
             if os.path.exists(final):  # re-saving the same epoch (e.g. after resume)
                 shutil.rmtree(final)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         atomic_write_text(os.path.join(self.directory, LATEST), name + "\n")
         self._prune(name)
         return final
@@ -147,15 +110,56 @@ class Checkpointer:
             ) from None
         if self.optimizer is not None:
             with np.load(os.path.join(path, OPTIMIZER)) as saved:
-                values = [saved[k] for k in sorted(saved.files)]
-            if len(values) != len(self.optimizer.variables):
-                raise ValueError(
-                    f"Checkpoint {path} holds {len(values)} optimizer variables, this optimizer "
-                    f"has {len(self.optimizer.variables)}; use the same optimizer flags."
-                )
-            for variable, value in zip(self.optimizer.variables, values):
-                variable.assign(value)
+                _restore_optimizer(self.optimizer, {k: saved[k] for k in saved.files}, path)
         with open(os.path.join(path, STATE)) as f:
             state = json.load(f)
         self.sampler.load_state_dict(state["sampler"])
         return state
+
+
+def _optimizer_key(variable) -> str:
+    """A variable's path without the optimizer's own name (``sgd/`` or, for a
+    second optimizer in the same process, ``sgd_1/``)."""
+    return variable.path.split("/", 1)[-1]
+
+
+def _optimizer_state(optimizer) -> dict:
+    """``{key: value}`` of every optimizer variable (by name, never by position)."""
+    state = {}
+    for variable in optimizer.variables:
+        key = _optimizer_key(variable)
+        if key in state:
+            raise ValueError(f"Two optimizer variables are named {key!r}; cannot save by name.")
+        state[key] = np.asarray(variable.numpy())
+    return state
+
+
+def _restore_optimizer(optimizer, saved: dict, path: str) -> None:
+    """Assigns each optimizer variable the saved value of the same name.
+
+    Raises:
+        ValueError: naming the checkpoint, if names or shapes differ (an
+            other optimizer or model), or if the file predates saving by name.
+    """
+    if saved and all(k.startswith("v") and k[1:].isdigit() for k in saved):
+        raise ValueError(
+            f"Checkpoint {path} stores the optimizer by position (written before optimizer "
+            "state was saved by name); it can be evaluated but not resumed: start a new --job_dir."
+        )
+    variables = {_optimizer_key(v): v for v in optimizer.variables}
+    missing = sorted(set(variables) - set(saved))
+    extra = sorted(set(saved) - set(variables))
+    if missing or extra:
+        raise ValueError(
+            f"Checkpoint {path} does not fit this optimizer: missing {missing[:3]}"
+            f"{' ...' if len(missing) > 3 else ''}, unexpected {extra[:3]}"
+            f"{' ...' if len(extra) > 3 else ''}; use the same optimizer and model flags."
+        )
+    for key, variable in variables.items():
+        if tuple(saved[key].shape) != tuple(variable.shape):
+            raise ValueError(
+                f"Checkpoint {path}: optimizer variable {key!r} has shape "
+                f"{tuple(saved[key].shape)}, this optimizer's has {tuple(variable.shape)}."
+            )
+    for key, variable in variables.items():
+        variable.assign(saved[key])

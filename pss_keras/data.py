@@ -24,8 +24,16 @@ import os
 
 import tensorflow as tf
 
-MEAN_RGB = (0.485, 0.456, 0.406)
-STDDEV_RGB = (0.229, 0.224, 0.225)
+from pss_keras.preprocessing import (  # noqa: F401 (re-exported: data.eval_transform etc.)
+    MEAN_RGB,
+    STDDEV_RGB,
+    eval_transform,
+    normalize,
+    to_pixels,
+    to_rgb,
+)
+from pss_keras.run_config import SYNTHETIC, DataConfig  # noqa: F401 (re-exported)
+
 # ImageNet PCA lighting noise (AlexNet), as in the reference transforms.
 _EIGVAL = (0.2175, 0.0188, 0.0045)
 _EIGVEC = (
@@ -33,48 +41,10 @@ _EIGVEC = (
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
-SYNTHETIC = "synthetic_shapes"
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be found or prepared; the message says how to fix it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """What to load and how.
-
-    Attributes:
-        dataset: TFDS name, path of an image folder, or ``synthetic_shapes``.
-        data_dir: TFDS data directory (default: TFDS's), and where
-            ``synthetic_shapes`` is generated (default ``~/.cache/pss_keras``).
-        manual_dir: TFDS manual download directory (imagenet2012's tars).
-        image_size: the supernet's maximum resolution (crops are this size).
-        batch_size: global batch size.
-        eval_batch_size: batch size of evaluation.
-        minival_examples: training examples held out for choosing subnets.
-        crop_scale: random-resized-crop area range.
-        color_jitter: brightness/contrast/saturation strength.
-        lighting: PCA lighting noise standard deviation.
-        cache: cache decoded examples in memory: ``auto`` (when the split
-            has at most ``cache_max_examples`` examples), ``true`` or ``false``.
-        seed: data seed (shuffle and augmentation).
-    """
-
-    dataset: str = SYNTHETIC
-    data_dir: str | None = None
-    manual_dir: str | None = None
-    image_size: int = 224
-    batch_size: int = 256
-    eval_batch_size: int = 256
-    minival_examples: int = 10000
-    crop_scale: tuple[float, float] = (0.25, 1.0)
-    color_jitter: float = 0.4
-    lighting: float = 0.1
-    cache: str = "auto"
-    cache_max_examples: int = 50_000
-    shuffle_buffer: int = 10_000
-    seed: int = 0
 
 
 @dataclasses.dataclass
@@ -178,28 +148,6 @@ def load_source(config: DataConfig) -> DatasetSource:
     return _tfds_source(dataset, config.data_dir, config.manual_dir)
 
 
-def to_rgb(image):
-    """Greyscale (1 channel) to RGB; RGBA to RGB; RGB as is."""
-    image = tf.convert_to_tensor(image)
-    if image.shape[-1] == 3:
-        return image
-    return tf.cond(
-        tf.shape(image)[-1] < 3,
-        lambda: tf.tile(image[..., :1], [1, 1, 3]),
-        lambda: image[..., :3],
-    )
-
-
-def normalize(image01):
-    """[0, 1] RGB -> ImageNet mean/std normalized float32."""
-    return (image01 - tf.constant(MEAN_RGB)) / tf.constant(STDDEV_RGB)
-
-
-def to_pixels(normalized):
-    """Inverse of `normalize`, scaled to pixel values: normalized -> [0, 255] RGB."""
-    return (normalized * tf.constant(STDDEV_RGB) + tf.constant(MEAN_RGB)) * 255.0
-
-
 def train_transform(image, seed, config: DataConfig):
     """The method's training augmentation, stateless (``seed``: int32 [2])."""
     seeds = tf.random.experimental.stateless_split(seed, 7)
@@ -230,21 +178,6 @@ def train_transform(image, seed, config: DataConfig):
         image = image + rgb
     image = tf.image.stateless_random_flip_left_right(image, seeds[5])
     return normalize(image)
-
-
-def eval_transform(image, image_size: int):
-    """Resize the shorter side to ``image_size * 256 / 224``, centre-crop
-    ``image_size`` (resize 256 / crop 224 at ImageNet's resolution)."""
-    image = tf.cast(to_rgb(image), tf.float32)
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    resize = float(round(image_size * 256 / 224))
-    scale = resize / tf.reduce_min(shape)
-    new_shape = tf.cast(tf.round(shape * scale), tf.int32)
-    image = tf.image.resize(image, new_shape, method="bilinear")
-    top = (new_shape[0] - image_size) // 2
-    left = (new_shape[1] - image_size) // 2
-    image = tf.image.crop_to_bounding_box(image, top, left, image_size, image_size)
-    return normalize(tf.clip_by_value(image / 255.0, 0.0, 1.0))
 
 
 class Pipelines:

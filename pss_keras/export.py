@@ -27,39 +27,24 @@ overwriting one): TF Serving never sees a half-written version.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from pss_keras import data as data_lib
-from pss_keras import extraction, specs, training
+from pss_keras import extraction, timing
+from pss_keras.fileio import fsync_dir, fsync_tree
+from pss_keras.jobs import TIER_TABLE, TIERS_SIGNATURE, Job
+from pss_keras.preprocessing import preprocess
 from pss_keras.supernet import resize_to
 
 MODES = ("shared", "standalone")
-TIERS_SIGNATURE = "tiers"
 WARMUP_FILE = "tf_serving_warmup_requests"
-
-
-def preprocess(images, image_size: int, normalized: bool = True):
-    """Batched evaluation transform of uint8 images (see module docstring);
-    ``normalized=False`` stops before the mean/std step (pixels in [0, 255])."""
-    images = tf.cast(images, tf.float32)
-    shape = tf.cast(tf.shape(images)[1:3], tf.float32)
-    resize = float(round(image_size * 256 / 224))
-    scale = resize / tf.reduce_min(shape)
-    new_shape = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), image_size)
-    images = tf.image.resize(images, new_shape, method="bilinear")
-    top = (new_shape[0] - image_size) // 2
-    left = (new_shape[1] - image_size) // 2
-    images = images[:, top : top + image_size, left : left + image_size, :]
-    images = tf.clip_by_value(images / 255.0, 0.0, 1.0)
-    return data_lib.normalize(images) if normalized else images * 255.0
 
 
 def _outputs(logits, class_names):
@@ -74,60 +59,17 @@ def _outputs(logits, class_names):
     }
 
 
-class Job:
-    """A trained job directory: its settings, supernet and retained tiers."""
-
-    def __init__(self, job_dir: str):
-        for file in (training.RUN_CONFIG, training.RETAINED, "supernet.weights.h5"):
-            if not os.path.exists(os.path.join(job_dir, file)):
-                raise ValueError(
-                    f"{job_dir} has no {file}: it needs a finished training run "
-                    "(python scripts/train.py --job_dir=...)."
-                )
-        self.job_dir = job_dir
-        with open(os.path.join(job_dir, training.RUN_CONFIG)) as f:
-            self.config = training.TrainConfig.from_dict(json.load(f))
-        with open(os.path.join(job_dir, training.RETAINED)) as f:
-            self.retained = sorted(json.load(f), key=lambda e: e["mflops"])
-        if not self.retained:
-            raise ValueError(f"{job_dir}/{training.RETAINED} lists no subnets.")
-        classes_path = os.path.join(job_dir, "classes.json")
-        self.class_names = []
-        if os.path.exists(classes_path):
-            with open(classes_path) as f:
-                self.class_names = [str(c) for c in json.load(f)]
-        num_classes = len(self.class_names) or None
-        if num_classes is None:
-            raise ValueError(f"{job_dir}/classes.json is missing; re-run training.")
-        self.supernet = training.build_supernet(self.config, num_classes)
-        self.supernet.load_weights(os.path.join(job_dir, "supernet.weights.h5"))
-        self.image_size = self.config.resolution_range[1]
-
-    def tier(self, entry) -> tuple[specs.SubnetConfig, dict]:
-        config = specs.SubnetConfig.from_dict(entry["config"])
-        return config, training.load_bn_stats(self.job_dir, entry)
-
-    def select(self, names) -> list:
-        if not names:
-            return self.retained
-        known = {e["name"]: e for e in self.retained}
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(f"Unknown tier(s) {unknown}; the job has {sorted(known)}.")
-        return [known[n] for n in names]
-
-
 def tier_functions(job: Job, entries, mode: str) -> dict:
     """``{tier_name: fn(images uint8) -> outputs}`` for the chosen mode."""
     if mode not in MODES:
         raise ValueError(f"export mode {mode!r} is unknown; use one of {MODES}.")
     fns = {}
-    for entry in entries:
-        config, stats = job.tier(entry)
+    for tier in entries:
+        config, stats = job.tier(tier)
         if mode == "shared":
-            fns[entry["name"]] = _shared_fn(job, config, stats)
+            fns[tier.name] = _shared_fn(job, config, stats)
         else:
-            fns[entry["name"]] = _standalone_fn(job, config, stats, entry["name"])
+            fns[tier.name] = _standalone_fn(job, config, stats, tier.name)
     return fns
 
 
@@ -161,14 +103,7 @@ def measure_latency_ms(fn, image_size: int, batch: int = 1, repeats: int = 20) -
         np.random.default_rng(0).integers(0, 255, (batch, image_size, image_size, 3), np.uint8)
     )
     traced = tf.function(fn)
-    traced(images)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = traced(images)
-        out["logits"].numpy()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    return timing.median_ms(lambda: traced(images)["logits"].numpy(), repeats)
 
 
 def next_version(export_dir: str) -> int:
@@ -220,25 +155,37 @@ def export(
     job = Job(job_dir)
     entries = job.select(tiers)
     fns = tier_functions(job, entries, mode)
+    table = _tier_table(job, entries, fns, latency_repeats)
+    default = max(entries, key=lambda t: t.mflops).name
+    archive = _archive(fns, default, table)
+    summary = {
+        "mode": mode,
+        "default_tier": default,
+        "image_size": job.image_size,
+        "input": "images: uint8 [batch, height, width, 3] RGB, any size",
+        "class_names": job.class_names,
+        "tiers": table,
+    }
+    final, version = _write_version(archive, export_dir, summary, [*fns, "serving_default"])
+    return dict(summary, path=final, version=version)
+
+
+def _tier_table(job, entries, fns, latency_repeats: int) -> list[dict]:
+    """tiers.json rows: the served fields (`TIER_TABLE`), top-5 and the subnet."""
     table = []
-    for entry in entries:
-        latency = measure_latency_ms(fns[entry["name"]], job.image_size, 1, latency_repeats)
-        config = specs.SubnetConfig.from_dict(entry["config"])
+    for tier in entries:
+        latency = measure_latency_ms(fns[tier.name], job.image_size, 1, latency_repeats)
+        row = dataclasses.asdict(tier.served(latency))
         table.append(
-            {
-                "name": entry["name"],
-                "metric_type": entry["metric_type"],
-                "target": float(entry["target"]),
-                "mflops": float(entry["mflops"]),
-                "params": int(entry["params"]),
-                "resolution": config.resolution,
-                "top1": float(entry["top1"]),
-                "top5": float(entry["top5"]),
-                "latency_ms": latency,
-                "config": entry["config"],
-            }
+            {k: row[k] for k in ("name", "metric_type", "target", "mflops", "params", "resolution")}
+            | {"top1": row["top1"], "top5": float(tier.top5), "latency_ms": latency}
+            | {"config": tier.config.to_dict()}
         )
-    default = max(entries, key=lambda e: e["mflops"])["name"]
+    return table
+
+
+def _archive(fns, default: str, table) -> keras.export.ExportArchive:
+    """One endpoint per tier, ``serving_default`` and the ``tiers`` table."""
     signature = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
     archive = keras.export.ExportArchive()
     # No archive.track(): endpoints track the variables they use, and track()
@@ -249,18 +196,21 @@ def export(
 
     def tiers_fn():
         return {
-            "names": tf.constant([t["name"] for t in table]),
-            "metric_types": tf.constant([t["metric_type"] for t in table]),
-            "targets": tf.constant([t["target"] for t in table], tf.float32),
-            "mflops": tf.constant([t["mflops"] for t in table], tf.float32),
-            "params": tf.constant([t["params"] for t in table], tf.int64),
-            "resolutions": tf.constant([t["resolution"] for t in table], tf.int32),
-            "top1": tf.constant([t["top1"] for t in table], tf.float32),
-            "latency_ms": tf.constant([t["latency_ms"] for t in table], tf.float32),
+            output: tf.constant([t[field] for t in table], tf.dtypes.as_dtype(dtype))
+            for output, field, dtype in TIER_TABLE
         }
 
     archive.add_endpoint(TIERS_SIGNATURE, tiers_fn, input_signature=[])
+    return archive
 
+
+def _write_version(archive, export_dir: str, summary: dict, image_signatures) -> tuple[str, int]:
+    """Writes a new version folder atomically; returns (its path, its number).
+
+    Written in a hidden folder beside the versions, synced, then renamed to
+    the next free number: TF Serving never sees a half-written version, and
+    an existing version is never touched.
+    """
     os.makedirs(export_dir, exist_ok=True)
     version = next_version(export_dir)
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
@@ -269,26 +219,20 @@ def export(
         archive.write_out(path, verbose=False)
         extra = os.path.join(path, "assets.extra")
         os.makedirs(extra, exist_ok=True)
-        summary = {
-            "mode": mode,
-            "default_tier": default,
-            "image_size": job.image_size,
-            "input": "images: uint8 [batch, height, width, 3] RGB, any size",
-            "class_names": job.class_names,
-            "tiers": table,
-        }
         with open(os.path.join(extra, "tiers.json"), "w") as f:
             json.dump(summary, f, indent=2)
         with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
             for record in _warmup_records(
-                [*fns, "serving_default", TIERS_SIGNATURE], job.image_size
+                [*image_signatures, TIERS_SIGNATURE], summary["image_size"]
             ):
                 writer.write(record)
+        fsync_tree(path)  # durable before TF Serving can see the version
         final = os.path.join(export_dir, str(version))
         while os.path.exists(final):  # a concurrent export took this number
             version += 1
             final = os.path.join(export_dir, str(version))
         os.rename(path, final)
+        fsync_dir(export_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return dict(summary, path=final, version=version)
+    return final, version

@@ -15,8 +15,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from pss_keras import flops, specs
-from pss_keras.data import MEAN_RGB, STDDEV_RGB
+from pss_keras import blocks, specs
+from pss_keras.preprocessing import MEAN_RGB, STDDEV_RGB
 from pss_keras.supernet import BatchNormStats, Supernet
 
 
@@ -69,6 +69,36 @@ def extract_subnet(
             ``bn_stats`` misses a layer or has the wrong widths.
     """
     supernet.space.validate(config)
+    bn_stats = _checked_bn_stats(supernet, config, bn_stats)
+    K = keras_module
+    widths = _layer_widths(supernet, config)
+    inputs = K.Input((config.resolution, config.resolution, 3), name="images")
+    x = _pixel_normalization(K, inputs) if pixel_input else inputs
+    for block in blocks.plan(config.model_name):
+        shortcut = x
+        for spec in block.layers:
+            c_in, c_out = widths[spec.name]
+            if spec.kind == "pool":
+                x = K.layers.GlobalAveragePooling2D(name=spec.name)(x)
+            elif spec.kind == "dense":
+                x = _classifier(K, x, supernet, spec, c_in)
+            else:
+                x = _conv_bn(K, x, supernet, spec, c_in, c_out, bn_stats, fold_bn)
+        if block.residual:
+            x = K.layers.Add(name=f"{block.name}_add")([shortcut, x])
+    model_name = name or config.name.replace(",", "_").replace(".", "p")
+    return K.Model(inputs, x, name=model_name)
+
+
+def _layer_widths(supernet, config):
+    """``{layer_name: (c_in, c_out)}`` of every layer of the plan in ``config``."""
+    channels = blocks.stage_channels(config, supernet.width_scale)
+    rows = blocks.walk(config.model_name, config.resolution, channels, supernet.num_classes)
+    return {spec.name: (c_in, c_out) for spec, _, _, c_in, c_out in rows}
+
+
+def _checked_bn_stats(supernet, config, bn_stats):
+    """``bn_stats``, or the supernet's sliced to ``config``; checks the widths."""
     widths = supernet.bn_channels(config)
     if bn_stats is None:
         bn_stats = supernet.get_bn_stats(config)
@@ -83,82 +113,54 @@ def extract_subnet(
             raise ValueError(
                 f"bn_stats[{bn_name!r}] has shapes {shapes}; subnet {config} needs ({c},) each."
             )
+    return bn_stats
 
-    K = keras_module
-    arch = supernet.arch
-    eps = supernet.bn_epsilon
-    rows = {
-        row.name: row for row in flops.profile(config, supernet.num_classes, supernet.width_scale)
-    }
 
-    def conv_bn(x, layer_name, relu=True):
-        row = rows[layer_name]
-        source = supernet.get_layer_by_name(layer_name)
-        bn = supernet.get_layer_by_name(f"{layer_name}_bn")
-        depthwise = row.kind == "depthwise"
-        if depthwise:
-            kernel = source.kernel.numpy()[:, :, : row.c_in, :]
-        else:
-            kernel = source.kernel.numpy()[:, :, : row.c_in, : row.c_out]
-        c = row.c_out
-        gamma, beta = bn.gamma.numpy()[:c], bn.beta.numpy()[:c]
-        mean, variance = (np.asarray(s, np.float32) for s in bn_stats[f"{layer_name}_bn"])
-        common = dict(kernel_size=row.kernel, strides=row.stride, padding="same", name=layer_name)
-        if fold_bn:
-            kernel, bias = _fold(kernel, gamma, beta, mean, variance, eps, depthwise)
-            if depthwise:
-                layer = K.layers.DepthwiseConv2D(use_bias=True, **common)
-            else:
-                layer = K.layers.Conv2D(row.c_out, use_bias=True, **common)
-            x = layer(x)
-            layer.set_weights([kernel, bias])
-        else:
-            if depthwise:
-                layer = K.layers.DepthwiseConv2D(use_bias=False, **common)
-            else:
-                layer = K.layers.Conv2D(row.c_out, use_bias=False, **common)
-            x = layer(x)
-            layer.set_weights([kernel])
-            bn_layer = K.layers.BatchNormalization(epsilon=eps, name=f"{layer_name}_bn")
-            x = bn_layer(x)
-            bn_layer.set_weights([gamma, beta, mean, variance])
-        if relu:
-            x = K.layers.ReLU(max_value=6.0, name=f"{layer_name}_relu")(x)
-        return x
+def _pixel_normalization(K, x):
+    """A 1x1 depthwise conv with bias that maps pixels to normalized inputs."""
+    # (x / 255 - mean) / std  ==  x * (1 / (255 std)) - mean / std
+    scale = 1.0 / (255.0 * np.asarray(STDDEV_RGB, np.float64))
+    offset = -np.asarray(MEAN_RGB, np.float64) / np.asarray(STDDEV_RGB, np.float64)
+    normalize = K.layers.DepthwiseConv2D(1, use_bias=True, name="normalize")
+    x = normalize(x)
+    normalize.set_weights([scale.reshape(1, 1, 3, 1).astype(np.float32), offset.astype(np.float32)])
+    return x
 
-    inputs = K.Input((config.resolution, config.resolution, 3), name="images")
-    x = inputs
-    if pixel_input:
-        # (x / 255 - mean) / std  ==  x * (1 / (255 std)) - mean / std
-        scale = 1.0 / (255.0 * np.asarray(STDDEV_RGB, np.float64))
-        offset = -np.asarray(MEAN_RGB, np.float64) / np.asarray(STDDEV_RGB, np.float64)
-        normalize = K.layers.DepthwiseConv2D(1, use_bias=True, name="normalize")
-        x = normalize(x)
-        normalize.set_weights(
-            [scale.reshape(1, 1, 3, 1).astype(np.float32), offset.astype(np.float32)]
-        )
-    x = conv_bn(x, "stem_conv")
-    in_stage = 0
-    for i, block in enumerate(arch.blocks, start=1):
-        if isinstance(block, specs.DepthwiseSeparableSpec):
-            x = conv_bn(x, f"block_{i}_depthwise")
-            x = conv_bn(x, f"block_{i}_pointwise")
-        else:
-            shortcut = x
-            if block.expansion != 1:
-                x = conv_bn(x, f"block_{i}_expand")
-            x = conv_bn(x, f"block_{i}_depthwise")
-            x = conv_bn(x, f"block_{i}_project", relu=False)
-            if block.stride == 1 and block.out_stage == in_stage:
-                x = K.layers.Add(name=f"block_{i}_add")([shortcut, x])
-        in_stage = block.out_stage
-    if arch.head_stage is not None:
-        x = conv_bn(x, "head_conv")
-    x = K.layers.GlobalAveragePooling2D(name="pool")(x)
-    row = rows["classifier"]
-    dense = K.layers.Dense(supernet.num_classes, name="classifier")
-    outputs = dense(x)
-    source = supernet.get_layer_by_name("classifier")
-    dense.set_weights([source.kernel.numpy()[: row.c_in], source.bias.numpy()])
-    model_name = name or config.name.replace(",", "_").replace(".", "p")
-    return K.Model(inputs, outputs, name=model_name)
+
+def _conv_bn(K, x, supernet, spec, c_in, c_out, bn_stats, fold_bn):
+    """The conv of ``spec`` sliced to (c_in, c_out), its BN (or folded), ReLU6."""
+    source = supernet.get_layer_by_name(spec.name)
+    bn = supernet.get_layer_by_name(f"{spec.name}_bn")
+    depthwise = spec.kind == "depthwise"
+    if depthwise:
+        kernel = source.kernel.numpy()[:, :, :c_in, :]
+    else:
+        kernel = source.kernel.numpy()[:, :, :c_in, :c_out]
+    gamma, beta = bn.gamma.numpy()[:c_out], bn.beta.numpy()[:c_out]
+    mean, variance = (np.asarray(s, np.float32) for s in bn_stats[f"{spec.name}_bn"])
+    common = dict(kernel_size=spec.kernel, strides=spec.stride, padding="same", name=spec.name)
+    if depthwise:
+        layer = K.layers.DepthwiseConv2D(use_bias=bool(fold_bn), **common)
+    else:
+        layer = K.layers.Conv2D(c_out, use_bias=bool(fold_bn), **common)
+    x = layer(x)
+    if fold_bn:
+        eps = supernet.bn_epsilon
+        layer.set_weights(list(_fold(kernel, gamma, beta, mean, variance, eps, depthwise)))
+    else:
+        layer.set_weights([kernel])
+        bn_layer = K.layers.BatchNormalization(epsilon=supernet.bn_epsilon, name=f"{spec.name}_bn")
+        x = bn_layer(x)
+        bn_layer.set_weights([gamma, beta, mean, variance])
+    if spec.relu6:
+        x = K.layers.ReLU(max_value=6.0, name=f"{spec.name}_relu")(x)
+    return x
+
+
+def _classifier(K, x, supernet, spec, c_in):
+    """The classifier's Dense layer with the first ``c_in`` input rows."""
+    dense = K.layers.Dense(supernet.num_classes, name=spec.name)
+    x = dense(x)
+    source = supernet.get_layer_by_name(spec.name)
+    dense.set_weights([source.kernel.numpy()[:c_in], source.bias.numpy()])
+    return x

@@ -6,6 +6,7 @@ k * c_in``, plus the global average pool (``h * w * c``) and the classifier
 Convolutions use 'same' padding, so a stride-2 conv maps ``n`` to
 ``ceil(n / 2)`` pixels, as the reference's padding=1 convs do.
 
+The layers counted are those of the architecture plan (`blocks.walk`).
 Everything here is plain Python/NumPy: `count_mflops` is called for every
 candidate the conditional sampler draws, and `count_mflops_np` counts a whole
 batch of configs at once.
@@ -14,91 +15,10 @@ batch of configs at once.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 
-from pss_keras import specs
-
-# Channel references of a plan layer: ("stage", i, factor) means
-# stage_channels[i] * factor; ("input", 3) the RGB input; ("classes",) the
-# classifier outputs.
-
-
-@dataclasses.dataclass(frozen=True)
-class PlanLayer:
-    """One counted layer of an architecture, independent of the subnet."""
-
-    name: str
-    kind: str  # "conv" | "depthwise" | "pool" | "dense"
-    kernel: int
-    stride: int
-    c_in: tuple
-    c_out: tuple
-
-
-@functools.cache
-def layer_plan(model_name: str) -> tuple[PlanLayer, ...]:
-    """The counted layers of ``model_name`` in order, with stable names.
-
-    The names are the supernet's layer names (``stem_conv``,
-    ``block_3_depthwise``, ``block_3_pointwise`` / ``block_3_project``,
-    ``head_conv``, ``classifier``).
-    """
-    arch = specs.ARCH_SPECS[model_name]
-    plan: list[PlanLayer] = [PlanLayer("stem_conv", "conv", 3, 2, ("input", 3), ("stage", 0, 1))]
-    in_stage = 0
-    for i, block in enumerate(arch.blocks, start=1):
-        c_in = ("stage", in_stage, 1)
-        if isinstance(block, specs.DepthwiseSeparableSpec):
-            plan.append(PlanLayer(f"block_{i}_depthwise", "depthwise", 3, block.stride, c_in, c_in))
-            plan.append(
-                PlanLayer(f"block_{i}_pointwise", "conv", 1, 1, c_in, ("stage", block.out_stage, 1))
-            )
-        else:
-            hidden = ("stage", in_stage, block.expansion)
-            if block.expansion != 1:
-                plan.append(PlanLayer(f"block_{i}_expand", "conv", 1, 1, c_in, hidden))
-            plan.append(
-                PlanLayer(f"block_{i}_depthwise", "depthwise", 3, block.stride, hidden, hidden)
-            )
-            plan.append(
-                PlanLayer(f"block_{i}_project", "conv", 1, 1, hidden, ("stage", block.out_stage, 1))
-            )
-        in_stage = block.out_stage
-    if arch.head_stage is not None:
-        plan.append(
-            PlanLayer(
-                "head_conv", "conv", 1, 1, ("stage", in_stage, 1), ("stage", arch.head_stage, 1)
-            )
-        )
-        in_stage = arch.head_stage
-    plan.append(PlanLayer("pool", "pool", 0, 1, ("stage", in_stage, 1), ("stage", in_stage, 1)))
-    plan.append(PlanLayer("classifier", "dense", 0, 1, ("stage", in_stage, 1), ("classes",)))
-    return tuple(plan)
-
-
-def _resolve(ref, channels, num_classes):
-    if ref[0] == "stage":
-        return channels[ref[1]] * ref[2]
-    if ref[0] == "input":
-        return ref[1]
-    return num_classes
-
-
-def _walk(model_name, resolution, channels, num_classes):
-    """Yields (layer, in_size, out_size, c_in, c_out) for every plan layer.
-
-    Works on Python ints and, elementwise, on NumPy arrays alike: ``channels``
-    is indexable by stage and may hold arrays of shape [n].
-    """
-    size = resolution
-    for layer in layer_plan(model_name):
-        c_in = _resolve(layer.c_in, channels, num_classes)
-        c_out = _resolve(layer.c_out, channels, num_classes)
-        out = (size - 1) // layer.stride + 1
-        yield layer, size, out, c_in, c_out
-        size = out
+from pss_keras import blocks, specs
 
 
 def _layer_macs(layer, in_size, out_size, c_in, c_out):
@@ -135,9 +55,9 @@ def count_mflops(
     Returns:
         MFLOPs as a float, e.g. 568.79... for the largest MobileNetV1.
     """
-    channels = specs.stage_channels(config, width_scale)
+    channels = blocks.stage_channels(config, width_scale)
     total = 0
-    for layer, in_size, out_size, c_in, c_out in _walk(
+    for layer, in_size, out_size, c_in, c_out in blocks.walk(
         config.model_name, config.resolution, channels, num_classes
     ):
         total += _layer_macs(layer, in_size, out_size, c_in, c_out)
@@ -162,9 +82,9 @@ def count_mflops_np(
         float64 array [n] of MFLOPs.
     """
     resolutions = np.asarray(resolutions, dtype=np.int64)
-    channels = specs.stage_channels_np(model_name, mults, width_scale).T  # [S, n]
+    channels = blocks.stage_channels_np(model_name, mults, width_scale).T  # [S, n]
     total = np.zeros(resolutions.shape, dtype=np.int64)
-    for layer, in_size, out_size, c_in, c_out in _walk(
+    for layer, in_size, out_size, c_in, c_out in blocks.walk(
         model_name, resolutions, channels, num_classes
     ):
         total = total + _layer_macs(layer, in_size, out_size, c_in, c_out)
@@ -176,11 +96,11 @@ def count_params(
 ) -> int:
     """Trainable parameters of the standalone subnet (conv/dense weights,
     dense bias, BN scale and offset; BN moving statistics not included)."""
-    channels = specs.stage_channels(config, width_scale)
+    channels = blocks.stage_channels(config, width_scale)
     return int(
         sum(
             _layer_params(layer, c_in, c_out)
-            for layer, _, _, c_in, c_out in _walk(
+            for layer, _, _, c_in, c_out in blocks.walk(
                 config.model_name, config.resolution, channels, num_classes
             )
         )
@@ -207,9 +127,9 @@ def profile(
     config: specs.SubnetConfig, num_classes: int = 1000, width_scale: float = 1.0
 ) -> list[LayerProfile]:
     """Per-layer channels, spatial sizes, MFLOPs and parameters of ``config``."""
-    channels = specs.stage_channels(config, width_scale)
+    channels = blocks.stage_channels(config, width_scale)
     rows = []
-    for layer, in_size, out_size, c_in, c_out in _walk(
+    for layer, in_size, out_size, c_in, c_out in blocks.walk(
         config.model_name, config.resolution, channels, num_classes
     ):
         rows.append(

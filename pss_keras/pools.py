@@ -73,9 +73,6 @@ class TargetGrid:
         unit = {"flops": "m"}.get(self.metric_type, "")
         return f"{self.metric_type}_{text}{unit}"
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 class SubnetPool:
     """Up to ``capacity`` subnets with EMA-smoothed scores.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from pss_keras import flops
+from pss_keras import blocks
 from pss_keras.supernet import Supernet
 
 
@@ -49,7 +49,7 @@ def _mbv2_names(plan_names) -> dict[str, str]:
 
 def keras_applications_name_map(model_name: str) -> dict[str, str]:
     """Supernet layer name -> keras.applications layer name."""
-    plan_names = [layer.name for layer in flops.layer_plan(model_name)]
+    plan_names = [layer.name for layer in blocks.layer_plan(model_name)]
     if model_name == "mobilenet_v1":
         return _mbv1_names(plan_names)
     return _mbv2_names(plan_names)

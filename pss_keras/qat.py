@@ -27,7 +27,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from pss_keras import extraction, specs
+from pss_keras import extraction, losses, specs
 from pss_keras.supernet import BatchNormStats, Supernet
 
 
@@ -105,34 +105,43 @@ def quantization_aware_subnet(
     # than the rest and the fine-tuning diverges within a few steps.
     frozen = {id(w) for w in student.get_layer("quant_normalize").weights}
     trainable = [v for v in student.trainable_variables if id(v) not in frozen]
-    total = epochs * steps_per_epoch
+    epoch_kl = _distill(
+        teacher, student, trainable, batches, steps_per_epoch, epochs, lr, tf_keras,
+        progress and f"QAT {name or config.name}",
+    )  # fmt: skip
+    info = {"epochs": epochs, "steps": epochs * steps_per_epoch, "lr": lr, "epoch_kl": epoch_kl}
+    return student, info
+
+
+def _distill(teacher, student, trainable, batches, steps_per_epoch, epochs, lr, tf_keras, title):
+    """SGD (Nesterov, cosine from ``lr``) on KL(teacher || student); returns
+    the mean loss of each epoch. ``title``: progress line prefix, or falsy."""
     optimizer = tf_keras.optimizers.SGD(
-        tf_keras.optimizers.schedules.CosineDecay(lr, total), momentum=0.9, nesterov=True
+        tf_keras.optimizers.schedules.CosineDecay(lr, epochs * steps_per_epoch),
+        momentum=0.9,
+        nesterov=True,
     )
 
     @tf.function(jit_compile=False)
     def train_step(images):
         soft = tf.nn.softmax(teacher(images, training=False))
         with tf.GradientTape() as tape:
-            logits = student(images, training=True)
-            loss = tf.reduce_mean(
-                tf.reduce_sum(soft * (tf.math.log(soft + 1e-12) - tf.nn.log_softmax(logits)), -1)
-            )
+            loss = losses.kl_divergence(soft, student(images, training=True))
         grads = tape.gradient(loss, trainable)
         optimizer.apply_gradients(zip(grads, trainable))
         return loss
 
-    epoch_losses = []
+    epoch_kl = []
     for epoch in range(epochs):
-        bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if progress else 0)
-        if progress:
-            print(f"QAT {name or config.name}: epoch {epoch + 1}/{epochs}")
-        losses = []
+        bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if title else 0)
+        if title:
+            print(f"{title}: epoch {epoch + 1}/{epochs}")
+        step_kl = []
         for step, (images, _) in enumerate(batches(epoch).take(steps_per_epoch)):
-            losses.append(float(train_step(images)))
-            bar.update(step + 1, [("kl", losses[-1])])
-        epoch_losses.append(sum(losses) / max(1, len(losses)))
-    return student, {"epochs": epochs, "steps": total, "lr": lr, "epoch_kl": epoch_losses}
+            step_kl.append(float(train_step(images)))
+            bar.update(step + 1, [("kl", step_kl[-1])])
+        epoch_kl.append(sum(step_kl) / max(1, len(step_kl)))
+    return epoch_kl
 
 
 _ACTIVATION_RANGES = ("post_activation", "output")
@@ -174,3 +183,21 @@ def _init_activation_ranges(teacher, student, calibration, tf_keras) -> None:
         for min_var, max_var in pairs:
             min_var.assign(low[name])
             max_var.assign(high[name])
+
+
+def write_saved_model(endpoints: dict, path: str) -> None:
+    """A SavedModel of tf_keras models for the TFLite converter.
+
+    Keras 3's ExportArchive does not take tf_keras models, so the QAT model
+    is saved as a `tf.Module`: one signature per entry of ``endpoints``
+    (``{signature name: (model, resolution)}``), each
+    ``images [None, r, r, 3] float32 -> {"logits"}``.
+    """
+    signatures = {}
+    for name, (model, r) in endpoints.items():
+        spec = tf.TensorSpec([None, r, r, 3], tf.float32, name="images")
+        fn = tf.function(lambda images, model=model: {"logits": model(images, training=False)})
+        signatures[name] = fn.get_concrete_function(spec)
+    root = tf.Module()
+    root.models = [model for model, _ in endpoints.values()]
+    tf.saved_model.save(root, path, signatures=signatures)

@@ -11,7 +11,6 @@ gRPC (tensorflow-serving-api's PredictionService) or REST.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import time
 import urllib.error
@@ -19,48 +18,16 @@ import urllib.request
 
 import numpy as np
 
-TIERS_SIGNATURE = "tiers"
+from pss_keras.jobs import TIERS_SIGNATURE, ServedTier, served_tiers_from_outputs
 
 
 class ServingError(RuntimeError):
     """A request failed; the message says what and, where it can, how to fix it."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Tier:
-    """One served subnet, as the ``tiers`` signature describes it."""
-
-    name: str
-    metric_type: str
-    target: float
-    mflops: float
-    params: int
-    resolution: int
-    top1: float
-    latency_ms: float
-
-
-def _tiers_from_outputs(outputs: dict) -> list[Tier]:
-    def text(v):
-        return v.decode() if isinstance(v, bytes) else str(v)
-
-    n = len(outputs["names"])
-    return sorted(
-        (
-            Tier(
-                name=text(outputs["names"][i]),
-                metric_type=text(outputs["metric_types"][i]),
-                target=float(outputs["targets"][i]),
-                mflops=float(outputs["mflops"][i]),
-                params=int(outputs["params"][i]),
-                resolution=int(outputs["resolutions"][i]),
-                top1=float(outputs["top1"][i]),
-                latency_ms=float(outputs["latency_ms"][i]),
-            )
-            for i in range(n)
-        ),
-        key=lambda t: t.mflops,
-    )
+# One served subnet (name, metric_type, target, mflops, params, resolution,
+# top1, latency_ms): the record the ``tiers`` signature describes.
+Tier = ServedTier
 
 
 class GrpcTransport:
@@ -159,7 +126,7 @@ class PSSClient:
     def tiers(self, refresh: bool = False) -> list[Tier]:
         """The served tiers, cheapest first (read once from ``tiers``)."""
         if self._tiers is None or refresh:
-            self._tiers = _tiers_from_outputs(self.transport.predict(TIERS_SIGNATURE, {}))
+            self._tiers = served_tiers_from_outputs(self.transport.predict(TIERS_SIGNATURE, {}))
         return self._tiers
 
     def tier_names(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""The search space: subnet configs, architecture tables and channel counts.
+"""The search space: subnet configs and the ranges of one supernet.
 
 A subnet of a PSS supernet is an input resolution plus one width multiplier
 per stage (see ``shared/docs/pss_method.md``). This module holds the pure
@@ -6,9 +6,11 @@ Python description of that space, with no TensorFlow dependency, because it is
 used millions of times by the sampler and by the FLOPs counter:
 
 * `SubnetConfig`: one subnet, an immutable and hashable value.
-* `ArchSpec`: MobileNetV1 / MobileNetV2 as data (block tables).
 * `SearchSpace`: the ranges of one supernet, which validates, encodes and
   samples configs and gives their channel counts.
+
+The architectures themselves (block tables, channel counts, the layer plan)
+are in `pss_keras.blocks`.
 """
 
 from __future__ import annotations
@@ -21,38 +23,13 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from pss_keras.blocks import ARCH_SPECS, ArchSpec, stage_channels
+
 MODEL_NAMES = ("mobilenet_v1", "mobilenet_v2")
 
 # Multipliers drawn at random are rounded to this many decimals, as in the
 # reference implementation, so that random configs have short stable names.
 MULT_DECIMALS = 3
-
-
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Rounds a channel count to the nearest multiple of ``divisor``.
-
-    Never returns less than ``min_value`` (default ``divisor``) nor less than
-    90% of ``value``: the MobileNet convention the method uses.
-    """
-    if min_value is None:
-        min_value = divisor
-    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if new_value < 0.9 * value:
-        new_value += divisor
-    return int(new_value)
-
-
-def make_divisible_np(values: np.ndarray, divisor: int = 8) -> np.ndarray:
-    """Vectorized `make_divisible` over an array of values (int64 result)."""
-    values = np.asarray(values, dtype=np.float64)
-    rounded = np.maximum(divisor, np.floor(values + divisor / 2) // divisor * divisor)
-    rounded = np.where(rounded < 0.9 * values, rounded + divisor, rounded)
-    return rounded.astype(np.int64)
-
-
-def conv_output_size(size: int, stride: int) -> int:
-    """Spatial output size of a 'same'-padded conv (ceil(size / stride))."""
-    return (size - 1) // stride + 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,103 +117,6 @@ class SubnetConfig:
         if not isinstance(data, dict):
             raise ValueError(f"Subnet config JSON must be an object, got {text!r}")
         return cls.from_dict(data)
-
-
-# --------------------------------------------------------------------------
-# Architectures as data.
-
-
-@dataclasses.dataclass(frozen=True)
-class DepthwiseSeparableSpec:
-    """MobileNetV1 block: 3x3 depthwise (keeps width) then 1x1 pointwise."""
-
-    stride: int
-    out_stage: int
-
-
-@dataclasses.dataclass(frozen=True)
-class InvertedResidualSpec:
-    """MobileNetV2 block: [1x1 expand], 3x3 depthwise, 1x1 linear project."""
-
-    expansion: int
-    stride: int
-    out_stage: int
-
-
-@dataclasses.dataclass(frozen=True)
-class ArchSpec:
-    """One architecture: base channels per stage and the block table.
-
-    Stage 0 is the stem conv (3x3, stride 2). Each block writes the channels
-    of its ``out_stage``. ``head_stage`` (MobileNetV2's 1x1 conv to 1280) is a
-    stage whose width never switches: the reference keeps it at full width, so
-    its multiplier has no effect.
-    """
-
-    name: str
-    base_channels: tuple[int, ...]
-    blocks: tuple[object, ...]
-    head_stage: int | None = None
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.base_channels)
-
-
-def _mbv1_blocks():
-    # (stride, out_stage) for the 13 depthwise-separable blocks.
-    strides = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)
-    return tuple(DepthwiseSeparableSpec(s, i + 1) for i, s in enumerate(strides))
-
-
-def _mbv2_blocks():
-    # (expansion t, stage channels c, repeats n, first stride s), as in the paper.
-    table = ((1, 1, 1), (6, 2, 2), (6, 2, 3), (6, 2, 4), (6, 1, 3), (6, 2, 3), (6, 1, 1))
-    blocks = []
-    for stage, (t, s, n) in enumerate(table, start=1):
-        for i in range(n):
-            blocks.append(InvertedResidualSpec(t, s if i == 0 else 1, stage))
-    return tuple(blocks)
-
-
-ARCH_SPECS = {
-    "mobilenet_v1": ArchSpec(
-        name="mobilenet_v1",
-        base_channels=(32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024),
-        blocks=_mbv1_blocks(),
-    ),
-    "mobilenet_v2": ArchSpec(
-        name="mobilenet_v2",
-        base_channels=(32, 16, 24, 32, 64, 96, 160, 320, 1280),
-        blocks=_mbv2_blocks(),
-        head_stage=8,
-    ),
-}
-
-
-def stage_channels(config: SubnetConfig, width_scale: float = 1.0) -> tuple[int, ...]:
-    """Channel count of every stage of ``config``.
-
-    ``make_divisible(base * width_scale * mult, 8)``; the head stage of
-    MobileNetV2 keeps its full width whatever its multiplier (as in the
-    reference implementation).
-    """
-    arch = ARCH_SPECS[config.model_name]
-    channels = []
-    for stage, (base, mult) in enumerate(zip(arch.base_channels, config.stage_width_mults)):
-        if stage == arch.head_stage:
-            mult = 1.0
-        channels.append(make_divisible(base * width_scale * mult))
-    return tuple(channels)
-
-
-def stage_channels_np(model_name: str, mults: np.ndarray, width_scale: float = 1.0) -> np.ndarray:
-    """Vectorized `stage_channels`: mults [n, S] -> channels [n, S] (int64)."""
-    arch = ARCH_SPECS[model_name]
-    mults = np.array(mults, dtype=np.float64, ndmin=2)
-    if arch.head_stage is not None:
-        mults[:, arch.head_stage] = 1.0
-    return make_divisible_np(np.asarray(arch.base_channels) * width_scale * mults)
 
 
 # --------------------------------------------------------------------------
@@ -373,10 +253,6 @@ class SearchSpace:
     def stage_channels(self, config: SubnetConfig) -> tuple[int, ...]:
         """Channel count of every stage of ``config`` (no validation)."""
         return stage_channels(config, self.width_scale)
-
-    def max_stage_channels(self) -> tuple[int, ...]:
-        """Channels of the full-width supernet (the weights' shapes)."""
-        return self.stage_channels(self.largest())
 
     def encode(self, config: SubnetConfig) -> np.ndarray:
         """The int32 code the supernet runs: ``[resolution, *stage_channels]``.

@@ -1,4 +1,4 @@
-"""MobileNetV1 / MobileNetV2 supernets built from the block tables in `specs`.
+"""MobileNetV1 / MobileNetV2 supernets built from the architecture plan in `blocks`.
 
 A `Supernet` holds the full-width weights of every layer. Which subnet runs
 is explicit state, set through one method (`Supernet.set_active_subnet`), or
@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pss_keras import flops, layers, specs
+from pss_keras import blocks, flops, layers, specs
 
 BatchNormStats = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -30,6 +30,14 @@ def resize_to(images, resolution):
     size = tf.stack([resolution, resolution])
     resized = tf.raw_ops.ResizeBilinear(images=images, size=size, align_corners=True)
     return tf.cast(resized, images.dtype)
+
+
+def _width(spec, channels):
+    """The switched output width of ``spec`` (a tensor), or None to keep it."""
+    if not spec.switch_out:
+        return None
+    width = channels[spec.c_out.stage]
+    return width if spec.c_out.factor == 1 else width * spec.c_out.factor
 
 
 @keras.saving.register_keras_serializable(package="pss_keras")
@@ -90,37 +98,17 @@ class Supernet(keras.Model):
             width_scale=self.width_scale,
             num_classes=self.num_classes,
         )
-        self.arch = self.space.arch
 
-        # One weight layer (plus its batch norm) per counted layer of the plan,
-        # built at full width so that every weight exists from the start.
+        # One weight layer (plus its batch norm) per layer of the plan, built at
+        # full width so that every weight exists from the start.
         self._layers_by_name = {}
-        full = flops.profile(self.space.largest(), self.num_classes, self.width_scale)
-        for row in full:
-            if row.kind == "conv":
-                layer = layers.SwitchableConv2D(
-                    row.c_out, row.kernel, strides=row.stride, name=row.name
-                )
-            elif row.kind == "depthwise":
-                layer = layers.SwitchableDepthwiseConv2D(
-                    row.kernel, strides=row.stride, name=row.name
-                )
-            elif row.kind == "dense":
-                layer = layers.SwitchableDense(
-                    row.c_out,
-                    kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-                    name=row.name,
-                )
-            else:
-                continue
-            layer.build((None, None, None, row.c_in) if row.kind != "dense" else (None, row.c_in))
-            self._layers_by_name[row.name] = layer
-            if row.kind != "dense":
-                bn = layers.SwitchableBatchNormalization(
-                    epsilon=self.bn_epsilon, name=f"{row.name}_bn"
-                )
-                bn.build((None, None, None, row.c_out))
-                self._layers_by_name[bn.name] = bn
+        largest = self.space.largest()
+        channels = blocks.stage_channels(largest, self.width_scale)
+        for spec, _, _, c_in, c_out in blocks.walk(
+            model_name, largest.resolution, channels, self.num_classes
+        ):
+            if spec.kind != "pool":
+                self._make_layer(spec, c_in, c_out)
         # Attribute tracking keeps the layers (and so the weights) in a stable
         # order: the plan's order.
         self.switchable_layers = list(self._layers_by_name.values())
@@ -134,6 +122,29 @@ class Supernet(keras.Model):
         )
         self._active = (self.space.largest(), self.space.encode(self.space.largest()))
         self.built = True
+
+    def _make_layer(self, spec, c_in, c_out):
+        """Creates and builds the full-width layer of ``spec``, then its BN."""
+        if spec.kind == "conv":
+            layer = layers.SwitchableConv2D(c_out, spec.kernel, strides=spec.stride, name=spec.name)
+        elif spec.kind == "depthwise":
+            layer = layers.SwitchableDepthwiseConv2D(
+                spec.kernel, strides=spec.stride, name=spec.name
+            )
+        else:
+            layer = layers.SwitchableDense(
+                c_out,
+                kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                name=spec.name,
+            )
+        layer.build((None, None, None, c_in) if spec.kind != "dense" else (None, c_in))
+        self._layers_by_name[spec.name] = layer
+        if spec.kind != "dense":
+            bn = layers.SwitchableBatchNormalization(
+                epsilon=self.bn_epsilon, name=f"{spec.name}_bn"
+            )
+            bn.build((None, None, None, c_out))
+            self._layers_by_name[bn.name] = bn
 
     # ------------------------------------------------------------------
     # The active subnet.
@@ -207,28 +218,18 @@ class Supernet(keras.Model):
         conv_bn = functools.partial(
             self._conv_bn, training=training, bn_stats=bn_stats, moments=moments
         )
-        x = conv_bn(x, "stem_conv", out_channels=channels[0])
-        in_stage = 0
-        for i, block in enumerate(self.arch.blocks, start=1):
-            out_channels = channels[block.out_stage]
-            if isinstance(block, specs.DepthwiseSeparableSpec):
-                x = conv_bn(x, f"block_{i}_depthwise")
-                x = conv_bn(x, f"block_{i}_pointwise", out_channels=out_channels)
-            else:
-                shortcut = x
-                if block.expansion != 1:
-                    hidden = channels[in_stage] * block.expansion
-                    x = conv_bn(x, f"block_{i}_expand", out_channels=hidden)
-                x = conv_bn(x, f"block_{i}_depthwise")
-                x = conv_bn(x, f"block_{i}_project", out_channels=out_channels, relu=False)
-                if block.stride == 1 and block.out_stage == in_stage:
-                    x = x + shortcut
-            in_stage = block.out_stage
-        if self.arch.head_stage is not None:
-            # The reference keeps the head conv at full width.
-            x = conv_bn(x, "head_conv")
-        x = keras.ops.mean(x, axis=(1, 2))
-        return self._layers_by_name["classifier"](x)
+        for block in blocks.plan(self.model_name):
+            shortcut = x
+            for spec in block.layers:
+                if spec.kind == "pool":
+                    x = keras.ops.mean(x, axis=(1, 2))
+                elif spec.kind == "dense":
+                    x = self._layers_by_name[spec.name](x)
+                else:
+                    x = conv_bn(x, spec.name, out_channels=_width(spec, channels), relu=spec.relu6)
+            if block.residual:
+                x = x + shortcut
+        return x
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)

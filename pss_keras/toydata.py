@@ -16,6 +16,8 @@ import tempfile
 
 import numpy as np
 
+from pss_keras.fileio import fsync_dir, fsync_tree
+
 CLASSES = (
     "disc",
     "square",
@@ -103,9 +105,11 @@ def make_synthetic_shapes(
                     with open(os.path.join(folder, f"{kind}_{i:05d}.png"), "wb") as f:
                         f.write(png)
         open(os.path.join(tmp, _COMPLETE), "w").close()
+        fsync_tree(tmp)
         if os.path.exists(root):  # an incomplete earlier attempt
             shutil.rmtree(root)
         os.rename(tmp, root)
+        fsync_dir(parent)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

@@ -13,8 +13,6 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from absl import app, flags, logging  # noqa: E402
 
 flags.DEFINE_string("job_dir", "jobs/quickstart", "A finished training job.")
@@ -52,7 +50,7 @@ F = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # TF's SavedModel writer logs every step at INFO
-    from pss_keras import tflite
+    from pss_keras import tflite, tflite_manifest
 
     config = tflite.ConvertConfig(
         quantize=F.quantize,
@@ -74,7 +72,7 @@ def main(argv):
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(f"wrote {output_dir}/ ({manifest['mode']}, io {manifest['io_dtype']})")
-    print(tflite.format_manifest(manifest))
+    print(tflite_manifest.format_manifest(manifest))
     missed = [
         t
         for t in manifest["tiers"]

@@ -6,10 +6,7 @@
 Counting needs no TensorFlow and runs in milliseconds.
 """
 
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 

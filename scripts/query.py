@@ -14,8 +14,6 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_string("server", "localhost:8500", "host:port of TF Serving (gRPC 8500, REST 8501).")

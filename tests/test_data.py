@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pss_keras import data
+from pss_keras import data, preprocessing
 
-MEAN = np.array(data.MEAN_RGB)
-STD = np.array(data.STDDEV_RGB)
+MEAN = np.array(preprocessing.MEAN_RGB)
+STD = np.array(preprocessing.STDDEV_RGB)
 
 
 def _to_pixels(normalized):
@@ -92,7 +92,7 @@ def test_minival_never_enters_training(tiny_image_folder):
         for xs, ys in p.train_epoch(0)
         for x, y in zip(xs.numpy(), ys.numpy())
     ]
-    evaluated = np.stack([data.eval_transform(image, 32).numpy() for image, _ in sources])
+    evaluated = np.stack([preprocessing.eval_transform(image, 32).numpy() for image, _ in sources])
     held_out = [
         source_of(x, y, evaluated, atol=1e-4)
         for xs, ys in p.minival()
@@ -122,7 +122,7 @@ def test_eval_transform_resizes_the_shorter_side_and_centre_crops():
     image = np.zeros((48, 80, 1), np.uint8)
     image[:, :16] = image[:, 64:] = 255
     image[0] = image[-1] = 255
-    out = data.eval_transform(tf.constant(image), 32).numpy()
+    out = preprocessing.eval_transform(tf.constant(image), 32).numpy()
     dark = (0.0 - MEAN) / STD  # greyscale is tiled to RGB, then normalized
     np.testing.assert_allclose(out, np.broadcast_to(dark, (32, 32, 3)), atol=1e-5)
 
@@ -135,7 +135,9 @@ def test_eval_transform_resizes_the_shorter_side_and_centre_crops():
         resized = tf.image.resize(source.astype(np.float32), (h, w), method="bilinear").numpy()
         crop = np.clip(resized[top : top + 32, left : left + 32] / 255.0, 0.0, 1.0)
         np.testing.assert_allclose(
-            data.eval_transform(tf.constant(source), 32).numpy(), (crop - MEAN) / STD, atol=1e-5
+            preprocessing.eval_transform(tf.constant(source), 32).numpy(),
+            (crop - MEAN) / STD,
+            atol=1e-5,
         )
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pss_keras import data, export
+from pss_keras import export, jobs, preprocessing
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 
@@ -29,7 +29,7 @@ def _images(seed=0, shape=(3, 45, 61, 3)):
 @pytest.mark.parametrize("mode", export.MODES)
 def test_every_tier_equals_the_supernet(trained_job, exports, mode):
     config, summary = trained_job
-    job = export.Job(config.job_dir)
+    job = jobs.Job(config.job_dir)
     loaded = tf.saved_model.load(exports[mode]["path"])
     names = [e["name"] for e in summary["retained"]]
     assert sorted(loaded.signatures) == sorted([*names, "serving_default", "tiers"])
@@ -42,11 +42,11 @@ def test_every_tier_equals_the_supernet(trained_job, exports, mode):
         # differ by ~1e-6, which an untrained tiny net can amplify.
         @tf.function
         def reference(t, subnet=subnet, stats=stats):
-            x = export.preprocess(t, job.image_size)
+            x = preprocessing.preprocess(t, job.image_size)
             return job.supernet(x, subnet=subnet, bn_stats=stats)
 
         expected = reference(tf.constant(images)).numpy()
-        out = loaded.signatures[entry["name"]](images=tf.constant(images))
+        out = loaded.signatures[entry.name](images=tf.constant(images))
         # Standalone tiers fold BN into the convs, which changes float32
         # rounding (measured up to 3e-5 here); shared tiers match to 1e-5.
         atol = 1e-5 if mode == "shared" else 1e-4
@@ -56,7 +56,7 @@ def test_every_tier_equals_the_supernet(trained_job, exports, mode):
         np.testing.assert_array_equal(out["top5_indices"].numpy(), top)
         classes = [c.decode() for c in out["top5_classes"].numpy()[0]]
         assert classes == [job.class_names[i] for i in top[0]]
-    largest = max(job.retained, key=lambda e: e["mflops"])["name"]
+    largest = max(job.retained, key=lambda e: e.mflops).name
     np.testing.assert_array_equal(
         loaded.signatures["serving_default"](images=tf.constant(images))["logits"],
         loaded.signatures[largest](images=tf.constant(images))["logits"],
@@ -114,7 +114,7 @@ def _folder_size(path):
 
 def test_weights_stored_once_in_shared_mode(trained_job, exports):
     config, _ = trained_job
-    job = export.Job(config.job_dir)
+    job = jobs.Job(config.job_dir)
     weights = sum(int(np.prod(w.shape)) * 4 for w in job.supernet.weights)
     tiers = exports["shared"]["tiers"]
     entries = job.select([t["name"] for t in tiers])
@@ -204,12 +204,12 @@ def _reference_eval_crop(image, image_size):
 )
 def test_preprocess_matches_the_evaluation_transform(shape):
     images = _images(1, shape)
-    batched = export.preprocess(tf.constant(images), 32).numpy()
-    pixels = export.preprocess(tf.constant(images), 32, normalized=False).numpy()
+    batched = preprocessing.preprocess(tf.constant(images), 32).numpy()
+    pixels = preprocessing.preprocess(tf.constant(images), 32, normalized=False).numpy()
     assert batched.shape == pixels.shape == (shape[0], 32, 32, 3)
-    mean, std = np.array(data.MEAN_RGB), np.array(data.STDDEV_RGB)
+    mean, std = np.array(preprocessing.MEAN_RGB), np.array(preprocessing.STDDEV_RGB)
     for image, out, out_pixels in zip(images, batched, pixels):
-        single = data.eval_transform(tf.constant(image), 32).numpy()
+        single = preprocessing.eval_transform(tf.constant(image), 32).numpy()
         np.testing.assert_allclose(out, single, atol=1e-5)
         reference = _reference_eval_crop(image, 32)
         np.testing.assert_allclose(out_pixels, reference, atol=1e-3)
@@ -224,5 +224,5 @@ def test_preprocess_keeps_only_the_centre():
     images = np.zeros((2, 48, 80, 3), np.uint8)
     images[:, :, :16] = images[:, :, 64:] = 255
     images[:, 0] = images[:, -1] = 255
-    pixels = export.preprocess(tf.constant(images), 32, normalized=False).numpy()
+    pixels = preprocessing.preprocess(tf.constant(images), 32, normalized=False).numpy()
     np.testing.assert_allclose(pixels, 0.0, atol=1e-3)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from pss_keras import flops, specs
-from pss_keras.specs import SearchSpace, SubnetConfig, make_divisible
+from pss_keras.blocks import make_divisible
+from pss_keras.specs import SearchSpace, SubnetConfig
 
 
 def _conv(size, c_in, c_out, k, stride, groups=1):

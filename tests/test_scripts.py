@@ -39,7 +39,7 @@ def test_profile_subnet_rejects_bad_subnet_in_one_line():
 def test_benchmark_script_writes_a_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     result = _run(
-        "scripts/benchmark_supernet.py",
+        "benchmarks/benchmark_supernet.py",
         "--model=mobilenet_v2",
         "--width_scale=0.25",
         "--batch_size=2",

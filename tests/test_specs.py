@@ -4,8 +4,9 @@ import random
 import numpy as np
 import pytest
 
-from pss_keras import specs
-from pss_keras.specs import SearchSpace, SubnetConfig, make_divisible
+from pss_keras import blocks, specs
+from pss_keras.blocks import make_divisible
+from pss_keras.specs import SearchSpace, SubnetConfig
 
 V1 = SearchSpace("mobilenet_v1")
 V2 = SearchSpace("mobilenet_v2")
@@ -115,12 +116,12 @@ def test_space_extremes_and_random_draws():
 )
 def test_make_divisible(value, expected):
     assert make_divisible(value) == expected
-    assert specs.make_divisible_np(np.array([value]))[0] == expected
+    assert blocks.make_divisible_np(np.array([value]))[0] == expected
 
 
 def test_make_divisible_never_drops_below_90_percent():
     values = np.linspace(1, 2000, 20001)
-    fast = specs.make_divisible_np(values)
+    fast = blocks.make_divisible_np(values)
     assert list(fast[:500]) == [make_divisible(v) for v in values[:500]]
     assert np.all(fast >= 0.9 * values) and np.all(fast % 8 == 0) and fast.min() == 8
 
@@ -164,7 +165,7 @@ def test_stage_channels():
     res, mults = V2.random_arrays(50, np.random.default_rng(1))
     configs = specs.arrays_to_configs("mobilenet_v2", res, mults)
     np.testing.assert_array_equal(
-        specs.stage_channels_np("mobilenet_v2", mults), [V2.stage_channels(c) for c in configs]
+        blocks.stage_channels_np("mobilenet_v2", mults), [V2.stage_channels(c) for c in configs]
     )
 
 

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pss_keras import export, extraction, tflite
+from pss_keras import export, extraction, jobs, tflite
 
 
 def _convert(trained_job, out, **kwargs):
@@ -38,7 +38,7 @@ def test_float_files_match_the_serving_signature(trained_job, float_manifest):
     assert sorted(t["name"] for t in manifest["tiers"]) == sorted(names)
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert manifest["mode"] == "float32" and manifest["io_dtype"] == "float32"
-    assert manifest["class_names"] == export.Job(config.job_dir).class_names
+    assert manifest["class_names"] == jobs.Job(config.job_dir).class_names
     assert manifest["latency"]["num_threads"] == 1 and manifest["latency"]["batch"] == 1
     for tier in manifest["tiers"]:
         path = out / tier["file"]
@@ -60,8 +60,8 @@ def test_float_files_match_the_serving_signature(trained_job, float_manifest):
         assert v["meets_target"] == (v["max_rel_logit_diff"] < 1e-4)
         assert _dtypes(path) <= {"float32", "int32"}
         # The conversion itself: the file vs the Keras model it came from.
-        job = export.Job(config.job_dir)
-        entry = next(e for e in job.retained if e["name"] == tier["name"])
+        job = jobs.Job(config.job_dir)
+        entry = next(e for e in job.retained if e.name == tier["name"])
         subnet, stats = job.tier(entry)
         model = extraction.extract_subnet(
             job.supernet, subnet, stats, fold_bn=True, pixel_input=True

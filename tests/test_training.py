@@ -10,7 +10,7 @@ import tensorflow as tf
 from conftest import tiny_train_config
 from tensorflow.core.util import event_pb2
 
-from pss_keras import data, evaluation, layers, training
+from pss_keras import data, evaluation, jobs, layers, training
 from pss_keras.checkpoints import Checkpointer
 from pss_keras.flops import count_mflops
 from pss_keras.specs import SubnetConfig
@@ -206,7 +206,7 @@ def test_train_writes_retained_subnets(trained_job):
         assert abs(entry["mflops"] - entry["target"]) <= config.flops_targets[2] / 2 + 1e-9
         # Statistics for exactly this subnet's batch norms, at its widths.
         subnet = SubnetConfig.from_dict(entry["config"])
-        stats = training.load_bn_stats(job, entry)
+        stats = jobs.load_bn_stats(job, entry)
         channels = supernet.bn_channels(subnet)
         assert set(stats) == set(channels)
         for name, (mean, variance) in stats.items():
@@ -358,16 +358,16 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_image_folder, tmp_
 
 
 def test_resume_with_other_settings_is_refused(job_copy):
-    config, _ = job_copy  # _check_run_config rewrites run_config.json
+    config, _ = job_copy  # write_run_config rewrites run_config.json
     with pytest.raises(ValueError, match="holds a run with other settings \\(lr\\)"):
         training.train(dataclasses.replace(config, lr=0.5))
     with pytest.raises(ValueError, match="other settings \\(batch_size\\)"):
-        training._check_run_config(
+        jobs.write_run_config(
             config.job_dir,
             dataclasses.replace(config, data=dataclasses.replace(config.data, batch_size=8)),
         )
     # The data's location may move between runs (a new disk, another machine).
-    training._check_run_config(
+    jobs.write_run_config(
         config.job_dir,
         dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir="/elsewhere")),
     )
@@ -389,3 +389,33 @@ def test_bad_settings_fail_fast(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         training.train(config)
     assert not os.path.exists(tmp_path / "job")
+
+
+def test_optimizer_state_is_restored_by_name(tmp_path, rng):
+    """A reordered optimizer (same variables, other order) restores correctly."""
+    net = Supernet("mobilenet_v1", num_classes=10, width_scale=0.25, resolution_range=(16, 32))
+    sampler = training.build_samplers(
+        tiny_train_config(tmp_path / "job", "unused", flops_targets=(0.2, 0.6, 0.2)), net.space
+    )
+    opt = keras.optimizers.SGD(0.1, momentum=0.9)
+    opt.build(net.trainable_variables)
+    for v in opt.variables:
+        v.assign(rng.normal(size=v.shape).astype(v.dtype))
+    path = Checkpointer(str(tmp_path / "ckpt"), net, opt, sampler).save(1)
+    reordered = keras.optimizers.SGD(0.1, momentum=0.9)
+    reordered.build(list(reversed(net.trainable_variables)))
+    Checkpointer(str(tmp_path / "ckpt"), net, reordered, sampler).restore(path)
+    expected = {v.path.split("/", 1)[1]: v.numpy() for v in opt.variables}
+    got = {v.path.split("/", 1)[1]: v.numpy() for v in reordered.variables}
+    assert sorted(got) == sorted(expected) and len(got) > 20
+    for key, value in expected.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    # Another optimizer (Adam's variables) is refused by name, not assigned.
+    adam = keras.optimizers.Adam(0.1)
+    adam.build(net.trainable_variables)
+    with pytest.raises(ValueError, match="does not fit this optimizer: missing"):
+        Checkpointer(str(tmp_path / "ckpt"), net, adam, sampler).restore(path)
+    # A checkpoint written by position (before this format) is not resumed.
+    np.savez(os.path.join(path, "optimizer.npz"), v00000=np.zeros(()), v00001=np.zeros(()))
+    with pytest.raises(ValueError, match="stores the optimizer by position"):
+        Checkpointer(str(tmp_path / "ckpt"), net, reordered, sampler).restore(path)

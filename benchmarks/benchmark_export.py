@@ -1,6 +1,6 @@
 """Compares the two export modes: file size, load time, memory, latency.
 
-    python scripts/benchmark_export.py --job_dir=jobs/quickstart
+    python benchmarks/benchmark_export.py --job_dir=jobs/quickstart
 
 Exports the job in `shared` and `standalone` mode (to a temporary folder),
 then, each in a fresh process: loads the SavedModel (time, resident-memory
@@ -13,46 +13,57 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_string("job_dir", "jobs/quickstart", "A finished training job.")
 flags.DEFINE_integer("repeats", 30, "Timed calls per tier and batch size.")
 flags.DEFINE_string("output", "bench_results/export.json", "JSON output path.")
+flags.DEFINE_integer("image_size", 224, "Internal: input size for --measure_saved_model.")
 F = flags.FLAGS
 
-_MEASURE = r"""
-import json, os, sys, time, resource
-import numpy as np
-import tensorflow as tf
-path, repeats, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def rss_mb():
+flags.DEFINE_string(
+    "measure_saved_model", None, "Internal: measure this SavedModel in this process, print JSON."
+)
+
+
+def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-before = rss_mb()
-start = time.perf_counter()
-model = tf.saved_model.load(path)
-load_s = time.perf_counter() - start
-table = json.load(open(os.path.join(path, "assets.extra", "tiers.json")))
-rows = []
-for tier in table["tiers"]:
-    fn = model.signatures[tier["name"]]
-    row = {"name": tier["name"]}
-    for batch in (1, 32):
-        images = tf.constant(np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), np.uint8))
-        fn(images=images)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn(images=images)["logits"].numpy()
-            times.append(time.perf_counter() - t)
-        row[f"batch{batch}_ms"] = 1000 * float(np.median(times))
-    rows.append(row)
-print(json.dumps({"load_s": load_s, "rss_mb": rss_mb() - before, "tiers": rows}))
-"""
+
+
+def measure_saved_model(path: str, repeats: int, size: int) -> dict:
+    """Load time, resident-memory growth and per-tier latency of one SavedModel.
+
+    Run in a fresh process (the script calls itself with
+    ``--measure_saved_model``): the memory growth of a load is only
+    meaningful in a process that has loaded nothing else.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from pss_keras import timing
+
+    before = _rss_mb()
+    start = time.perf_counter()
+    model = tf.saved_model.load(path)
+    load_s = time.perf_counter() - start
+    with open(os.path.join(path, "assets.extra", "tiers.json")) as f:
+        table = json.load(f)
+    rows = []
+    for tier in table["tiers"]:
+        fn = model.signatures[tier["name"]]
+        row = {"name": tier["name"]}
+        for batch in (1, 32):
+            pixels = np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), np.uint8)
+            images = tf.constant(pixels)
+            row[f"batch{batch}_ms"] = timing.median_ms(
+                lambda fn=fn, images=images: fn(images=images)["logits"].numpy(), repeats
+            )
+        rows.append(row)
+    return {"load_s": load_s, "rss_mb": _rss_mb() - before, "tiers": rows}
 
 
 def _size_mb(path):
@@ -64,8 +75,11 @@ def _size_mb(path):
 
 def main(argv):
     del argv
+    if F.measure_saved_model:
+        print(json.dumps(measure_saved_model(F.measure_saved_model, F.repeats, F.image_size)))
+        return
     from pss_keras import export
-    from pss_keras.checkpoints import atomic_write_json
+    from pss_keras.fileio import atomic_write_json
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,11 +92,10 @@ def main(argv):
             out = subprocess.run(
                 [
                     sys.executable,
-                    "-c",
-                    _MEASURE,
-                    summary["path"],
-                    str(F.repeats),
-                    str(summary["image_size"]),
+                    os.path.abspath(__file__),
+                    f"--measure_saved_model={summary['path']}",
+                    f"--repeats={F.repeats}",
+                    f"--image_size={summary['image_size']}",
                 ],
                 capture_output=True,
                 text=True,

@@ -1,6 +1,6 @@
 """Compares TFLite precisions per tier: size, accuracy, agreement, latency.
 
-    python scripts/benchmark_tflite.py --job_dir=jobs/quickstart
+    python benchmarks/benchmark_tflite.py --job_dir=jobs/quickstart
 
 Converts every retained tier of the job as float32, fp16, int8 (post-training)
 and int8 after quantization-aware fine-tuning (--qat_epochs), each verified
@@ -9,14 +9,14 @@ validation set (pss_keras.tflite.convert), and prints one table: file size,
 validation top-1 (the SavedModel's and each file's), top-1 agreement with the
 SavedModel, and batch-1 latency (median). Writes JSON with the manifests.
 
-    python scripts/benchmark_tflite.py --full_size=mobilenet_v1,mobilenet_v2
+    python benchmarks/benchmark_tflite.py --full_size=mobilenet_v1,mobilenet_v2
 
 times full-size subnets instead (the largest and smallest of a randomly
 initialized 1000-class supernet at 224/128 px; int8 calibrated on random
 pixels): file size and batch-1 latency, float32 vs int8, at 1 and 2 threads.
 Latency does not depend on the weights' values; accuracy is not measured.
 
-    python scripts/benchmark_tflite.py --multi_signature
+    python benchmarks/benchmark_tflite.py --multi_signature
 
 compares one float32 .tflite per tier with one multi-signature .tflite that
 holds every tier of the job (one signature runner per tier).
@@ -27,8 +27,6 @@ import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from absl import app, flags, logging  # noqa: E402
 
 flags.DEFINE_string("job_dir", "jobs/quickstart", "A finished training job.")
@@ -97,20 +95,20 @@ def full_size(models):
 def multi_signature(job_dir):
     import tensorflow as tf
 
-    from pss_keras import export, extraction, tflite
+    from pss_keras import extraction, jobs, tflite, tflite_conversion
 
-    job = export.Job(job_dir)
+    job = jobs.Job(job_dir)
     endpoints, separate = {}, {}
     for entry in job.retained:
         config, stats = job.tier(entry)
         r = config.resolution
         model = extraction.extract_subnet(
-            job.supernet, config, stats, fold_bn=True, pixel_input=True, name=entry["name"]
+            job.supernet, config, stats, fold_bn=True, pixel_input=True, name=entry.name
         )
-        separate[entry["name"]] = len(tflite.convert_model(model, r))
-        endpoints[entry["name"]] = (model, r)
+        separate[entry.name] = len(tflite.convert_model(model, r))
+        endpoints[entry.name] = (model, r)
     with tempfile.TemporaryDirectory() as tmp:
-        tflite.write_conversion_saved_model(endpoints, tmp)
+        tflite_conversion.write_conversion_saved_model(endpoints, tmp)
         names = list(separate)
         content = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=names).convert()
     signatures = list(tflite.TFLiteRunner(content).interpreter.get_signature_list())
@@ -127,7 +125,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     from pss_keras import tflite
-    from pss_keras.checkpoints import atomic_write_json
+    from pss_keras.fileio import atomic_write_json
 
     if F.multi_signature:
         atomic_write_json(F.output, multi_signature(F.job_dir))
@@ -160,6 +158,13 @@ def main(argv):
                 )
             except ValueError as e:
                 sys.exit(f"error: {e}")
+    _print_table(manifests)
+    atomic_write_json(F.output, {"job_dir": F.job_dir, "manifests": manifests})
+    print(f"wrote {F.output}")
+
+
+def _print_table(manifests: dict) -> None:
+    """One row per tier: size, top-1, agreement and latency of every mode."""
     modes = list(manifests)
     first = manifests[modes[0]]
     names = [t["name"] for t in first["tiers"]]
@@ -184,8 +189,6 @@ def main(argv):
         f"median of {F.latency_repeats}, {F.num_threads} thread(s), {first['latency']['runtime']}; "
         f"int8 I/O: {F.io_dtype}; qat: {F.qat_epochs} epoch(s), lr {F.qat_lr}"
     )
-    atomic_write_json(F.output, {"job_dir": F.job_dir, "manifests": manifests})
-    print(f"wrote {F.output}")
 
 
 if __name__ == "__main__":

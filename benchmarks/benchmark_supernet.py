@@ -4,7 +4,7 @@ Shows that slicing really shrinks compute (the smallest subnet's step is
 cheaper than the largest's) and what slicing costs against a standalone
 extracted model of the same subnet. Prints a table and writes JSON.
 
-    python scripts/benchmark_supernet.py --model=mobilenet_v1 --batch_size=16
+    python benchmarks/benchmark_supernet.py --model=mobilenet_v1 --batch_size=16
 
 All subnets run through ONE traced tf.function per mode (the subnet is a
 tensor argument); the script checks that it traced once.
@@ -13,17 +13,19 @@ tensor argument); the script checks that it traced once.
 import os
 import platform
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pss_keras import extraction, flops, specs, supernet  # noqa: E402
-from pss_keras.checkpoints import atomic_write_json  # noqa: E402
+from pss_keras import (  # noqa: E402
+    extraction,
+    flops,
+    specs,
+    supernet,
+    timing,  # noqa: E402
+)
+from pss_keras.fileio import atomic_write_json  # noqa: E402
 
 _MODEL = flags.DEFINE_enum("model", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.", lower_bound=1)
@@ -44,14 +46,7 @@ def _median_ms(fn, args, repeats, warmup):
         outputs = fn(*args)
         return [t.numpy() for t in tf.nest.flatten(outputs)[:1]]
 
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    return timing.median_ms(run, repeats, warmup)
 
 
 def main(argv):
@@ -80,7 +75,7 @@ def main(argv):
         return tape.gradient(loss, model.trainable_weights)
 
     rows = []
-    timing = (_REPEATS.value, _WARMUP.value)
+    reps = (_REPEATS.value, _WARMUP.value)
     for config in configs:
         code = tf.constant(space.encode(config))
         x = tf.image.resize(images, (config.resolution, config.resolution))
@@ -89,17 +84,32 @@ def main(argv):
         row = {
             "subnet": config.name,
             "mflops": flops.count_mflops(config, space.num_classes, space.width_scale),
-            "forward_ms": _median_ms(forward, (images, code), *timing),
-            "standalone_forward_ms": _median_ms(standalone_fn, (x,), *timing),
+            "forward_ms": _median_ms(forward, (images, code), *reps),
+            "standalone_forward_ms": _median_ms(standalone_fn, (x,), *reps),
         }
         if _TRAIN.value:
-            row["train_step_ms"] = _median_ms(train_step, (images, labels, code), *timing)
+            row["train_step_ms"] = _median_ms(train_step, (images, labels, code), *reps)
         rows.append(row)
 
     traces = {
         "forward": forward.experimental_get_tracing_count(),
         "train_step": train_step.experimental_get_tracing_count(),
     }
+    _print_table(rows, traces, r_max)
+    result = {
+        "model": _MODEL.value,
+        "batch_size": _BATCH.value,
+        "repeats": _REPEATS.value,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "tf": tf.__version__},
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "rows": rows,
+        "traces": traces,
+    }
+    atomic_write_json(_OUTPUT.value, result)
+    print(f"wrote {_OUTPUT.value}")
+
+
+def _print_table(rows, traces, r_max: int) -> None:
     print(
         f"{_MODEL.value} supernet, batch {_BATCH.value}, input {r_max}x{r_max}, "
         f"median of {_REPEATS.value}, {os.cpu_count()} CPU cores, TF {tf.__version__}, "
@@ -117,17 +127,6 @@ def main(argv):
             f"{row['standalone_forward_ms']:>15.1f}{train}"
         )
     print(f"traces: {traces} (1 each: every subnet ran in the same graph)")
-    result = {
-        "model": _MODEL.value,
-        "batch_size": _BATCH.value,
-        "repeats": _REPEATS.value,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "tf": tf.__version__},
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "rows": rows,
-        "traces": traces,
-    }
-    atomic_write_json(_OUTPUT.value, result)
-    print(f"wrote {_OUTPUT.value}")
 
 
 if __name__ == "__main__":

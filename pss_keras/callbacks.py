@@ -1,0 +1,86 @@
+"""Callbacks of a PSS run: the candidate choice around each step, pool
+summaries and checkpoints at each epoch end, and the run-long progress bar."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import tensorflow as tf
+
+
+class PSSCallback(keras.callbacks.Callback):
+    """Chooses each step's candidate, reports its score, checkpoints.
+
+    Adds to the step logs (progress bar, TensorBoard): ``p_space``,
+    ``temperature``, ``cand_target`` (the candidate's target) and
+    ``cand_from_pool`` (1 when drawn from the pool, 0 from the space).
+    """
+
+    def __init__(self, trainer, sampler, checkpointer=None, log_dir=None):
+        super().__init__()
+        self.trainer = trainer
+        self.sampler = sampler
+        self.checkpointer = checkpointer
+        self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
+        self.candidate = None
+        self.counts = {"space": 0, "pool": 0}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.sampler.set_epoch(epoch)
+        self.counts = {"space": 0, "pool": 0}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.candidate = self.sampler.choose()
+        self.trainer.candidate_code.assign(
+            self.trainer.supernet.space.encode(self.candidate.config)
+        )
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs if logs is not None else {}
+        score = float(logs["candidate_score"])
+        self.sampler.report(self.candidate, score)
+        self.counts["pool" if self.candidate.from_pool else "space"] += 1
+        logs.update(
+            p_space=self.sampler.p_space,
+            temperature=self.sampler.temperature,
+            cand_target=self.candidate.target,
+            cand_from_pool=float(self.candidate.from_pool),
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        summary = self.sampler.pool_summary()
+        if self.writer is not None:
+            with self.writer.as_default(step=epoch + 1):
+                for row in summary:
+                    tf.summary.scalar(f"pool_fill/{row['name']}", row["fill"])
+                    if row["best_score"] is not None:
+                        tf.summary.scalar(f"pool_best_score/{row['name']}", row["best_score"])
+                tf.summary.scalar("pss/p_space", self.sampler.p_space)
+                tf.summary.scalar("pss/temperature", self.sampler.temperature)
+                tf.summary.scalar("pss/candidates_from_pool", self.counts["pool"])
+            self.writer.flush()
+        full = sum(row["fill"] >= self.sampler.pool_size for row in summary)
+        logging.info(
+            "epoch %d: %d/%d pools full, candidates from pool %d / space %d",
+            epoch + 1,
+            full,
+            len(summary),
+            self.counts["pool"],
+            self.counts["space"],
+        )
+        if self.checkpointer is not None:
+            self.checkpointer.save(epoch + 1)
+
+
+class EpochProgbar(keras.callbacks.ProgbarLogger):
+    """The standard progress bar, showing the run's total epochs when `fit`
+    is called once per epoch."""
+
+    def __init__(self, total_epochs: int):
+        super().__init__()
+        self.total_epochs = int(total_epochs)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.total_epochs

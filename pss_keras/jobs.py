@@ -1,0 +1,268 @@
+"""The job directory: its layout, its records and how to read it back.
+
+A training run writes ``<job_dir>/``::
+
+    run_config.json          the run's `TrainConfig` (to resume or reuse it)
+    classes.json             class names, in label order
+    supernet.weights.h5      the trained supernet (Keras weights)
+    retained_subnets.json    the retained tiers (`RetainedTier` records)
+    bn_stats/<tier>.npz      each tier's calibrated batch-norm statistics
+    checkpoints/             resumable checkpoints (`pss_keras.checkpoints`)
+    logs/                    TensorBoard
+
+This module owns those names and formats: training writes through it, and
+export, TFLite and the serving client read through it. Importing it loads
+no TensorFlow and nothing of training (`Job` imports the supernet module
+when it loads one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from pss_keras import specs
+from pss_keras.fileio import atomic_file, atomic_write_json
+from pss_keras.run_config import TrainConfig
+
+RUN_CONFIG = "run_config.json"
+CLASSES = "classes.json"
+WEIGHTS = "supernet.weights.h5"
+RETAINED = "retained_subnets.json"
+BN_STATS = "bn_stats"
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+# The SavedModel signature that describes the served tiers.
+TIERS_SIGNATURE = "tiers"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetainedTier:
+    """One retained subnet of a job (a line of ``retained_subnets.json``).
+
+    Attributes:
+        name: tier name, e.g. ``flops_320m`` (the serving signature name).
+        config: the subnet.
+        metric_type, target: the pool it was chosen from.
+        mflops, params: its cost.
+        top1, top5: validation accuracy with calibrated statistics.
+        minival_top1: the accuracy it was chosen by.
+        pool_score: its PSS pool score.
+        bn_stats: path of its statistics, relative to the job directory.
+    """
+
+    name: str
+    config: specs.SubnetConfig
+    metric_type: str
+    target: float
+    mflops: float
+    params: int
+    top1: float
+    top5: float
+    minival_top1: float
+    pool_score: float
+    bn_stats: str
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution
+
+    def to_dict(self) -> dict:
+        """The JSON record (key order as written since the first release)."""
+        out = dataclasses.asdict(self)
+        out["config"] = self.config.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RetainedTier:
+        data = dict(data)
+        data["config"] = specs.SubnetConfig.from_dict(data["config"])
+        return cls(**data)
+
+    def served(self, latency_ms: float) -> ServedTier:
+        """What the ``tiers`` signature tells a client about this tier."""
+        return ServedTier(
+            name=self.name,
+            metric_type=self.metric_type,
+            target=float(self.target),
+            mflops=float(self.mflops),
+            params=int(self.params),
+            resolution=self.resolution,
+            top1=float(self.top1),
+            latency_ms=float(latency_ms),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedTier:
+    """One served subnet, as the ``tiers`` signature describes it.
+
+    ``latency_ms`` is measured at export on the exporting machine (batch 1,
+    the served computation), not on the client's.
+    """
+
+    name: str
+    metric_type: str
+    target: float
+    mflops: float
+    params: int
+    resolution: int
+    top1: float
+    latency_ms: float
+
+
+# The ``tiers`` signature's outputs: (output name, ServedTier field, dtype).
+TIER_TABLE = (
+    ("names", "name", "string"),
+    ("metric_types", "metric_type", "string"),
+    ("targets", "target", "float32"),
+    ("mflops", "mflops", "float32"),
+    ("params", "params", "int64"),
+    ("resolutions", "resolution", "int32"),
+    ("top1", "top1", "float32"),
+    ("latency_ms", "latency_ms", "float32"),
+)
+
+
+def served_tiers_from_outputs(outputs: dict) -> list[ServedTier]:
+    """The ``tiers`` signature's outputs (arrays) -> tiers, cheapest first."""
+    types = {f.name: f.type for f in dataclasses.fields(ServedTier)}
+    cast = {"str": lambda v: v.decode() if isinstance(v, bytes) else str(v), "float": float}
+    cast["int"] = int
+    n = len(outputs["names"])
+    tiers = [
+        ServedTier(**{field: cast[types[field]](outputs[key][i]) for key, field, _ in TIER_TABLE})
+        for i in range(n)
+    ]
+    return sorted(tiers, key=lambda t: t.mflops)
+
+
+# -- writing (training) -----------------------------------------------------
+def write_run_config(job_dir: str, config: TrainConfig) -> None:
+    """Records ``config``; refuses a job directory that holds other settings.
+
+    Raises:
+        ValueError: naming the settings that differ from the saved run's.
+    """
+    path = os.path.join(job_dir, RUN_CONFIG)
+    if os.path.exists(path):
+        with open(path) as f:
+            conflicts = config.resume_conflicts(json.load(f))
+        if conflicts:
+            raise ValueError(
+                f"{job_dir} holds a run with other settings ({', '.join(conflicts)}); "
+                "resume with the same flags or use a new --job_dir."
+            )
+    atomic_write_json(path, json.loads(json.dumps(config.to_dict())))
+
+
+def read_run_config(job_dir: str) -> TrainConfig:
+    """The run's settings.
+
+    Raises:
+        ValueError: if ``job_dir`` is not a job directory.
+    """
+    path = os.path.join(job_dir, RUN_CONFIG)
+    if not os.path.exists(path):
+        raise ValueError(
+            f"{job_dir} is not a PSS job directory ({RUN_CONFIG} is missing); pass the "
+            "--job_dir of a training run."
+        )
+    with open(path) as f:
+        return TrainConfig.from_dict(json.load(f))
+
+
+def write_classes(job_dir: str, class_names) -> None:
+    atomic_write_json(os.path.join(job_dir, CLASSES), list(class_names))
+
+
+def save_bn_stats(job_dir: str, tier_name: str, stats: dict) -> str:
+    """Writes a tier's statistics; returns the path relative to ``job_dir``."""
+    relative = os.path.join(BN_STATS, f"{tier_name}.npz")
+    arrays = {
+        f"{layer}/{part}": v
+        for layer, mv in stats.items()
+        for part, v in zip(("mean", "variance"), mv)
+    }
+    with atomic_file(os.path.join(job_dir, relative)) as tmp:
+        np.savez(tmp, **arrays)
+    return relative
+
+
+def load_bn_stats(job_dir: str, tier: RetainedTier | dict) -> dict:
+    """A retained tier's calibrated statistics ``{bn_layer: (mean, variance)}``."""
+    relative = tier["bn_stats"] if isinstance(tier, dict) else tier.bn_stats
+    with np.load(os.path.join(job_dir, relative)) as saved:
+        layers = {key.rsplit("/", 1)[0] for key in saved.files}
+        return {name: (saved[f"{name}/mean"], saved[f"{name}/variance"]) for name in layers}
+
+
+def write_retained(job_dir: str, tiers: list[RetainedTier]) -> list[dict]:
+    """Writes ``retained_subnets.json``; returns the records written."""
+    records = [t.to_dict() for t in tiers]
+    atomic_write_json(os.path.join(job_dir, RETAINED), records)
+    return records
+
+
+# -- reading (deployment) ---------------------------------------------------
+class Job:
+    """A finished job directory: its settings, classes and retained tiers.
+
+    Raises:
+        ValueError: if a file of a finished run is missing.
+    """
+
+    def __init__(self, job_dir: str):
+        for file in (RUN_CONFIG, RETAINED, WEIGHTS):
+            if not os.path.exists(os.path.join(job_dir, file)):
+                raise ValueError(
+                    f"{job_dir} has no {file}: it needs a finished training run "
+                    "(python scripts/train.py --job_dir=...)."
+                )
+        self.job_dir = job_dir
+        self.config = read_run_config(job_dir)
+        with open(os.path.join(job_dir, RETAINED)) as f:
+            records = json.load(f)
+        self.retained = sorted((RetainedTier.from_dict(r) for r in records), key=lambda t: t.mflops)
+        if not self.retained:
+            raise ValueError(f"{job_dir}/{RETAINED} lists no subnets.")
+        classes_path = os.path.join(job_dir, CLASSES)
+        if not os.path.exists(classes_path):
+            raise ValueError(f"{job_dir}/{CLASSES} is missing; re-run training.")
+        with open(classes_path) as f:
+            self.class_names = [str(c) for c in json.load(f)]
+        if not self.class_names:
+            raise ValueError(f"{job_dir}/{CLASSES} is missing; re-run training.")
+        self.image_size = self.config.resolution_range[1]
+        # Built here, eagerly: a first use inside a tf.function would create
+        # the model's variables in that function's graph.
+        self.supernet = self._load_supernet()
+
+    def _load_supernet(self):
+        """The trained `Supernet` (TensorFlow is imported here, not with the module)."""
+        from pss_keras.supernet import Supernet
+
+        net = Supernet(**self.config.supernet_kwargs(len(self.class_names)))
+        net.load_weights(os.path.join(self.job_dir, WEIGHTS))
+        return net
+
+    def tier(self, tier: RetainedTier) -> tuple[specs.SubnetConfig, dict]:
+        """A tier's subnet and calibrated statistics."""
+        return tier.config, load_bn_stats(self.job_dir, tier)
+
+    def select(self, names) -> list[RetainedTier]:
+        """The named tiers (all, cheapest first, when ``names`` is empty).
+
+        Raises:
+            ValueError: naming unknown tiers and the job's own.
+        """
+        if not names:
+            return self.retained
+        known = {t.name: t for t in self.retained}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"Unknown tier(s) {unknown}; the job has {sorted(known)}.")
+        return [known[n] for n in names]

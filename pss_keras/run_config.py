@@ -1,0 +1,174 @@
+"""The settings of a PSS run, as frozen dataclasses (no TensorFlow).
+
+`TrainConfig` (with its `DataConfig`) is what `pss_keras.training.train`
+runs and what a job directory records in ``run_config.json``; deployment
+code reads it back through `pss_keras.jobs` without importing training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from pss_keras import specs
+
+SYNTHETIC = "synthetic_shapes"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What to load and how.
+
+    Attributes:
+        dataset: TFDS name, path of an image folder, or ``synthetic_shapes``.
+        data_dir: TFDS data directory (default: TFDS's), and where
+            ``synthetic_shapes`` is generated (default ``~/.cache/pss_keras``).
+        manual_dir: TFDS manual download directory (imagenet2012's tars).
+        image_size: the supernet's maximum resolution (crops are this size).
+        batch_size: global batch size.
+        eval_batch_size: batch size of evaluation.
+        minival_examples: training examples held out for choosing subnets.
+        crop_scale: random-resized-crop area range.
+        color_jitter: brightness/contrast/saturation strength.
+        lighting: PCA lighting noise standard deviation.
+        cache: cache decoded examples in memory: ``auto`` (when the split
+            has at most ``cache_max_examples`` examples), ``true`` or ``false``.
+        seed: data seed (shuffle and augmentation).
+    """
+
+    dataset: str = SYNTHETIC
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    image_size: int = 224
+    batch_size: int = 256
+    eval_batch_size: int = 256
+    minival_examples: int = 10000
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+    color_jitter: float = 0.4
+    lighting: float = 0.1
+    cache: str = "auto"
+    cache_max_examples: int = 50_000
+    shuffle_buffer: int = 10_000
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a PSS run needs; defaults are the paper's MobileNetV1 run.
+
+    The data fields are in ``data`` (a `DataConfig`).
+    """
+
+    job_dir: str
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model_name: str = "mobilenet_v1"
+    width_scale: float = 1.0
+    resolution_range: tuple[int, int] = (128, 224)
+    resolution_step: int = 8
+    width_range: tuple[float, float] = (0.75, 1.0)
+    flops_targets: tuple[float, float, float] = (110.0, 570.0, 10.0)
+    num_map_samples: int = 100_000
+    pool_size: int = 50
+    pool_ema: float = 0.9
+    p_space: tuple[float, float] = (1.0, 0.01)
+    temperature: tuple[float, float] = (1.0, 0.01)
+    epochs: int = 250
+    lr: float = 0.3
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
+    calib_batches: int = 8
+    topk: int = 5
+    seed: int = 0
+    keep_checkpoints: int = 2
+    tensorboard_update_freq: int = 50
+    verbose: int = 1
+
+    def validate(self) -> None:
+        """Raises ValueError with one clear message for a bad setting."""
+        if self.model_name not in specs.MODEL_NAMES:
+            raise ValueError(
+                f"model {self.model_name!r} is unknown; use one of {specs.MODEL_NAMES}."
+            )
+        start, stop, step = self.flops_targets
+        if step <= 0 or stop < start:
+            raise ValueError(
+                f"FLOPs target range {start:g}..{stop:g} step {step:g} is empty; "
+                "give start <= stop and a positive step."
+            )
+        checks = [
+            (self.pool_size >= 1, f"pool_size={self.pool_size} must be at least 1."),
+            (0 <= self.pool_ema < 1, f"pool_ema={self.pool_ema} must be in [0, 1)."),
+            (self.epochs >= 1, f"epochs={self.epochs} must be at least 1."),
+            (self.lr > 0, f"lr={self.lr} must be positive."),
+            (
+                self.num_map_samples >= 1,
+                f"num_map_samples={self.num_map_samples} must be positive.",
+            ),
+            (self.calib_batches >= 1, f"calib_batches={self.calib_batches} must be at least 1."),
+            (self.topk >= 1, f"topk={self.topk} must be at least 1."),
+            (self.data.batch_size >= 1, f"batch_size={self.data.batch_size} must be positive."),
+            (
+                all(v > 0 for v in self.p_space + self.temperature),
+                "p_space and temperature schedule ends must be positive.",
+            ),
+            (0 <= self.warmup_epochs < self.epochs, "warmup_epochs must be in [0, epochs)."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.data.image_size != self.resolution_range[1]:
+            raise ValueError(
+                f"image_size={self.data.image_size} must equal the largest resolution "
+                f"{self.resolution_range[1]} (the supernet receives max-resolution crops)."
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        data_config = dict(data.pop("data", {}))
+        data_config["crop_scale"] = tuple(data_config.get("crop_scale", (0.25, 1.0)))
+        for key in ("resolution_range", "width_range", "flops_targets", "p_space", "temperature"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(data=DataConfig(**data_config), **data)
+
+    def supernet_kwargs(self, num_classes: int) -> dict:
+        """Arguments of `pss_keras.supernet.Supernet` for this run."""
+        return dict(
+            model_name=self.model_name,
+            num_classes=num_classes,
+            width_scale=self.width_scale,
+            resolution_range=self.resolution_range,
+            resolution_step=self.resolution_step,
+            width_range=self.width_range,
+        )
+
+    def resume_conflicts(self, saved: dict) -> list[str]:
+        """Settings that differ from a saved run's ``to_dict()``.
+
+        What may change between a run and its resume is ignored: the epoch
+        count, logging, checkpoint retention, and where the data and the job
+        live (a new disk, another machine).
+        """
+        current = json_round_trip(self.to_dict())
+        ignore = {"epochs", "verbose", "tensorboard_update_freq", "keep_checkpoints", "job_dir"}
+        changed = sorted(
+            k for k in current if k not in ignore | {"data"} and saved.get(k) != current[k]
+        )
+        data_changed = sorted(
+            k
+            for k in current["data"]
+            if k not in ("data_dir", "manual_dir")
+            and saved.get("data", {}).get(k) != current["data"][k]
+        )
+        return changed + data_changed
+
+
+def json_round_trip(value):
+    """``value`` as JSON would give it back (tuples become lists)."""
+    return json.loads(json.dumps(value))

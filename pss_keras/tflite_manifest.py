@@ -1,0 +1,102 @@
+"""The manifest written beside the .tflite files, and its table."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+
+import keras
+import tensorflow as tf
+
+from pss_keras.fileio import atomic_write_json, fsync_tree
+from pss_keras.tflite_verification import TARGETS
+
+MANIFEST = "manifest.json"
+PREPROCESSING = (
+    "RGB pixel values 0..255 (not normalized: the model's first layer does the ImageNet "
+    "mean/std): take the centre square covering 224/256 of the image's shorter side and resize "
+    "it to resolution x resolution (bilinear). Integer input: q = round(pixel / scale + "
+    "zero_point). Integer output: logit = (q - zero_point) * scale."
+)
+
+
+def file_digest(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def build(job, config, pipelines, reference_name, rows) -> dict:
+    """The manifest of one conversion (``config``: a `ConvertConfig`)."""
+    return {
+        "job_dir": os.path.abspath(job.job_dir),
+        "quantize": config.quantize,
+        "mode": config.mode_name,
+        "io_dtype": config.io_dtype if config.quantize == "int8" else "float32",
+        "representative_images": (
+            min(config.representative_images, pipelines.num_train)
+            if config.quantize == "int8"
+            else 0
+        ),
+        "qat_epochs": config.qat_epochs,
+        "target": TARGETS[config.quantize],
+        "reference": reference_name,
+        "latency": {
+            "batch": 1,
+            "num_threads": config.num_threads,
+            "repeats": config.latency_repeats,
+            "statistic": "median",
+            "runtime": f"ai-edge-litert {_version('ai-edge-litert')}",
+        },
+        "preprocessing": PREPROCESSING,
+        "class_names": job.class_names,
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "tiers": rows,
+    }
+
+
+def move_in(tmp: str, output_dir: str, rows, manifest: dict) -> None:
+    """Moves the files from ``tmp`` into ``output_dir``, manifest last.
+
+    The old manifest goes first and the new one is written last, so a reader
+    that finds a manifest finds the files it describes.
+    """
+    fsync_tree(tmp)  # the files are durable before the manifest names them
+    manifest_path = os.path.join(output_dir, MANIFEST)
+    if os.path.exists(manifest_path):
+        os.remove(manifest_path)
+    for row in rows:
+        os.replace(os.path.join(tmp, row["file"]), os.path.join(output_dir, row["file"]))
+    atomic_write_json(manifest_path, manifest)
+
+
+def format_manifest(manifest: dict) -> str:
+    """The manifest as a table: tier, size, accuracy, agreement, latency."""
+    lines = [
+        f"{'tier':<14}{'res':>5}{'MFLOPs':>8}{'KB':>9}{'in':>9}{'top1':>7}{'ref top1':>9}"
+        f"{'agree':>7}{'max|dlogit|':>12}{'SQNR dB':>8}{'ms':>8}"
+    ]
+    for t in manifest["tiers"]:
+        v = t.get("verification")
+        acc = (
+            f"{v['top1']:>7.3f}{v['reference_top1']:>9.3f}{v['top1_agreement']:>7.3f}"
+            f"{v['max_abs_logit_diff']:>12.2e}{v['logit_sqnr_db']:>8.1f}"
+            if v
+            else f"{'-':>7}{'-':>9}{'-':>7}{'-':>12}{'-':>8}"
+        )
+        lines.append(
+            f"{t['name']:<14}{t['resolution']:>5}{t['mflops']:>8.2f}{t['size_bytes'] / 1024:>9.1f}"
+            f"{t['input']['dtype']:>9}{acc}{t['latency_ms']:>8.3f}"
+        )
+    threads = manifest["latency"]["num_threads"]
+    lines.append(
+        f"latency: batch 1, median of {manifest['latency']['repeats']}, {threads} thread(s); "
+        f"verified against {manifest['reference'] or 'nothing (verification skipped)'}"
+    )
+    return "\n".join(lines)

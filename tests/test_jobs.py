@@ -1,0 +1,76 @@
+"""The job directory's contract (pss_keras.jobs) and what deployment imports."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pss_keras import jobs, serving
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_retained_tiers_round_trip_byte_for_byte(trained_job):
+    config, summary = trained_job
+    path = os.path.join(config.job_dir, jobs.RETAINED)
+    with open(path) as f:
+        text = f.read()
+    tiers = [jobs.RetainedTier.from_dict(r) for r in json.loads(text)]
+    assert [t.name for t in tiers] == [e["name"] for e in summary["retained"]]
+    again = json.dumps([t.to_dict() for t in tiers], indent=2, sort_keys=False) + "\n"
+    assert again == text
+    job = jobs.Job(config.job_dir)
+    assert [t.mflops for t in job.retained] == sorted(t.mflops for t in tiers)
+    assert job.retained[0].resolution == job.retained[0].config.resolution
+
+
+def test_tier_table_covers_every_served_field():
+    fields = [f.name for f in dataclasses.fields(jobs.ServedTier)]
+    assert [field for _, field, _ in jobs.TIER_TABLE] == fields
+    assert serving.Tier is jobs.ServedTier
+    outputs = {
+        "names": [b"b", b"a"],
+        "metric_types": [b"flops", b"flops"],
+        "targets": [2.0, 1.0],
+        "mflops": [2.1, 0.9],
+        "params": [20, 10],
+        "resolutions": [64, 32],
+        "top1": [0.5, 0.7],
+        "latency_ms": [3.0, 1.0],
+    }
+    tiers = jobs.served_tiers_from_outputs(outputs)
+    assert tiers[0] == jobs.ServedTier("a", "flops", 1.0, 0.9, 10, 32, 0.7, 1.0)
+    assert [t.name for t in tiers] == ["a", "b"]
+
+
+def test_a_finished_job_is_required(tmp_path):
+    with pytest.raises(ValueError, match="has no run_config.json: it needs a finished training"):
+        jobs.Job(str(tmp_path))
+    with pytest.raises(ValueError, match="is not a PSS job directory"):
+        jobs.read_run_config(str(tmp_path))
+
+
+def test_deployment_imports_no_training_code():
+    """Export, TFLite and the client load no training module; the client no TF."""
+    code = (
+        "import sys\n"
+        "import pss_keras.serving\n"
+        "assert 'tensorflow' not in sys.modules, 'serving imported TensorFlow'\n"
+        "import pss_keras.export, pss_keras.tflite\n"
+        "training = ['training', 'trainer', 'callbacks', 'selection', 'sampling', 'pools',\n"
+        "            'checkpoints', 'evaluation']\n"
+        "loaded = [m for m in training if f'pss_keras.{m}' in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
