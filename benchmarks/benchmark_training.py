@@ -11,17 +11,20 @@ Prints a table and writes JSON. The pipeline is not the bottleneck when its
 images/s exceeds the step's.
 """
 
+import itertools
 import os
 import tarfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from pss_keras import (  # noqa: E402
     data,
+    distribution,
     sampling,
     specs,
     timing,  # noqa: E402
@@ -43,6 +46,8 @@ _TAR = flags.DEFINE_string(
 )
 _CACHE = flags.DEFINE_string("data_cache", "/tmp/pss_keras_bench", "Where data is unpacked.")
 _OUTPUT = flags.DEFINE_string("output", "bench_results/training.json", "JSON output path.")
+_STRATEGY = flags.DEFINE_enum("strategy", "default", ["auto", "default", "mirrored"], "Strategy.")
+_REPLICAS = flags.DEFINE_integer("cpu_replicas", 1, "Logical CPU devices (mirrored on CPU).")
 
 TARGETS = {"mobilenet_v1": (110, 570, 10), "mobilenet_v2": (60, 300, 10)}
 
@@ -79,39 +84,48 @@ def _pipeline_images_per_s():
     return pipeline_ips, description, config
 
 
-def _train_step_ms(model, space, conditional, config) -> float:
-    """Median PSS train step (largest, candidate, smallest) on random images."""
+def _train_step_ms(model, space, conditional, config, strategy) -> float:
+    """Median PSS train step (largest, candidate, smallest) on random images,
+    driven by ``fit`` as training is (so a mirrored strategy splits the global
+    batch across its replicas)."""
     train_config = training.TrainConfig(job_dir="unused", model_name=model, data=config)
-    net = training.build_supernet(train_config, 1000)
-    trainer = training.PSSTrainer(net)
-    optimizer = training.build_optimizer(train_config, 1000)
-    trainer.compile(optimizer=optimizer, jit_compile=False)
-    optimizer.build(trainer.trainable_variables)
+    with strategy.scope():
+        net = training.build_supernet(train_config, 1000)
+        trainer = training.PSSTrainer(net)
+        optimizer = training.build_optimizer(train_config, 1000)
+        trainer.compile(optimizer=optimizer, jit_compile=False)
+        optimizer.build(trainer.trainable_variables)
     rng = np.random.default_rng(0)
     images = tf.random.uniform((_BATCH.value, 224, 224, 3), -2, 2)
     labels = tf.constant(rng.integers(0, 1000, _BATCH.value), tf.int32)
-    # Candidates drawn beforehand: the timed step assigns one (microseconds)
-    # and trains, as the training callback does between steps.
-    codes = iter(
+    dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    # Candidates drawn beforehand; each step assigns the next one, as the
+    # training callback does.
+    codes = itertools.cycle(
         [
             space.encode(conditional.sample(k, rng))
             for k in (
                 conditional.available[int(rng.integers(len(conditional.available)))]
-                for _ in range(_STEPS.value + 2)
+                for _ in range(16)
             )
         ]
     )
+    choose = keras.callbacks.LambdaCallback(
+        on_train_batch_begin=lambda batch, logs: trainer.candidate_code.assign(next(codes))
+    )
 
-    def step():
-        trainer.candidate_code.assign(next(codes))
-        trainer.train_on_batch(images, labels)
+    def steps(n):
+        trainer.fit(dataset, epochs=1, steps_per_epoch=n, verbose=0, callbacks=[choose])
 
-    step_ms = timing.median_ms(step, _STEPS.value, warmup=2)
-    return step_ms
+    steps(2)  # tracing
+    per_call = timing.median_ms(lambda: steps(_STEPS.value), 3, warmup=0)
+    return per_call / _STEPS.value
 
 
 def main(argv):
     del argv
+    distribution.configure_cpu_replicas(_REPLICAS.value)  # before TF runs anything
+    strategy = distribution.make_strategy(_STRATEGY.value)
     model = _MODEL.value
     space = specs.SearchSpace(model)
     start = time.perf_counter()
@@ -121,11 +135,12 @@ def main(argv):
     map_seconds = time.perf_counter() - start
 
     pipeline_ips, description, config = _pipeline_images_per_s()
-    step_ms = _train_step_ms(model, space, conditional, config)
+    step_ms = _train_step_ms(model, space, conditional, config, strategy)
     step_ips = _BATCH.value / (step_ms / 1000)
 
     print(
-        f"{model}, batch {_BATCH.value}, 224x224, {os.cpu_count()} CPU cores, TF {tf.__version__}, "
+        f"{model}, batch {_BATCH.value}, 224x224, {strategy.num_replicas_in_sync} replica(s) "
+        f"({_STRATEGY.value}), {os.cpu_count()} CPU cores, TF {tf.__version__}, "
         f"GPUs: {len(tf.config.list_physical_devices('GPU'))}"
     )
     print(f"{'measure':<44}{'value':>14}")
@@ -145,6 +160,8 @@ def main(argv):
         "train_step_ms": step_ms,
         "train_step_images_per_s": step_ips,
         "cpus": os.cpu_count(),
+        "strategy": _STRATEGY.value,
+        "replicas": strategy.num_replicas_in_sync,
     }
     atomic_write_json(_OUTPUT.value, result)
     print(f"wrote {_OUTPUT.value}")

@@ -13,6 +13,7 @@ The pipeline, one module per concept, in the order data flows:
     checkpoints          atomic, resumable checkpoints (optimizer by name)
     evaluation           post-BN calibration and accuracy of subnets
     selection            the end-of-run choice of one subnet per target
+    distribution         tf.distribute strategy choice, CPU replicas for tests
     training             the run driver (train, evaluate_job)
     jobs                 the job directory's layout and records (no TF)
     extraction           standalone Keras models of single subnets

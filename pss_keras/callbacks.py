@@ -1,5 +1,5 @@
-"""Callbacks of a PSS run: the candidate choice around each step, pool
-summaries and checkpoints at each epoch end, and the run-long progress bar."""
+"""The callback of a PSS run: the candidate choice around each step, pool
+summaries and checkpoints at each epoch end."""
 
 from __future__ import annotations
 
@@ -71,16 +71,3 @@ class PSSCallback(keras.callbacks.Callback):
         )
         if self.checkpointer is not None:
             self.checkpointer.save(epoch + 1)
-
-
-class EpochProgbar(keras.callbacks.ProgbarLogger):
-    """The standard progress bar, showing the run's total epochs when `fit`
-    is called once per epoch."""
-
-    def __init__(self, total_epochs: int):
-        super().__init__()
-        self.total_epochs = int(total_epochs)
-
-    def set_params(self, params):
-        super().set_params(params)
-        self.epochs = self.total_epochs

@@ -228,8 +228,18 @@ class Pipelines:
         """Epoch ``epoch``'s augmented training batches (``steps_per_epoch``
         of them); the same for the same (seed, epoch), so a resumed run sees
         the batches the interrupted one would have."""
+        return self._epoch_batches(tf.constant(int(epoch), tf.int64)).prefetch(tf.data.AUTOTUNE)
+
+    def train_epochs(self, first: int, stop: int) -> tf.data.Dataset:
+        """Epochs ``first .. stop - 1`` back to back: the batches of
+        `train_epoch` for each, in order, as one dataset (one ``fit()`` per
+        run, its step counter continuous across epochs)."""
+        epochs = tf.data.Dataset.range(int(first), int(stop))
+        return epochs.flat_map(self._epoch_batches).prefetch(tf.data.AUTOTUNE)
+
+    def _epoch_batches(self, epoch):
+        """One epoch's batches; ``epoch`` is an int64 scalar tensor."""
         c = self.config
-        epoch = int(epoch)
         ds = self._train_examples().shuffle(
             min(c.shuffle_buffer, self.num_train),
             seed=(c.seed * 1_000_003 + epoch) % (2**31 - 1),
@@ -242,7 +252,7 @@ class Pipelines:
             return train_transform(image, seed, c), tf.cast(label, tf.int32)
 
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(c.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        return ds.batch(c.batch_size, drop_remainder=True)
 
     def _eval(self, ds, count):
         size = self.config.image_size

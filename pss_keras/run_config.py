@@ -13,6 +13,8 @@ import json
 from pss_keras import specs
 
 SYNTHETIC = "synthetic_shapes"
+# tf.distribute strategies a run can use (pss_keras.distribution).
+STRATEGIES = ("auto", "default", "mirrored")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,12 +86,23 @@ class TrainConfig:
     keep_checkpoints: int = 2
     tensorboard_update_freq: int = 50
     verbose: int = 1
+    strategy: str = "auto"
 
     def validate(self) -> None:
         """Raises ValueError with one clear message for a bad setting."""
         if self.model_name not in specs.MODEL_NAMES:
             raise ValueError(
                 f"model {self.model_name!r} is unknown; use one of {specs.MODEL_NAMES}."
+            )
+        if self.strategy not in STRATEGIES:
+            hint = (
+                " Multi-worker training is not available yet (Keras 3's fit fails under "
+                "MultiWorkerMirroredStrategy, keras-team/keras#20585)."
+                if self.strategy == "multi_worker"
+                else ""
+            )
+            raise ValueError(
+                f"strategy={self.strategy!r} is unknown; use one of {STRATEGIES}.{hint}"
             )
         start, stop, step = self.flops_targets
         if step <= 0 or stop < start:
@@ -156,7 +169,10 @@ class TrainConfig:
         live (a new disk, another machine).
         """
         current = json_round_trip(self.to_dict())
-        ignore = {"epochs", "verbose", "tensorboard_update_freq", "keep_checkpoints", "job_dir"}
+        ignore = {
+            "epochs", "verbose", "tensorboard_update_freq", "keep_checkpoints", "job_dir",
+            "strategy",
+        }  # fmt: skip
         changed = sorted(
             k for k in current if k not in ignore | {"data"} and saved.get(k) != current[k]
         )

@@ -47,12 +47,22 @@ class PSSTrainer(keras.Model):
             initializer=keras.initializers.Constant(self.largest_code),
             trainable=False,
         )
+        # Epoch means for the progress bar and the epoch logs (fit resets
+        # them each epoch); the step logs carry the running mean.
+        self.loss_trackers = {
+            name: keras.metrics.Mean(name=name)
+            for name in ("loss_max", "loss_candidate", "loss_min")
+        }
         self._decayed = {
             id(layer.kernel)
             for layer in supernet.switchable_layers
             if isinstance(layer, (layers.SwitchableConv2D, layers.SwitchableDense))
         }
         self.built = True
+
+    @property
+    def metrics(self):
+        return list(self.loss_trackers.values())
 
     def call(self, inputs, training=False):
         return self.supernet(inputs, training=training)
@@ -88,10 +98,13 @@ class PSSTrainer(keras.Model):
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             score = context.all_reduce(tf.distribute.ReduceOp.MEAN, score)
+        for name, value in (("loss_max", loss_max), ("loss_candidate", loss_cand)):
+            self.loss_trackers[name].update_state(value)
+        self.loss_trackers["loss_min"].update_state(loss_min)
+        # The score is this step's value (it goes into the candidate's pool),
+        # not a running mean.
         return {
-            "loss_max": loss_max,
-            "loss_candidate": loss_cand,
-            "loss_min": loss_min,
+            **{name: tracker.result() for name, tracker in self.loss_trackers.items()},
             "candidate_score": score,
             "lr": tf.convert_to_tensor(self.optimizer.learning_rate),
         }

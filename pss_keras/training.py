@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from pss_keras import data as data_lib
-from pss_keras import jobs, sampling, specs
-from pss_keras.callbacks import EpochProgbar, PSSCallback
+from pss_keras import distribution, jobs, sampling, specs
+from pss_keras.callbacks import PSSCallback
 from pss_keras.checkpoints import Checkpointer
 from pss_keras.fileio import atomic_file
 from pss_keras.pools import TargetGrid
@@ -135,17 +135,28 @@ def train(config: TrainConfig) -> dict:
     pipelines = data_lib.Pipelines(config.data)  # fails before anything is written
     os.makedirs(config.job_dir, exist_ok=True)
     jobs.write_run_config(config.job_dir, config)
+    strategy = distribution.make_strategy(config.strategy)
     _seed_run(config.seed)
-    supernet = build_supernet(config, pipelines.num_classes)
-    map_start = time.perf_counter()
-    sampler = build_samplers(config, supernet.space)
-    map_seconds = time.perf_counter() - map_start
-    trainer = PSSTrainer(supernet, weight_decay=config.weight_decay)
-    optimizer = build_optimizer(config, pipelines.steps_per_epoch)
-    trainer.compile(optimizer=optimizer, jit_compile=False)
-    # Built before the first step, so the step traces once (a trace that
-    # creates variables is traced again).
-    optimizer.build(trainer.trainable_variables)
+    # Everything with variables is created in the strategy's scope (mirrored
+    # across replicas); the host-side sampler is the same on every replica.
+    with strategy.scope():
+        supernet = build_supernet(config, pipelines.num_classes)
+        map_start = time.perf_counter()
+        sampler = build_samplers(config, supernet.space)
+        map_seconds = time.perf_counter() - map_start
+        trainer = PSSTrainer(supernet, weight_decay=config.weight_decay)
+        optimizer = build_optimizer(config, pipelines.steps_per_epoch)
+        trainer.compile(optimizer=optimizer, jit_compile=False)
+        # Built before the first step, so the step traces once (a trace that
+        # creates variables is traced again).
+        optimizer.build(trainer.trainable_variables)
+    if strategy.num_replicas_in_sync > 1:
+        logging.info(
+            "Training on %d replicas (%s); global batch %d.",
+            strategy.num_replicas_in_sync,
+            type(strategy).__name__,
+            config.data.batch_size,
+        )
     checkpointer = Checkpointer(
         os.path.join(config.job_dir, jobs.CHECKPOINTS),
         supernet,
@@ -182,24 +193,26 @@ def train(config: TrainConfig) -> dict:
 
 
 def _fit_epochs(config, trainer, sampler, checkpointer, pipelines, initial_epoch) -> None:
-    """Trains from ``initial_epoch`` to the end, checkpointing every epoch.
+    """Trains from ``initial_epoch`` to the end in one ``fit()``.
 
-    One fit() per epoch: each epoch's data is seeded by its number, and the
-    traced train step is reused across calls.
+    The dataset is the epochs' batches back to back (each epoch seeded by
+    its number, so a resume sees the same batches), so the step counter of
+    the progress bar and TensorBoard runs on across epochs. PSSCallback
+    checkpoints at every epoch end.
     """
+    if initial_epoch >= config.epochs:
+        return
     log_dir = os.path.join(config.job_dir, jobs.LOGS)
     callbacks = [
         PSSCallback(trainer, sampler, checkpointer, os.path.join(log_dir, "pss")),
         keras.callbacks.TensorBoard(log_dir, update_freq=config.tensorboard_update_freq),
-        EpochProgbar(config.epochs),
     ]
-    for epoch in range(initial_epoch, config.epochs):
-        trainer.fit(
-            pipelines.train_epoch(epoch),
-            epochs=epoch + 1,
-            initial_epoch=epoch,
-            steps_per_epoch=pipelines.steps_per_epoch,
-            callbacks=callbacks,
-            verbose=config.verbose,
-            shuffle=False,  # the data pipeline shuffles, seeded per epoch
-        )
+    trainer.fit(
+        pipelines.train_epochs(initial_epoch, config.epochs),
+        epochs=config.epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=pipelines.steps_per_epoch,
+        callbacks=callbacks,
+        verbose=config.verbose,
+        shuffle=False,  # the data pipeline shuffles, seeded per epoch
+    )

@@ -35,6 +35,13 @@ flags.DEFINE_integer("pool_size", 50, "Subnets per pool (P).")
 flags.DEFINE_float("metric_lambda", 0.9, "EMA lambda of pool scores.")
 flags.DEFINE_list("supernet_p_range", ["1.0", "0.01"], "p_space schedule start,end.")
 flags.DEFINE_list("pool_softmax_t_range", ["1.0", "0.01"], "Pool softmax temperature start,end.")
+flags.DEFINE_enum(
+    "strategy", "auto", ["auto", "default", "mirrored"],
+    "tf.distribute strategy: auto (mirrored when several GPUs are visible), default, mirrored.",
+)  # fmt: skip
+flags.DEFINE_integer(
+    "cpu_replicas", 1, "Split the CPU into N logical devices (mirrored on CPU).", lower_bound=1
+)
 flags.DEFINE_integer("epochs", 250, "Training epochs.")
 flags.DEFINE_integer("batch_size", 1024, "Global batch size.")
 flags.DEFINE_integer("eval_batch_size", 256, "Evaluation batch size.")
@@ -117,15 +124,17 @@ def _config():
         keep_checkpoints=F.keep_checkpoints,
         tensorboard_update_freq=F.tensorboard_update_freq,
         verbose=F.verbose,
+        strategy=F.strategy,
     )
 
 
 def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
-    from pss_keras import training
+    from pss_keras import distribution, training
 
     try:
+        distribution.configure_cpu_replicas(F.cpu_replicas)  # before TF runs anything
         config = _config()
         config.validate()
         summary = training.train(config)

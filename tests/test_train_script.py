@@ -185,6 +185,12 @@ def test_quickstart_flags_run_end_to_end(tmp_path):
     retained = json.loads((job / "retained_subnets.json").read_text())
     assert [e["name"] for e in retained] == ["flops_0p8m", "flops_1p6m", "flops_2p4m", "flops_3p2m"]
     assert "Retained subnets" in result.stdout
+    # One fit() per run: per-step TensorBoard scalars on unique steps (with
+    # one fit per epoch, every epoch wrote its steps onto the same numbers).
+    from test_training import tensorboard_steps
+
+    per_step = tensorboard_steps(str(job / "logs" / "train"))["batch_loss_max"]
+    assert len(per_step) == len(set(per_step)) > 40, per_step
     # It learns: the largest tier is far above chance (10 classes). Measured
     # 0.88-0.91 on three machines; the exact figures depend on the CPU.
     assert max(e["top1"] for e in retained) > 0.5

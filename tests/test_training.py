@@ -228,13 +228,25 @@ def test_train_writes_retained_subnets(trained_job):
         np.testing.assert_array_equal(a, w.numpy(), err_msg=w.path)
     # TensorBoard: the three losses of the sandwich step, logged every step
     # (the fixture's tensorboard_update_freq=1).
-    tags = set()
-    for root, _, files in os.walk(os.path.join(job, "logs")):
+    steps = tensorboard_steps(os.path.join(job, "logs"))
+    assert {"batch_loss_max", "batch_loss_candidate", "batch_loss_min"} <= set(steps), steps
+    # One fit() per run: the step axis runs on across epochs (one point per
+    # step of the 3 epochs, no step written twice).
+    per_step = steps["batch_loss_max"]
+    assert len(per_step) == len(set(per_step)) == 3 * 8, per_step
+    assert steps["epoch_loss_max"] == [0, 1, 2]
+
+
+def tensorboard_steps(log_dir: str) -> dict:
+    """``{tag: sorted steps}`` of every scalar under ``log_dir``."""
+    steps = {}
+    for root, _, files in os.walk(log_dir):
         for name in files:
             for record in tf.data.TFRecordDataset(os.path.join(root, name)):
                 event = event_pb2.Event.FromString(record.numpy())
-                tags.update(v.tag for v in event.summary.value)
-    assert {"batch_loss_max", "batch_loss_candidate", "batch_loss_min"} <= tags, tags
+                for value in event.summary.value:
+                    steps.setdefault(value.tag, []).append(int(event.step))
+    return {tag: sorted(s) for tag, s in steps.items()}
 
 
 @pytest.fixture
