@@ -32,6 +32,7 @@ from pss_keras import (  # noqa: E402
 )
 from pss_keras.fileio import atomic_write_json  # noqa: E402
 from pss_keras.pools import TargetGrid  # noqa: E402
+from pss_keras.run_config import STRATEGIES  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MODEL = flags.DEFINE_enum("model", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
@@ -46,7 +47,7 @@ _TAR = flags.DEFINE_string(
 )
 _CACHE = flags.DEFINE_string("data_cache", "/tmp/pss_keras_bench", "Where data is unpacked.")
 _OUTPUT = flags.DEFINE_string("output", "bench_results/training.json", "JSON output path.")
-_STRATEGY = flags.DEFINE_enum("strategy", "default", ["auto", "default", "mirrored"], "Strategy.")
+_STRATEGY = flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "Strategy.")
 _REPLICAS = flags.DEFINE_integer("cpu_replicas", 1, "Logical CPU devices (mirrored on CPU).")
 
 TARGETS = {"mobilenet_v1": (110, 570, 10), "mobilenet_v2": (60, 300, 10)}

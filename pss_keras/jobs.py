@@ -127,14 +127,23 @@ TIER_TABLE = (
 )
 
 
+# How a value of each TIER_TABLE dtype comes back to Python (REST gives str,
+# gRPC bytes for strings).
+_FROM_DTYPE = {
+    "string": lambda v: v.decode() if isinstance(v, bytes) else str(v),
+    "float32": float,
+    "int32": int,
+    "int64": int,
+}
+
+
 def served_tiers_from_outputs(outputs: dict) -> list[ServedTier]:
     """The ``tiers`` signature's outputs (arrays) -> tiers, cheapest first."""
-    types = {f.name: f.type for f in dataclasses.fields(ServedTier)}
-    cast = {"str": lambda v: v.decode() if isinstance(v, bytes) else str(v), "float": float}
-    cast["int"] = int
     n = len(outputs["names"])
     tiers = [
-        ServedTier(**{field: cast[types[field]](outputs[key][i]) for key, field, _ in TIER_TABLE})
+        ServedTier(
+            **{field: _FROM_DTYPE[dtype](outputs[key][i]) for key, field, dtype in TIER_TABLE}
+        )
         for i in range(n)
     ]
     return sorted(tiers, key=lambda t: t.mflops)

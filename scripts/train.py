@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from pss_keras import specs  # noqa: E402
+from pss_keras.run_config import STRATEGIES  # noqa: E402
 
 F = flags.FLAGS
 flags.DEFINE_string("job_dir", None, "Output directory (checkpoints, logs, retained subnets).")
@@ -36,7 +37,7 @@ flags.DEFINE_float("metric_lambda", 0.9, "EMA lambda of pool scores.")
 flags.DEFINE_list("supernet_p_range", ["1.0", "0.01"], "p_space schedule start,end.")
 flags.DEFINE_list("pool_softmax_t_range", ["1.0", "0.01"], "Pool softmax temperature start,end.")
 flags.DEFINE_enum(
-    "strategy", "auto", ["auto", "default", "mirrored"],
+    "strategy", "auto", list(STRATEGIES),
     "tf.distribute strategy: auto (mirrored when several GPUs are visible), default, mirrored.",
 )  # fmt: skip
 flags.DEFINE_integer(
