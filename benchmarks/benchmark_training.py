@@ -32,7 +32,7 @@ from pss_keras import (  # noqa: E402
 )
 from pss_keras.fileio import atomic_write_json  # noqa: E402
 from pss_keras.pools import TargetGrid  # noqa: E402
-from pss_keras.run_config import STRATEGIES  # noqa: E402
+from pss_keras.run_config import PRECISIONS  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MODEL = flags.DEFINE_enum("model", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
@@ -47,7 +47,10 @@ _TAR = flags.DEFINE_string(
 )
 _CACHE = flags.DEFINE_string("data_cache", "/tmp/pss_keras_bench", "Where data is unpacked.")
 _OUTPUT = flags.DEFINE_string("output", "bench_results/training.json", "JSON output path.")
-_STRATEGY = flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "Strategy.")
+_STRATEGY = flags.DEFINE_enum(
+    "strategy", "default", ["default", "mirrored"], "Strategy (multi-worker: not benchmarked)."
+)
+_PRECISION = flags.DEFINE_enum("mixed_precision", "none", list(PRECISIONS), "Compute dtype.")
 _REPLICAS = flags.DEFINE_integer("cpu_replicas", 1, "Logical CPU devices (mirrored on CPU).")
 
 TARGETS = {"mobilenet_v1": (110, 570, 10), "mobilenet_v2": (60, 300, 10)}
@@ -90,12 +93,12 @@ def _train_step_ms(model, space, conditional, config, strategy) -> float:
     driven by ``fit`` as training is (so a mirrored strategy splits the global
     batch across its replicas)."""
     train_config = training.TrainConfig(job_dir="unused", model_name=model, data=config)
-    with strategy.scope():
+    with strategy.scope(), training.precision_scope(_PRECISION.value):
         net = training.build_supernet(train_config, 1000)
         trainer = training.PSSTrainer(net)
         optimizer = training.build_optimizer(train_config, 1000)
         trainer.compile(optimizer=optimizer, jit_compile=False)
-        optimizer.build(trainer.trainable_variables)
+        trainer.optimizer.build(trainer.trainable_variables)
     rng = np.random.default_rng(0)
     images = tf.random.uniform((_BATCH.value, 224, 224, 3), -2, 2)
     labels = tf.constant(rng.integers(0, 1000, _BATCH.value), tf.int32)
@@ -139,10 +142,11 @@ def main(argv):
     step_ms = _train_step_ms(model, space, conditional, config, strategy)
     step_ips = _BATCH.value / (step_ms / 1000)
 
+    machine = timing.machine_description()
     print(
         f"{model}, batch {_BATCH.value}, 224x224, {strategy.num_replicas_in_sync} replica(s) "
-        f"({_STRATEGY.value}), {os.cpu_count()} CPU cores, TF {tf.__version__}, "
-        f"GPUs: {len(tf.config.list_physical_devices('GPU'))}"
+        f"({_STRATEGY.value}), precision {_PRECISION.value}, TF {tf.__version__}\n"
+        f"machine: {machine}"
     )
     print(f"{'measure':<44}{'value':>14}")
     print("-" * 58)
@@ -160,7 +164,8 @@ def main(argv):
         "pipeline_data": description,
         "train_step_ms": step_ms,
         "train_step_images_per_s": step_ips,
-        "cpus": os.cpu_count(),
+        "machine": machine,
+        "mixed_precision": _PRECISION.value,
         "strategy": _STRATEGY.value,
         "replicas": strategy.num_replicas_in_sync,
     }

@@ -1,5 +1,6 @@
-"""The callback of a PSS run: the candidate choice around each step, pool
-summaries and checkpoints at each epoch end."""
+"""The callbacks of a PSS run: the candidate choice around each step, pool
+summaries and checkpoints at each epoch end; TensorBoard steps that continue
+across a resume."""
 
 from __future__ import annotations
 
@@ -71,3 +72,17 @@ class PSSCallback(keras.callbacks.Callback):
         )
         if self.checkpointer is not None:
             self.checkpointer.save(epoch + 1)
+
+
+class ContinuedTensorBoard(keras.callbacks.TensorBoard):
+    """`keras.callbacks.TensorBoard` whose per-step axis continues a resumed
+    run: after ``first_step`` steps done by an earlier process, the first
+    step logged is ``first_step + 1``, not 1 again."""
+
+    def __init__(self, log_dir, first_step: int = 0, **kwargs):
+        super().__init__(log_dir, **kwargs)
+        self.first_step = int(first_step)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._global_train_batch = self.first_step

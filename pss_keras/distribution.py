@@ -3,16 +3,21 @@
 * ``default``: one device (TensorFlow's default strategy).
 * ``mirrored``: `tf.distribute.MirroredStrategy` over the local GPUs (or the
   logical CPU devices of `configure_cpu_replicas`); Keras ``fit`` drives it.
-  ``batch_size`` stays the global batch, split across the replicas.
-* ``auto``: mirrored when more than one GPU (or logical CPU device) is
-  visible, else default.
+* ``multi_worker``: `tf.distribute.MultiWorkerMirroredStrategy` over the
+  hosts (or processes) that ``TF_CONFIG`` names, every local GPU of each.
+  Keras 3's ``fit`` fails under it (keras-team/keras#20585), so
+  `pss_keras.loop.fit_distributed` drives the same train step.
+* ``auto``: multi_worker when ``TF_CONFIG`` names more than one task,
+  mirrored when more than one GPU (or logical CPU device) is visible, else
+  default.
 
-Multi-worker training (``MultiWorkerMirroredStrategy``) is not offered yet:
-Keras 3's ``fit`` fails under it (keras-team/keras#20585), and the custom
-loop around the same train step that it needs is not written yet.
+``batch_size`` is always the global batch, split across all replicas.
 """
 
 from __future__ import annotations
+
+import json
+import os
 
 import tensorflow as tf
 
@@ -46,11 +51,24 @@ def configure_cpu_replicas(n: int) -> None:
 def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """The strategy named ``name`` (one of `STRATEGIES`).
 
+    A multi-worker strategy must be made before TensorFlow runs anything
+    else in the process (it configures the collective ops).
+
     Raises:
-        ValueError: for an unknown name, or ``mirrored`` on one device only.
+        ValueError: for an unknown name, ``mirrored`` on one device only,
+            or ``multi_worker`` without a usable ``TF_CONFIG``.
     """
     if name not in STRATEGIES:
         raise ValueError(f"strategy={name!r} is unknown; use one of {STRATEGIES}.")
+    tasks = cluster_size()
+    if name == "multi_worker" or (name == "auto" and tasks > 1):
+        if tasks < 1:
+            raise ValueError(
+                "strategy=multi_worker needs TF_CONFIG naming the cluster and this task, e.g. "
+                '{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
+                '"task": {"type": "worker", "index": 0}} (README: Multi-GPU and multi-host).'
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
     devices = _replica_devices()
     if name == "auto":
         name = "mirrored" if len(devices) > 1 else "default"
@@ -62,6 +80,42 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
             f"{devices or ['one CPU']}. Use --cpu_replicas=2 to split the CPU for a test."
         )
     return tf.distribute.MirroredStrategy(devices)
+
+
+def cluster_size() -> int:
+    """Number of tasks (chief and workers) that ``TF_CONFIG`` names; 0 if unset.
+
+    Raises:
+        ValueError: if ``TF_CONFIG`` is set but is not such a JSON object.
+    """
+    raw = os.environ.get("TF_CONFIG", "").strip()
+    if not raw:
+        return 0
+    try:
+        cluster = json.loads(raw)["cluster"]
+        return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(
+            f"TF_CONFIG is not a JSON object with a 'cluster' of 'worker' (and 'chief') "
+            f"addresses: {raw[:200]!r}."
+        ) from None
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the job's files: the ``chief`` task, or
+    worker 0 when the cluster has no chief (Keras's convention); always
+    true outside multi-worker training."""
+    if not is_multi_worker(strategy):
+        return True
+    resolver = strategy.cluster_resolver
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def _replica_devices() -> list[str]:

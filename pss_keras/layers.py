@@ -14,6 +14,8 @@ GPU (not under XLA's static shapes: train them with ``jit_compile=False``).
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -174,14 +176,12 @@ class SwitchableBatchNormalization(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
-        self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
-        self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
-        self.moving_mean = self.add_weight(
-            name="moving_mean", shape=(channels,), initializer="zeros", trainable=False
-        )
-        self.moving_variance = self.add_weight(
-            name="moving_variance", shape=(channels,), initializer="ones", trainable=False
-        )
+        # Never autocast: under mixed precision BN computes in float32.
+        add = functools.partial(self.add_weight, shape=(channels,), autocast=False)
+        self.gamma = add(name="gamma", initializer="ones")
+        self.beta = add(name="beta", initializer="zeros")
+        self.moving_mean = add(name="moving_mean", initializer="zeros", trainable=False)
+        self.moving_variance = add(name="moving_variance", initializer="ones", trainable=False)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -193,6 +193,11 @@ class SwitchableBatchNormalization(keras.layers.Layer):
 
     def call(self, inputs, training=False, stats=None, return_moments=False):
         c = _channels(inputs)
+        # Moments and normalization in float32 (float16/bfloat16 batch
+        # moments lose precision and overflow); the output in the layer's
+        # compute dtype. No-ops under the default float32 policy.
+        compute_dtype = inputs.dtype
+        inputs = tf.cast(inputs, tf.float32)
         if training:
             mean, variance = self.batch_moments(inputs)
         elif stats is not None:
@@ -208,6 +213,7 @@ class SwitchableBatchNormalization(keras.layers.Layer):
             scale=self.gamma[:c],
             epsilon=self.epsilon,
         )
+        outputs = tf.cast(outputs, compute_dtype)
         return (outputs, (mean, variance)) if return_moments else outputs
 
     def get_config(self):

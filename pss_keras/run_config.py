@@ -14,7 +14,9 @@ from pss_keras import specs
 
 SYNTHETIC = "synthetic_shapes"
 # tf.distribute strategies a run can use (pss_keras.distribution).
-STRATEGIES = ("auto", "default", "mirrored")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+# Mixed-precision settings (`keras.mixed_precision` policies "mixed_<name>").
+PRECISIONS = ("none", "float16", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,7 @@ class TrainConfig:
     tensorboard_update_freq: int = 50
     verbose: int = 1
     strategy: str = "auto"
+    mixed_precision: str = "none"
 
     def validate(self) -> None:
         """Raises ValueError with one clear message for a bad setting."""
@@ -95,14 +98,10 @@ class TrainConfig:
                 f"model {self.model_name!r} is unknown; use one of {specs.MODEL_NAMES}."
             )
         if self.strategy not in STRATEGIES:
-            hint = (
-                " Multi-worker training is not available yet (Keras 3's fit fails under "
-                "MultiWorkerMirroredStrategy, keras-team/keras#20585)."
-                if self.strategy == "multi_worker"
-                else ""
-            )
+            raise ValueError(f"strategy={self.strategy!r} is unknown; use one of {STRATEGIES}.")
+        if self.mixed_precision not in PRECISIONS:
             raise ValueError(
-                f"strategy={self.strategy!r} is unknown; use one of {STRATEGIES}.{hint}"
+                f"mixed_precision={self.mixed_precision!r} is unknown; use one of {PRECISIONS}."
             )
         start, stop, step = self.flops_targets
         if step <= 0 or stop < start:
@@ -173,6 +172,13 @@ class TrainConfig:
             "epochs", "verbose", "tensorboard_update_freq", "keep_checkpoints", "job_dir",
             "strategy",
         }  # fmt: skip
+        # A setting added after the saved run was written had its default then.
+        defaults = {
+            f.name: f.default
+            for f in dataclasses.fields(self)
+            if f.default is not dataclasses.MISSING
+        }
+        saved = {**json_round_trip(defaults), **saved}
         changed = sorted(
             k for k in current if k not in ignore | {"data"} and saved.get(k) != current[k]
         )

@@ -229,7 +229,9 @@ class Supernet(keras.Model):
                     x = conv_bn(x, spec.name, out_channels=_width(spec, channels), relu=spec.relu6)
             if block.residual:
                 x = x + shortcut
-        return x
+        # Logits in float32 whatever the compute dtype (softmax, CE and KL
+        # under mixed precision; a no-op otherwise).
+        return tf.cast(x, tf.float32)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)

@@ -30,3 +30,42 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return 1000.0 * float(np.median(times))
+
+
+_ISA_FLAGS = {
+    "avx2": "AVX2",
+    "avx512f": "AVX512F",
+    "avx512_vnni": "AVX512-VNNI",
+    "avx512_bf16": "AVX512-BF16",
+    "amx_tile": "AMX",
+}
+
+
+def machine_description() -> str:
+    """The machine a measurement ran on, for benchmark tables: CPU model,
+    core count, the ISA flags that change CPU kernels (AVX-512 VNNI/BF16,
+    AMX), and the GPUs TensorFlow sees (imports TensorFlow for those)."""
+    import os
+
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    isa = [name for flag, name in _ISA_FLAGS.items() if flag in flags]
+    if "amx_tile" not in flags:
+        isa.append("no AMX")
+    description = f"{model}, {os.cpu_count()} cores ({', '.join(isa)})"
+    import tensorflow as tf
+
+    gpus = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        gpus.append(details.get("device_name", gpu.name))
+    return description + "; GPU: " + (", ".join(gpus) if gpus else "none")

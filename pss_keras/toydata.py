@@ -10,6 +10,8 @@ as a user's own folder. It is what the quickstart trains on.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -85,14 +87,35 @@ def make_synthetic_shapes(
 
     The folder is built in a temporary directory beside ``root`` and renamed
     into place, so an interrupted build never leaves a half-written set. An
-    existing complete set is reused as is.
+    existing complete set is reused as is. Concurrent builders (the workers
+    of a multi-worker run starting together) take turns on a lock file
+    beside ``root``: the first builds, the others find the set complete.
     """
     if os.path.exists(os.path.join(root, _COMPLETE)):
         return root
-    import tensorflow as tf  # PNG encoding; imported here to keep the module light
-
     parent = os.path.dirname(os.path.abspath(root)) or "."
     os.makedirs(parent, exist_ok=True)
+    with _exclusive(os.path.join(parent, f".{os.path.basename(os.path.abspath(root))}.lock")):
+        if not os.path.exists(os.path.join(root, _COMPLETE)):  # built while we waited?
+            _build(root, parent, train_per_class, val_per_class, image_size, seed)
+    return root
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str):
+    """Holds an exclusive ``flock`` on ``lock_path`` (released on exit, and by
+    the OS if the process dies)."""
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(root, parent, train_per_class, val_per_class, image_size, seed) -> None:
+    import tensorflow as tf  # PNG encoding; imported here to keep the module light
+
     tmp = tempfile.mkdtemp(prefix=".synthetic_shapes-", dir=parent)
     try:
         rng = np.random.default_rng(seed)
@@ -113,4 +136,3 @@ def make_synthetic_shapes(
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-    return root

@@ -60,6 +60,17 @@ class PSSTrainer(keras.Model):
         }
         self.built = True
 
+    def compile(self, *args, steps_per_execution=1, **kwargs):
+        # The candidate is chosen on the host before each step
+        # (PSSCallback.on_train_batch_begin): with several steps per call,
+        # all but the first would train a stale candidate.
+        if steps_per_execution != 1:
+            raise ValueError(
+                f"steps_per_execution={steps_per_execution} is not supported: PSS chooses "
+                "each step's candidate on the host between steps; use 1."
+            )
+        super().compile(*args, **kwargs)
+
     @property
     def metrics(self):
         return list(self.loss_trackers.values())
@@ -84,12 +95,17 @@ class PSSTrainer(keras.Model):
             logits_min = self.supernet(images, training=True, subnet=self.smallest_code)
             loss_min = losses.kl_divergence(teacher, logits_min)
             loss = (loss_max + loss_cand + loss_min) / replicas
+            # Under mixed_float16 the optimizer is a LossScaleOptimizer:
+            # gradients of the scaled loss, unscaled (and skipped when not
+            # finite) by its apply(). Otherwise the scale is 1.
+            loss = self.optimizer.scale_loss(loss)
         grads = tape.gradient(loss, variables)
         if self.weight_decay:
-            grads = [
-                g + (self.weight_decay / replicas) * v if self.decayed(v) else g
-                for g, v in zip(grads, variables)
-            ]
+            decay = self.weight_decay / replicas
+            scale = getattr(self.optimizer, "dynamic_scale", None)
+            if scale is not None:  # the decay term is scaled like the loss's gradients
+                decay = decay * tf.cast(scale, tf.float32)
+            grads = [g + decay * v if self.decayed(v) else g for g, v in zip(grads, variables)]
         self.optimizer.apply(grads, variables)
         # The candidate's score: negative CE of the same forward pass (BN in
         # training mode, weights before the update), i.e. the no-gradient

@@ -8,7 +8,10 @@ tiers), `pss_keras.jobs` (what the job directory holds).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import random
@@ -20,9 +23,10 @@ import tensorflow as tf
 
 from pss_keras import data as data_lib
 from pss_keras import distribution, jobs, sampling, specs
-from pss_keras.callbacks import PSSCallback
+from pss_keras.callbacks import ContinuedTensorBoard, PSSCallback
 from pss_keras.checkpoints import Checkpointer
 from pss_keras.fileio import atomic_file
+from pss_keras.loop import check_workers_agree, fit_distributed
 from pss_keras.pools import TargetGrid
 from pss_keras.run_config import TrainConfig
 from pss_keras.selection import retain_subnets
@@ -38,6 +42,7 @@ __all__ = [
     "build_optimizer",
     "build_samplers",
     "build_supernet",
+    "precision_scope",
     "evaluate_job",
     "retain_subnets",
     "train",
@@ -126,41 +131,61 @@ def _seed_run(seed: int) -> None:
 def train(config: TrainConfig) -> dict:
     """Runs (or resumes) PSS training and the final subnet selection.
 
+    Under multi-worker training every worker calls this; only the chief
+    writes into the job directory (checkpoints, logs, weights, retained
+    subnets), and every worker resumes from the chief's latest checkpoint
+    (so ``job_dir`` must be on a filesystem all hosts share).
+
     Returns:
         A summary: epochs run, wall time, map-building time, the retained
-        subnets and the job directory.
+        subnets (None on workers other than the chief), the job directory
+        and a digest of the final sampler state (pools; equal on all workers).
     """
     config.validate()
     start = time.perf_counter()
-    pipelines = data_lib.Pipelines(config.data)  # fails before anything is written
-    os.makedirs(config.job_dir, exist_ok=True)
-    jobs.write_run_config(config.job_dir, config)
+    # Before anything else runs in TensorFlow: a multi-worker strategy
+    # configures the collective ops at startup.
     strategy = distribution.make_strategy(config.strategy)
+    chief = distribution.is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if config.data.batch_size % replicas:
+        raise ValueError(
+            f"batch_size={config.data.batch_size} (the global batch) must be divisible by "
+            f"the {replicas} replicas."
+        )
+    pipelines = data_lib.Pipelines(config.data)  # fails before anything is written
+    if chief:
+        os.makedirs(config.job_dir, exist_ok=True)
+        jobs.write_run_config(config.job_dir, config)
     _seed_run(config.seed)
     # Everything with variables is created in the strategy's scope (mirrored
-    # across replicas); the host-side sampler is the same on every replica.
-    with strategy.scope():
+    # across replicas) under the run's dtype policy; the host-side sampler is
+    # the same on every replica and every worker (same seed, same scores).
+    with strategy.scope(), precision_scope(config.mixed_precision):
         supernet = build_supernet(config, pipelines.num_classes)
         map_start = time.perf_counter()
         sampler = build_samplers(config, supernet.space)
         map_seconds = time.perf_counter() - map_start
         trainer = PSSTrainer(supernet, weight_decay=config.weight_decay)
-        optimizer = build_optimizer(config, pipelines.steps_per_epoch)
-        trainer.compile(optimizer=optimizer, jit_compile=False)
+        # mixed_float16: compile wraps the optimizer in a LossScaleOptimizer.
+        trainer.compile(
+            optimizer=build_optimizer(config, pipelines.steps_per_epoch), jit_compile=False
+        )
         # Built before the first step, so the step traces once (a trace that
         # creates variables is traced again).
-        optimizer.build(trainer.trainable_variables)
-    if strategy.num_replicas_in_sync > 1:
-        logging.info(
-            "Training on %d replicas (%s); global batch %d.",
-            strategy.num_replicas_in_sync,
-            type(strategy).__name__,
-            config.data.batch_size,
-        )
+        trainer.optimizer.build(trainer.trainable_variables)
+    logging.info(
+        "Training on %d replica(s) (%s%s), global batch %d, %s precision.",
+        replicas,
+        type(strategy).__name__,
+        "" if chief else ", not the chief: writes nothing",
+        config.data.batch_size,
+        "float32" if config.mixed_precision == "none" else f"mixed {config.mixed_precision}",
+    )
     checkpointer = Checkpointer(
         os.path.join(config.job_dir, jobs.CHECKPOINTS),
         supernet,
-        optimizer,
+        trainer.optimizer,
         sampler,
         keep=config.keep_checkpoints,
     )
@@ -169,19 +194,35 @@ def train(config: TrainConfig) -> dict:
     if latest:
         initial_epoch = checkpointer.restore(latest)["epoch"]
         logging.info("Resuming from %s (epoch %d of %d).", latest, initial_epoch, config.epochs)
-    jobs.write_classes(config.job_dir, pipelines.source.class_names)
-    _fit_epochs(config, trainer, sampler, checkpointer, pipelines, initial_epoch)
-    with atomic_file(os.path.join(config.job_dir, jobs.WEIGHTS)) as tmp:
-        supernet.save_weights(tmp)  # never a half-written file in place
-    retained = retain_subnets(
-        supernet,
-        sampler,
-        pipelines,
-        config.job_dir,
-        config.topk,
-        config.calib_batches,
-        progress=bool(config.verbose),
-    )
+    if distribution.is_multi_worker(strategy):
+        check_workers_agree(
+            strategy,
+            "the checkpoint to resume from",
+            json.dumps([initial_epoch, sampler.state_dict()], sort_keys=True),
+        )
+    if chief:
+        jobs.write_classes(config.job_dir, pipelines.source.class_names)
+    _fit_epochs(
+        config, strategy, trainer, sampler, checkpointer if chief else None, pipelines,
+        initial_epoch,
+    )  # fmt: skip
+    state_digest = hashlib.sha256(
+        json.dumps(sampler.state_dict(), sort_keys=True).encode()
+    ).hexdigest()[:16]
+    logging.info("Final sampler state digest %s (equal on every worker).", state_digest)
+    retained = None
+    if chief:
+        with atomic_file(os.path.join(config.job_dir, jobs.WEIGHTS)) as tmp:
+            supernet.save_weights(tmp)  # never a half-written file in place
+        retained = retain_subnets(
+            supernet,
+            sampler,
+            pipelines,
+            config.job_dir,
+            config.topk,
+            config.calib_batches,
+            progress=bool(config.verbose),
+        )
     return {
         "job_dir": config.job_dir,
         "epochs": config.epochs,
@@ -189,30 +230,60 @@ def train(config: TrainConfig) -> dict:
         "map_seconds": map_seconds,
         "wall_seconds": time.perf_counter() - start,
         "retained": retained,
+        "sampler_digest": state_digest,
     }
 
 
-def _fit_epochs(config, trainer, sampler, checkpointer, pipelines, initial_epoch) -> None:
-    """Trains from ``initial_epoch`` to the end in one ``fit()``.
+@contextlib.contextmanager
+def precision_scope(mixed_precision: str):
+    """Keras's global dtype policy set to ``mixed_<mixed_precision>`` while
+    the supernet and trainer are built (layers keep the policy they were
+    built with), then restored. Variables stay float32 either way."""
+    if mixed_precision == "none":
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(f"mixed_{mixed_precision}")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _fit_epochs(config, strategy, trainer, sampler, checkpointer, pipelines, initial_epoch):
+    """Trains from ``initial_epoch`` to the end in one ``fit()`` (or, under
+    multi-worker training, `pss_keras.loop.fit_distributed`).
 
     The dataset is the epochs' batches back to back (each epoch seeded by
     its number, so a resume sees the same batches), so the step counter of
-    the progress bar and TensorBoard runs on across epochs. PSSCallback
-    checkpoints at every epoch end.
+    the progress bar and TensorBoard runs on across epochs, and across a
+    resume. PSSCallback checkpoints at every epoch end (``checkpointer`` is
+    None on workers other than the chief, which also write no logs).
     """
     if initial_epoch >= config.epochs:
         return
     log_dir = os.path.join(config.job_dir, jobs.LOGS)
+    chief = checkpointer is not None
     callbacks = [
-        PSSCallback(trainer, sampler, checkpointer, os.path.join(log_dir, "pss")),
-        keras.callbacks.TensorBoard(log_dir, update_freq=config.tensorboard_update_freq),
+        PSSCallback(trainer, sampler, checkpointer, os.path.join(log_dir, "pss") if chief else None)
     ]
-    trainer.fit(
-        pipelines.train_epochs(initial_epoch, config.epochs),
+    if chief:
+        callbacks.append(
+            ContinuedTensorBoard(
+                log_dir,
+                first_step=initial_epoch * pipelines.steps_per_epoch,
+                update_freq=config.tensorboard_update_freq,
+            )
+        )
+    dataset = pipelines.train_epochs(initial_epoch, config.epochs)
+    settings = dict(
         epochs=config.epochs,
         initial_epoch=initial_epoch,
         steps_per_epoch=pipelines.steps_per_epoch,
         callbacks=callbacks,
         verbose=config.verbose,
-        shuffle=False,  # the data pipeline shuffles, seeded per epoch
     )
+    if distribution.is_multi_worker(strategy):
+        fit_distributed(trainer, strategy, dataset, **settings)
+    else:
+        trainer.fit(dataset, shuffle=False, **settings)  # the pipeline shuffles, per epoch

@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from pss_keras import specs  # noqa: E402
-from pss_keras.run_config import STRATEGIES  # noqa: E402
+from pss_keras.run_config import PRECISIONS, STRATEGIES  # noqa: E402
 
 F = flags.FLAGS
 flags.DEFINE_string("job_dir", None, "Output directory (checkpoints, logs, retained subnets).")
@@ -38,7 +38,13 @@ flags.DEFINE_list("supernet_p_range", ["1.0", "0.01"], "p_space schedule start,e
 flags.DEFINE_list("pool_softmax_t_range", ["1.0", "0.01"], "Pool softmax temperature start,end.")
 flags.DEFINE_enum(
     "strategy", "auto", list(STRATEGIES),
-    "tf.distribute strategy: auto (mirrored when several GPUs are visible), default, mirrored.",
+    "tf.distribute strategy: auto (multi_worker when TF_CONFIG names several tasks, mirrored "
+    "when several GPUs are visible, else default), default, mirrored, multi_worker.",
+)  # fmt: skip
+flags.DEFINE_enum(
+    "mixed_precision", "none", list(PRECISIONS),
+    "Compute dtype: none (float32), float16 (GPUs; with loss scaling), bfloat16 (TPUs, "
+    "recent CPUs/GPUs). Variables, checkpoints and exports stay float32.",
 )  # fmt: skip
 flags.DEFINE_integer(
     "cpu_replicas", 1, "Split the CPU into N logical devices (mirrored on CPU).", lower_bound=1
@@ -126,6 +132,7 @@ def _config():
         tensorboard_update_freq=F.tensorboard_update_freq,
         verbose=F.verbose,
         strategy=F.strategy,
+        mixed_precision=F.mixed_precision,
     )
 
 
@@ -141,6 +148,9 @@ def main(argv):
         summary = training.train(config)
     except ValueError as e:  # includes DatasetError: one line, no stack trace
         sys.exit(f"error: {e}")
+    if summary["retained"] is None:  # a multi-worker run's non-chief worker
+        print(f"Worker done; the chief writes {summary['job_dir']}/{training.RETAINED}.")
+        return
     print(f"\nRetained subnets ({summary['job_dir']}/{training.RETAINED}):")
     print(f"{'tier':<16}{'MFLOPs':>9}{'params':>11}{'val top1':>10}{'val top5':>10}")
     for entry in summary["retained"]:

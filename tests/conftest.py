@@ -114,3 +114,26 @@ def trained_job(tiny_image_folder, tmp_path_factory):
         tensorboard_update_freq=1,
     )
     return config, training.train(config)
+
+
+def tiny_train_flags(job_dir, dataset, epochs=3):
+    """scripts/train.py and its flags for a run like `tiny_train_config`."""
+    return [
+        "scripts/train.py",
+        f"--job_dir={job_dir}",
+        f"--dataset={dataset}",
+        "--width_scale=0.25",
+        "--resolution_range=16,32",
+        "--infer_metric_target_range_starts=0.2",
+        "--infer_metric_target_range_stops=0.8",
+        "--infer_metric_target_steps=0.3",
+        "--gen_map_num=3000",
+        "--pool_size=3",
+        f"--epochs={epochs}",
+        "--batch_size=16",
+        "--eval_batch_size=64",
+        "--minival_examples=20",
+        "--calib_batches=2",
+        "--valid_topk=2",
+        "--verbose=2",
+    ]

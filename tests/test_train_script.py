@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from conftest import tiny_train_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,28 +25,6 @@ def _run(*args, timeout=900):
     return subprocess.run(
         _cmd(*args), cwd=ROOT, capture_output=True, text=True, env=_env(), timeout=timeout
     )
-
-
-def _tiny_flags(job_dir, dataset, epochs=3):
-    return [
-        "scripts/train.py",
-        f"--job_dir={job_dir}",
-        f"--dataset={dataset}",
-        "--width_scale=0.25",
-        "--resolution_range=16,32",
-        "--infer_metric_target_range_starts=0.2",
-        "--infer_metric_target_range_stops=0.8",
-        "--infer_metric_target_steps=0.3",
-        "--gen_map_num=3000",
-        "--pool_size=3",
-        f"--epochs={epochs}",
-        "--batch_size=16",
-        "--eval_batch_size=64",
-        "--minival_examples=20",
-        "--calib_batches=2",
-        "--valid_topk=2",
-        "--verbose=2",
-    ]
 
 
 @pytest.mark.parametrize(
@@ -111,10 +90,10 @@ def test_paper_flags_fail_clearly_without_imagenet(tmp_path):
 def test_kill_9_mid_epoch_then_resume(tmp_path, tiny_image_folder):
     # The uninterrupted run the resumed one must reproduce.
     straight = tmp_path / "straight"
-    result = _run(*_tiny_flags(straight, tiny_image_folder, epochs=4))
+    result = _run(*tiny_train_flags(straight, tiny_image_folder, epochs=4))
     assert result.returncode == 0, result.stderr[-3000:]
     job = tmp_path / "job"
-    flags = _tiny_flags(job, tiny_image_folder, epochs=4)
+    flags = tiny_train_flags(job, tiny_image_folder, epochs=4)
     proc = subprocess.Popen(
         _cmd(*flags), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
