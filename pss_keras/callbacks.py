@@ -39,8 +39,8 @@ class PSSCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs if logs is not None else {}
-        score = float(logs["candidate_score"])
-        self.sampler.report(self.candidate, score)
+        self.sampler.report(self.candidate, float(logs["candidate_score"]))
+        self.sampler.report_extremes(float(logs["largest_score"]), float(logs["smallest_score"]))
         self.counts["pool" if self.candidate.from_pool else "space"] += 1
         logs.update(
             p_space=self.sampler.p_space,
@@ -52,7 +52,9 @@ class PSSCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         summary = self.sampler.pool_summary()
         if self.writer is not None:
-            with self.writer.as_default(step=epoch + 1):
+            # record_if(True): the TensorBoard callback's per-step condition
+            # (step % update_freq == 0) is still active at epoch end.
+            with self.writer.as_default(step=epoch + 1), tf.summary.record_if(True):
                 for row in summary:
                     tf.summary.scalar(f"pool_fill/{row['name']}", row["fill"])
                     if row["best_score"] is not None:
@@ -76,8 +78,15 @@ class PSSCallback(keras.callbacks.Callback):
 
 class ContinuedTensorBoard(keras.callbacks.TensorBoard):
     """`keras.callbacks.TensorBoard` whose per-step axis continues a resumed
-    run: after ``first_step`` steps done by an earlier process, the first
-    step logged is ``first_step + 1``, not 1 again."""
+    run (after ``first_step`` steps done by an earlier process, the first
+    step logged is ``first_step + 1``, not 1 again), and which writes the
+    epoch scalars whatever ``update_freq`` is.
+
+    Keras 3.15's TensorBoard writes epoch scalars inside the record-if
+    condition of the last step (``step % update_freq == 0``): with an epoch
+    length that is not a multiple of ``update_freq`` (the quickstart's 28
+    steps, every 50) no epoch scalar was ever written.
+    """
 
     def __init__(self, log_dir, first_step: int = 0, **kwargs):
         super().__init__(log_dir, **kwargs)
@@ -86,3 +95,54 @@ class ContinuedTensorBoard(keras.callbacks.TensorBoard):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._global_train_batch = self.first_step
+
+    def on_epoch_end(self, epoch, logs=None):
+        with tf.summary.record_if(True):
+            super().on_epoch_end(epoch, logs)
+
+
+class ValidationCallback(keras.callbacks.Callback):
+    """Validates the largest and the smallest subnet every ``every`` epochs.
+
+    With calibrated BN, as the end-of-run selection (the supernet keeps no
+    useful running statistics: training normalizes with batch moments), on
+    the validation split. Adds ``val_largest_top1`` and ``val_smallest_top1``
+    to the epoch logs, so the progress bar and TensorBoard's epoch scalars
+    show the curve. Must come before the TensorBoard callback.
+
+    Args:
+        supernet: the supernet being trained.
+        pipelines: the run's `pss_keras.data.Pipelines`.
+        every: epochs between validations (the last epoch always validates).
+        epochs: the run's epoch count.
+        calib_batches: training batches of the calibration (read once).
+    """
+
+    def __init__(self, supernet, pipelines, every: int, epochs: int, calib_batches: int = 8):
+        super().__init__()
+        from pss_keras.evaluation import SubnetEvaluator
+
+        self.evaluator = SubnetEvaluator(supernet)
+        self.space = supernet.space
+        self.pipelines = pipelines
+        self.every = int(every)
+        self.epochs = int(epochs)
+        self.calib_batches = int(calib_batches)
+        self.calibration = pipelines.train_epoch(0).take(self.calib_batches).cache()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not ((epoch + 1) % self.every == 0 or epoch + 1 == self.epochs):
+            return
+        for name, config in (
+            ("largest", self.space.largest()),
+            ("smallest", self.space.smallest()),
+        ):
+            stats = self.evaluator.calibrate(config, self.calibration, self.calib_batches)
+            result = self.evaluator.evaluate(config, stats, self.pipelines.validation())
+            logs[f"val_{name}_top1"] = result["top1"]
+        logging.info(
+            "epoch %d: validation top-1 largest %.4f, smallest %.4f (calibrated BN)",
+            epoch + 1,
+            logs["val_largest_top1"],
+            logs["val_smallest_top1"],
+        )

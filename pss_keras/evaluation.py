@@ -62,6 +62,10 @@ class SubnetEvaluator:
         }
         sums, seen = {}, 0
         for batch in batches:
+            # Checked before using a batch, so that a dataset of exactly
+            # num_batches is read to its end (a cached one is then complete).
+            if seen >= num_batches:
+                break
             images = batch[0] if isinstance(batch, (tuple, list)) else batch
             moments = self._moments(images, code)
             for name, (mean, variance) in moments.items():
@@ -71,8 +75,6 @@ class SubnetEvaluator:
                 m0, v0 = sums.get(name, (0.0, 0.0))
                 sums[name] = (m0 + mean.numpy(), v0 + unbiased)
             seen += 1
-            if seen >= num_batches:
-                break
         if not seen:
             raise ValueError("No batches to calibrate batch norm on.")
         return {

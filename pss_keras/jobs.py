@@ -52,6 +52,11 @@ class RetainedTier:
         minival_top1: the accuracy it was chosen by.
         pool_score: its PSS pool score.
         bn_stats: path of its statistics, relative to the job directory.
+        selected_on: ``minival`` (the default, honest protocol) or
+            ``validation`` (``val_best_of_topk``, the reference's protocol:
+            its top1 is then chosen on itself).
+        candidates: every top-k subnet of its pool that was evaluated:
+            ``{"config", "pool_score", "minival_top1", "top1", "top5"}``.
     """
 
     name: str
@@ -65,6 +70,8 @@ class RetainedTier:
     minival_top1: float
     pool_score: float
     bn_stats: str
+    selected_on: str = "minival"
+    candidates: tuple = ()
 
     @property
     def resolution(self) -> int:
@@ -74,12 +81,14 @@ class RetainedTier:
         """The JSON record (key order as written since the first release)."""
         out = dataclasses.asdict(self)
         out["config"] = self.config.to_dict()
+        out["candidates"] = [dict(c) for c in self.candidates]
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> RetainedTier:
         data = dict(data)
         data["config"] = specs.SubnetConfig.from_dict(data["config"])
+        data["candidates"] = tuple(data.get("candidates", ()))
         return cls(**data)
 
     def served(self, latency_ms: float) -> ServedTier:

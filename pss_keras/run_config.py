@@ -17,6 +17,8 @@ SYNTHETIC = "synthetic_shapes"
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 # Mixed-precision settings (`keras.mixed_precision` policies "mixed_<name>").
 PRECISIONS = ("none", "float16", "bfloat16")
+# How the end-of-run selection picks each pool's best subnet (pss_keras.selection).
+SELECTIONS = ("minival", "val_best_of_topk")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +92,8 @@ class TrainConfig:
     verbose: int = 1
     strategy: str = "auto"
     mixed_precision: str = "none"
+    selection: str = "minival"
+    validate_every: int = 0
 
     def validate(self) -> None:
         """Raises ValueError with one clear message for a bad setting."""
@@ -99,6 +103,10 @@ class TrainConfig:
             )
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r} is unknown; use one of {STRATEGIES}.")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection={self.selection!r} is unknown; use one of {SELECTIONS}.")
+        if self.validate_every < 0:
+            raise ValueError(f"validate_every={self.validate_every} must be 0 (never) or more.")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(
                 f"mixed_precision={self.mixed_precision!r} is unknown; use one of {PRECISIONS}."
@@ -170,7 +178,7 @@ class TrainConfig:
         current = json_round_trip(self.to_dict())
         ignore = {
             "epochs", "verbose", "tensorboard_update_freq", "keep_checkpoints", "job_dir",
-            "strategy",
+            "strategy", "selection", "validate_every",
         }  # fmt: skip
         # A setting added after the saved run was written had its default then.
         defaults = {

@@ -55,7 +55,9 @@ class ConditionalSampler:
     reached are not in `available` (the reference drops them too).
     """
 
-    def __init__(self, space, grid, metric_fn, distributions, counts, build_seconds):
+    def __init__(
+        self, space, grid, metric_fn, distributions, counts, build_seconds, extreme_only=None
+    ):
         self.space = space
         self.grid = grid
         self.metric_fn = metric_fn
@@ -63,6 +65,9 @@ class ConditionalSampler:
         self.distributions = distributions
         self.counts = counts
         self.build_seconds = build_seconds
+        # {target_index: the largest or smallest subnet}: targets that no
+        # uniform draw reached, only an extreme subnet added to the map.
+        self.extreme_only = dict(extreme_only or {})
 
     @classmethod
     def build(
@@ -94,7 +99,7 @@ class ConditionalSampler:
             mults = np.concatenate([mults, extremes[1]])
         index = grid.index(metric_fn(space, resolutions, mults))
         dims = np.concatenate([resolutions[:, None].astype(np.float64), mults], axis=1)
-        distributions, counts = {}, {}
+        distributions, counts, extreme_only = {}, {}, {}
         for k in np.unique(index[index >= 0]):
             rows = dims[index == k]
             per_dim = []
@@ -103,12 +108,32 @@ class ConditionalSampler:
                 per_dim.append((values, n / n.sum()))
             distributions[int(k)] = per_dim
             counts[int(k)] = int(len(rows))
-        return cls(space, grid, metric_fn, distributions, counts, time.perf_counter() - start)
+            if include_extremes and not (index[:num_samples] == k).any():
+                # Reached by an extreme alone (the last two rows: largest, smallest).
+                last = np.flatnonzero(index == k)[-1]
+                extreme_only[int(k)] = space.largest() if last == num_samples else space.smallest()
+        return cls(
+            space,
+            grid,
+            metric_fn,
+            distributions,
+            counts,
+            time.perf_counter() - start,
+            extreme_only,
+        )
 
     @property
     def available(self) -> tuple[int, ...]:
-        """Target indices that have a distribution."""
+        """Target indices that have a distribution (each gets a pool)."""
         return tuple(sorted(self.distributions))
+
+    @property
+    def trainable(self) -> tuple[int, ...]:
+        """Targets that candidates are drawn for: the available ones that a
+        subnet other than the largest and smallest reaches (those two are
+        trained at every step by the sandwich rule already; a candidate
+        drawn for their targets would train one of them twice)."""
+        return tuple(k for k in self.available if k not in self.extreme_only)
 
     def sample(
         self, target_index: int, rng: np.random.Generator, batch: int = 64, max_tries: int = 10_000
@@ -182,10 +207,11 @@ class PrioritizedSampler:
             raise ValueError("At least one metric type (conditional sampler) is needed.")
         self.samplers = {s.grid.metric_type: s for s in samplers}
         for metric_type, s in self.samplers.items():
-            if not s.available:
+            if not s.trainable:
                 raise ValueError(
                     f"No random subnet falls on the {metric_type} target grid "
-                    f"{s.grid.start:g}..{s.grid.stop:g} step {s.grid.step:g}; "
+                    f"{s.grid.start:g}..{s.grid.stop:g} step {s.grid.step:g}"
+                    f"{' (only the largest or smallest subnet does)' if s.available else ''}; "
                     "check the target range against the subnets' range."
                 )
         self.pool_size = int(pool_size)
@@ -215,12 +241,12 @@ class PrioritizedSampler:
     def choose(self) -> Candidate:
         """The next step's candidate."""
         metric_types = sorted(self.samplers)
-        weights = np.array([len(self.samplers[m].available) for m in metric_types], float)
+        weights = np.array([len(self.samplers[m].trainable) for m in metric_types], float)
         metric_type = metric_types[
             int(self.rng.choice(len(metric_types), p=weights / weights.sum()))
         ]
         sampler = self.samplers[metric_type]
-        k = sampler.available[int(self.rng.integers(len(sampler.available)))]
+        k = sampler.trainable[int(self.rng.integers(len(sampler.trainable)))]
         pool = self.pools[(metric_type, k)]
         from_space = self.rng.random() < self.p_space or not pool.is_full
         config = (
@@ -233,6 +259,17 @@ class PrioritizedSampler:
         return self.pools[(candidate.metric_type, candidate.target_index)].update(
             candidate.config, score
         )
+
+    def report_extremes(self, largest_score: float, smallest_score: float) -> None:
+        """Puts the step's scores of the largest and smallest subnets (the
+        sandwich step's own passes) into the pools of the targets that only
+        they reach, so those tiers are retained although no candidate is
+        drawn for them."""
+        for metric_type, sampler in self.samplers.items():
+            for k, config in sampler.extreme_only.items():
+                largest = config == sampler.space.largest()
+                score = largest_score if largest else smallest_score
+                self.pools[(metric_type, k)].update(config, score)
 
     def pool_summary(self) -> list[dict]:
         """Per pool: metric type, target, fill and best score."""
@@ -285,3 +322,12 @@ def log_map(sampler: ConditionalSampler) -> None:
         sampler.build_seconds,
         f" (no subnet at {', '.join(missing)})" if missing else "",
     )
+    for k, config in sorted(sampler.extreme_only.items()):
+        which = "largest" if config == sampler.space.largest() else "smallest"
+        logging.info(
+            "Target %s is reached only by the %s subnet: it keeps its pool (scored by the "
+            "sandwich step's %s pass) but no candidates are drawn for it.",
+            grid.name(k),
+            which,
+            which,
+        )

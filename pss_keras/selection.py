@@ -1,9 +1,10 @@
 """End-of-training selection: the best subnet of every pool becomes a tier.
 
 For each target's pool, the top-k subnets by pool score are calibrated
-(post-BN calibration on training batches) and evaluated on minival; the
-best is retained, evaluated on the validation split and recorded in the job
-directory (`pss_keras.jobs`).
+(post-BN calibration on training batches) and evaluated on minival and on
+the validation split; the best on minival (or, with ``val_best_of_topk``,
+on validation) is retained and recorded in the job directory
+(`pss_keras.jobs`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import keras
 from pss_keras import data as data_lib
 from pss_keras import flops, jobs, sampling
 from pss_keras.evaluation import SubnetEvaluator
+from pss_keras.run_config import SELECTIONS
 from pss_keras.supernet import Supernet
 
 
@@ -24,30 +26,43 @@ def retain_subnets(
     topk: int = 5,
     calib_batches: int = 8,
     progress: bool = True,
+    selection: str = "minival",
 ) -> list[dict]:
     """Calibrates and scores the top-k of every pool, keeps the best per target.
 
-    The best subnet of a pool is chosen on minival (held-out training data);
-    its reported ``top1`` / ``top5`` are then measured on the validation
-    split, so no reported figure is selected on itself. Calibrated statistics
-    go to ``<job_dir>/bn_stats/<tier>.npz``; the list to
+    With ``selection="minival"`` (default) the best subnet of a pool is
+    chosen on minival (held-out training data), so its reported ``top1`` /
+    ``top5``, measured on the validation split, are not selected on
+    themselves. ``val_best_of_topk`` chooses on the validation split, as the
+    reference implementation does (to compare with the paper's numbers;
+    optimistic by construction). Every top-k candidate's minival and
+    validation accuracy is recorded either way. Calibrated statistics go to
+    ``<job_dir>/bn_stats/<tier>.npz``; the list to
     ``<job_dir>/retained_subnets.json`` (`pss_keras.jobs`).
 
     Returns:
         The retained tiers as written (``RetainedTier.to_dict()`` records).
     """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection={selection!r} is unknown; use one of {SELECTIONS}.")
     evaluator = SubnetEvaluator(supernet)
     space = supernet.space
     pools = [(key, pool) for key, pool in sorted(sampler.pools.items()) if len(pool)]
     bar = keras.utils.Progbar(len(pools), unit_name="pool") if progress else None
+    # The calibration batches, read (and their shuffle buffer filled) once
+    # and reused by every candidate of every pool.
+    calibration = pipelines.train_epoch(0).take(calib_batches).cache()
     retained = []
     for (metric_type, k), pool in pools:
         grid = sampler.samplers[metric_type].grid
-        config, stats, minival, score = _best_in_pool(
-            evaluator, pool.top(topk), pipelines, calib_batches
-        )
-        validation = evaluator.evaluate(config, stats, pipelines.validation())
+        rows = [
+            _evaluate_candidate(evaluator, config, score, pipelines, calibration, calib_batches)
+            for config, score in pool.top(topk)
+        ]
+        chosen_on = "minival_top1" if selection == "minival" else "top1"
+        best = max(rows, key=lambda row: row[chosen_on])  # the first of equals
         name = grid.name(k)
+        config = best["config"]
         retained.append(
             jobs.RetainedTier(
                 name=name,
@@ -56,24 +71,34 @@ def retain_subnets(
                 target=grid.value(k),
                 mflops=flops.count_mflops(config, space.num_classes, space.width_scale),
                 params=flops.count_params(config, space.num_classes, space.width_scale),
-                top1=validation["top1"],
-                top5=validation["top5"],
-                minival_top1=minival["top1"],
-                pool_score=score,
-                bn_stats=jobs.save_bn_stats(job_dir, name, stats),
+                top1=best["top1"],
+                top5=best["top5"],
+                minival_top1=best["minival_top1"],
+                pool_score=best["pool_score"],
+                bn_stats=jobs.save_bn_stats(job_dir, name, best["stats"]),
+                selected_on="minival" if selection == "minival" else "validation",
+                candidates=tuple(
+                    {key: value for key, value in row.items() if key != "stats"}
+                    | {"config": row["config"].to_dict()}
+                    for row in rows
+                ),
             )
         )
         if bar is not None:
-            bar.add(1, [("val_top1", validation["top1"])])
+            bar.add(1, [("val_top1", best["top1"])])
     return jobs.write_retained(job_dir, retained)
 
 
-def _best_in_pool(evaluator, candidates, pipelines, calib_batches):
-    """``(config, bn_stats, minival, pool_score)`` of the candidate best on minival."""
-    best = None
-    for config, score in candidates:
-        stats = evaluator.calibrate(config, pipelines.train_epoch(0), calib_batches)
-        minival = evaluator.evaluate(config, stats, pipelines.minival())
-        if best is None or minival["top1"] > best[2]["top1"]:
-            best = (config, stats, minival, score)
-    return best
+def _evaluate_candidate(evaluator, config, score, pipelines, calibration, calib_batches) -> dict:
+    """One top-k candidate: calibrated statistics, minival and validation accuracy."""
+    stats = evaluator.calibrate(config, calibration, calib_batches)
+    minival = evaluator.evaluate(config, stats, pipelines.minival())
+    validation = evaluator.evaluate(config, stats, pipelines.validation())
+    return {
+        "config": config,
+        "pool_score": score,
+        "minival_top1": minival["top1"],
+        "top1": validation["top1"],
+        "top5": validation["top5"],
+        "stats": stats,
+    }

@@ -110,18 +110,27 @@ class PSSTrainer(keras.Model):
         # The candidate's score: negative CE of the same forward pass (BN in
         # training mode, weights before the update), i.e. the no-gradient
         # scoring pass of the method, without computing it twice.
-        score = -losses.cross_entropy(labels, tf.stop_gradient(logits_cand))
+        # The same score of the largest and smallest subnets feeds the pools
+        # of targets that only they reach (PrioritizedSampler.report_extremes).
+        scores = tf.stack(
+            [
+                -losses.cross_entropy(labels, tf.stop_gradient(logits))
+                for logits in (logits_cand, logits_max, logits_min)
+            ]
+        )
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
-            score = context.all_reduce(tf.distribute.ReduceOp.MEAN, score)
+            scores = context.all_reduce(tf.distribute.ReduceOp.MEAN, scores)
         for name, value in (("loss_max", loss_max), ("loss_candidate", loss_cand)):
             self.loss_trackers[name].update_state(value)
         self.loss_trackers["loss_min"].update_state(loss_min)
-        # The score is this step's value (it goes into the candidate's pool),
-        # not a running mean.
+        # The scores are this step's values (they go into the pools), not
+        # running means.
         return {
             **{name: tracker.result() for name, tracker in self.loss_trackers.items()},
-            "candidate_score": score,
+            "candidate_score": scores[0],
+            "largest_score": scores[1],
+            "smallest_score": scores[2],
             "lr": tf.convert_to_tensor(self.optimizer.learning_rate),
         }
 

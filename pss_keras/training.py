@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from pss_keras import data as data_lib
 from pss_keras import distribution, jobs, sampling, specs
-from pss_keras.callbacks import ContinuedTensorBoard, PSSCallback
+from pss_keras.callbacks import ContinuedTensorBoard, PSSCallback, ValidationCallback
 from pss_keras.checkpoints import Checkpointer
 from pss_keras.fileio import atomic_file
 from pss_keras.loop import check_workers_agree, fit_distributed
@@ -81,11 +81,13 @@ def evaluate_job(
     calib_batches: int | None = None,
     data_dir: str | None = None,
     progress: bool = True,
+    selection: str | None = None,
 ) -> list[dict]:
     """Re-runs the end-of-training selection from a checkpoint of ``job_dir``.
 
     Uses the run's own settings (``run_config.json``) and, by default, its
-    latest checkpoint; rewrites ``retained_subnets.json``.
+    latest checkpoint and selection protocol; rewrites
+    ``retained_subnets.json``.
 
     Raises:
         ValueError: if the job directory or checkpoint is missing.
@@ -112,6 +114,7 @@ def evaluate_job(
         topk or config.topk,
         calib_batches or config.calib_batches,
         progress=progress,
+        selection=selection or config.selection,
     )
 
 
@@ -222,6 +225,7 @@ def train(config: TrainConfig) -> dict:
             config.topk,
             config.calib_batches,
             progress=bool(config.verbose),
+            selection=config.selection,
         )
     return {
         "job_dir": config.job_dir,
@@ -267,6 +271,16 @@ def _fit_epochs(config, strategy, trainer, sampler, checkpointer, pipelines, ini
     callbacks = [
         PSSCallback(trainer, sampler, checkpointer, os.path.join(log_dir, "pss") if chief else None)
     ]
+    if chief and config.validate_every:
+        callbacks.append(
+            ValidationCallback(
+                trainer.supernet,
+                pipelines,
+                config.validate_every,
+                config.epochs,
+                config.calib_batches,
+            )
+        )
     if chief:
         callbacks.append(
             ContinuedTensorBoard(

@@ -19,6 +19,11 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint directory (default: the late
 flags.DEFINE_integer("valid_topk", None, "Subnets per pool to evaluate (default: the run's).")
 flags.DEFINE_integer("calib_batches", None, "Calibration batches (default: the run's).")
 flags.DEFINE_string("dataset_dir", None, "TFDS data_dir, if it moved since training.")
+flags.DEFINE_enum(
+    "selection", None, ["minival", "val_best_of_topk"],
+    "Choose each pool's subnet on minival (honest) or on validation (the reference's "
+    "protocol). Default: the run's.",
+)  # fmt: skip
 F = flags.FLAGS
 
 
@@ -29,7 +34,12 @@ def main(argv):
 
     try:
         retained = training.evaluate_job(
-            F.job_dir, F.checkpoint, F.valid_topk, F.calib_batches, F.dataset_dir
+            F.job_dir,
+            F.checkpoint,
+            F.valid_topk,
+            F.calib_batches,
+            F.dataset_dir,
+            selection=F.selection,
         )
     except ValueError as e:
         sys.exit(f"error: {e}")

@@ -60,6 +60,17 @@ flags.DEFINE_list("crop_scale", ["0.25", "1.0"], "Random-resized-crop area range
 flags.DEFINE_integer("minival_examples", 10000, "Training examples held out to choose subnets.")
 flags.DEFINE_integer("calib_batches", 8, "Batches for post-BN calibration.")
 flags.DEFINE_integer("valid_topk", 5, "Top subnets of every pool evaluated at the end.")
+flags.DEFINE_enum(
+    "selection", "minival", ["minival", "val_best_of_topk"],
+    "How each pool's tier is chosen among its top-k: on minival (held-out training data; the "
+    "reported validation accuracy is then not selected on itself) or on validation (the "
+    "reference's protocol, for comparing with the paper).",
+)  # fmt: skip
+flags.DEFINE_integer(
+    "validate_every", 0,
+    "Validate the largest and smallest subnets (calibrated BN) every N epochs; 0: never.",
+    lower_bound=0,
+)  # fmt: skip
 flags.DEFINE_enum("cache", "auto", ["auto", "true", "false"], "Cache decoded images in memory.")
 flags.DEFINE_integer("random_seed", 0, "Seed of weights, data order, augmentation, sampling.")
 flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept in job_dir.")
@@ -133,6 +144,8 @@ def _config():
         verbose=F.verbose,
         strategy=F.strategy,
         mixed_precision=F.mixed_precision,
+        selection=F.selection,
+        validate_every=F.validate_every,
     )
 
 

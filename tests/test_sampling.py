@@ -102,3 +102,31 @@ def test_sampler_state_round_trip_continues_identically():
     bad = dict(state, pools=[dict(state["pools"][0], target_index=99)])
     with pytest.raises(ValueError, match="does not exist in this run's target grid"):
         clone.load_state_dict(bad)
+
+
+def test_targets_only_the_extremes_reach_keep_a_pool_but_draw_no_candidates(mbv1_map):
+    """MobileNetV1 110..570: 570 M is reached only by the largest subnet and
+    110 M only by the smallest (issue: ~5% of candidate steps trained one of
+    them twice). Their pools are fed by the sandwich passes instead."""
+    space, last = mbv1_map.space, mbv1_map.grid.num_targets - 1
+    assert mbv1_map.extreme_only == {0: space.smallest(), last: space.largest()}
+    assert set(mbv1_map.trainable) == set(mbv1_map.available) - {0, last}
+    sampler = sampling.PrioritizedSampler([mbv1_map], pool_size=2, p_space=(0.5, 0.5), seed=3)
+    assert {sampler.choose().target_index for _ in range(2000)}.isdisjoint({0, last})
+    sampler.report_extremes(largest_score=-0.5, smallest_score=-2.0)
+    sampler.report_extremes(largest_score=-0.3, smallest_score=-1.0)
+    assert sampler.pools[("flops", last)].top(1)[0][0] == space.largest()
+    assert sampler.pools[("flops", 0)].top(1)[0][0] == space.smallest()
+    assert len(sampler.pools[("flops", 0)]) == 1  # one subnet, its score smoothed
+    other = next(k for k in mbv1_map.trainable)
+    assert len(sampler.pools[("flops", other)]) == 0
+
+
+def test_a_grid_only_the_extremes_reach_is_refused():
+    space = SearchSpace("mobilenet_v1")
+    hi = flops.count_mflops(space.largest(), 1000)
+    grid = TargetGrid("flops", round(hi, 1), round(hi, 1) + 1, 1)
+    conditional = sampling.ConditionalSampler.build(space, grid, 1000, seed=0)
+    assert conditional.available and not conditional.trainable
+    with pytest.raises(ValueError, match="only the largest or smallest subnet does"):
+        sampling.PrioritizedSampler([conditional])

@@ -284,6 +284,59 @@ def test_evaluate_job_reproduces_the_selection(job_copy):
         training.evaluate_job(os.path.dirname(config.job_dir) + "/nope")
 
 
+def _check_choice(retained, chosen_on):
+    for tier in retained:
+        candidates = tier["candidates"]
+        assert 1 <= len(candidates) <= 2  # topk=2
+        for c in candidates:
+            assert {"config", "pool_score", "minival_top1", "top1", "top5"} <= set(c)
+        best = max(candidates, key=lambda c: c[chosen_on])
+        assert tier["config"] == best["config"] and tier["top1"] == best["top1"]
+        assert tier["minival_top1"] == best["minival_top1"]
+
+
+def test_selection_protocols_record_every_candidate(job_copy, monkeypatch):
+    """Default: each tier is its pool's best top-k candidate on minival;
+    val_best_of_topk (the reference's protocol): the best on validation.
+    Both record every candidate's minival and validation accuracy. The
+    calibration batches are read once for the whole selection."""
+    config, summary = job_copy
+    _check_choice(summary["retained"], "minival_top1")
+    assert {t["selected_on"] for t in summary["retained"]} == {"minival"}
+    reads = []
+    original = data.Pipelines.train_epoch
+    monkeypatch.setattr(
+        data.Pipelines, "train_epoch", lambda self, e: reads.append(e) or original(self, e)
+    )
+    again = training.evaluate_job(config.job_dir, progress=False, selection="val_best_of_topk")
+    assert reads == [0]
+    _check_choice(again, "top1")
+    assert {t["selected_on"] for t in again} == {"validation"}
+    with pytest.raises(ValueError, match="selection='best' is unknown"):
+        training.evaluate_job(config.job_dir, progress=False, selection="best")
+
+
+def test_validation_during_training_logs_the_curve(tiny_image_folder, tmp_path):
+    config = tiny_train_config(tmp_path / "job", tiny_image_folder, epochs=2, validate_every=1)
+    training.train(config)
+    # Epoch scalars are written although 8 steps an epoch is no multiple of
+    # tensorboard_update_freq=50 (Keras 3.15 drops them then: every epoch
+    # and pool scalar was missing from such runs).
+    pss = tensorboard_steps(os.path.join(config.job_dir, "logs", "pss"))
+    assert pss["pss/p_space"] == [1, 2], pss
+    assert tensorboard_steps(os.path.join(config.job_dir, "logs", "train"))["epoch_loss_max"] == [
+        0,
+        1,
+    ]
+    # Keras's TensorBoard writes val_* epoch logs to logs/validation, unprefixed.
+    logs = os.path.join(config.job_dir, "logs", "validation")
+    steps = tensorboard_steps(logs)
+    for name in ("largest", "smallest"):
+        assert steps[f"epoch_{name}_top1"] == [0, 1]
+        values = tensorboard_values(logs, f"epoch_{name}_top1")
+        assert all(0 <= v <= 1 for v in values) and len(values) == 2
+
+
 def test_bn_calibration_changes_statistics_and_helps(rng):
     """Calibration recovers the statistics training normalized with.
 
