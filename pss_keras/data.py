@@ -220,6 +220,16 @@ class Pipelines:
             cache == "auto" and num_examples <= self.config.cache_max_examples
         )
 
+    @property
+    def shuffle_buffer_size(self) -> int:
+        """Examples in the per-epoch shuffle buffer: the whole training set
+        when it is cached in memory (every epoch a full, uncorrelated
+        shuffle; the buffer holds references to the cached tensors), else
+        ``shuffle_buffer`` records of the fixed record order."""
+        if self.should_cache(self.source.num_train):
+            return self.num_train
+        return min(self.config.shuffle_buffer, self.num_train)
+
     def _train_examples(self):
         stride = self.minival_stride
         return self._indexed_train.filter(lambda i, example: i % stride != 0)
@@ -241,7 +251,7 @@ class Pipelines:
         """One epoch's batches; ``epoch`` is an int64 scalar tensor."""
         c = self.config
         ds = self._train_examples().shuffle(
-            min(c.shuffle_buffer, self.num_train),
+            self.shuffle_buffer_size,
             seed=(c.seed * 1_000_003 + epoch) % (2**31 - 1),
             reshuffle_each_iteration=False,
         )

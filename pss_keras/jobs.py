@@ -226,6 +226,25 @@ def write_retained(job_dir: str, tiers: list[RetainedTier]) -> list[dict]:
 
 
 # -- reading (deployment) ---------------------------------------------------
+def read_retained(job_dir: str) -> list[dict]:
+    """The records of ``<job_dir>/retained_subnets.json`` (no model loaded).
+
+    Raises:
+        ValueError: naming the file, if it is missing, unreadable or empty.
+    """
+    path = os.path.join(job_dir, RETAINED)
+    try:
+        with open(path) as f:
+            records = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing: not a finished PSS job directory.") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e}).") from None
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{path} lists no subnets.")
+    return records
+
+
 class Job:
     """A finished job directory: its settings, classes and retained tiers.
 

@@ -112,6 +112,26 @@ def test_epochs_are_deterministic_and_differ(tiny_image_folder):
     assert not np.array_equal(a[0], c)
 
 
+def test_cached_training_sets_are_fully_shuffled_every_epoch(tiny_image_folder, monkeypatch):
+    """A cached set's epoch draws from the whole set (issue: a 10k buffer
+    over a fixed order correlated consecutive epochs); an uncached one keeps
+    the bounded buffer. Each example's record index stands in for its image."""
+    monkeypatch.setattr(
+        data, "train_transform", lambda image, seed, config: tf.cast(seed[1:], tf.float32)
+    )
+
+    def first_batch(cache):
+        p = data.Pipelines(_config(tiny_image_folder, shuffle_buffer=4, cache=cache))
+        return p, next(iter(p.train_epoch(0)))[0].numpy().ravel()
+
+    cached, indices = first_batch("true")
+    assert cached.shuffle_buffer_size == cached.num_train == 140
+    assert indices.max() > 60, indices  # 16 of 140: all <= 60 has probability ~1e-6
+    streamed, indices = first_batch("false")
+    assert streamed.shuffle_buffer_size == 4
+    assert indices.max() < 40, indices  # the first ~20 training records
+
+
 def test_eval_transform_resizes_the_shorter_side_and_centre_crops():
     # A wide greyscale image, dark in the middle, with bright 16-column bands
     # at both sides and a bright first and last row. At 32 px the shorter

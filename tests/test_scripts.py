@@ -52,3 +52,51 @@ def test_benchmark_script_writes_a_table_and_json(tmp_path):
     data = json.loads(out.read_text())
     assert [r["subnet"].split("-")[1] for r in data["rows"]] == ["r224", "r128"]
     assert data["traces"] == {"forward": 1, "train_step": 1}
+
+
+def _is_png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_job_writes_both_plots(trained_job, tmp_path):
+    config, summary = trained_job
+    result = _run("scripts/plot_job.py", f"--job_dir={config.job_dir}", f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _is_png(tmp_path / "tiers.png") and _is_png(tmp_path / "pool_scores.png")
+    result = _run("scripts/plot_job.py", f"--job_dir={tmp_path / 'none'}")
+    assert result.returncode == 1
+    assert "retained_subnets.json is missing: not a finished PSS job directory" in result.stderr
+
+
+def test_compare_sampling_trains_both_arms_and_writes_results(tiny_image_folder, tmp_path):
+    """The study script at test scale: two arms on the same data and seed;
+    the uniform arm never samples from its pools (p_space 1.0)."""
+    result = _run(
+        "scripts/compare_sampling.py",
+        "--name=tiny",
+        f"--job_root={tmp_path / 'jobs'}",
+        f"--output_dir={tmp_path / 'results'}",
+        f"--dataset={tiny_image_folder}",
+        "--width_scale=0.25",
+        "--resolution_range=16,32",
+        "--flops_targets=0.2,0.8,0.3",
+        "--epochs=1",
+        "--batch_size=16",
+        "--minival_examples=20",
+        "--gen_map_num=3000",
+        "--pool_size=3",
+        "--valid_topk=2",
+        "--warmup_epochs=0",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    assert set(record["arms"]) == {"pss", "uniform"}
+    assert record["arms"]["uniform"]["p_space"] == [1.0, 1.0]
+    assert record["arms"]["pss"]["p_space"] == [1.0, 0.01]
+    for arm in record["arms"].values():
+        assert arm["tiers"] and all(0 <= t["top1"] <= 1 for t in arm["tiers"])
+    assert "cores" in record["machine"] and "GPU:" in record["machine"]
+    assert _is_png(tmp_path / "results" / "tiny.png")
+    saved = json.loads((tmp_path / "jobs" / "uniform" / "run_config.json").read_text())
+    assert saved["p_space"] == [1.0, 1.0]
