@@ -60,7 +60,7 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """
     if name not in STRATEGIES:
         raise ValueError(f"strategy={name!r} is unknown; use one of {STRATEGIES}.")
-    tasks = cluster_size()
+    tasks = cluster_size() if name in ("auto", "multi_worker") else 0
     if name == "multi_worker" or (name == "auto" and tasks > 1):
         if tasks < 1:
             raise ValueError(

@@ -92,6 +92,8 @@ def test_tf_config_decides_multi_worker(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="TF_CONFIG is not a JSON object with a 'cluster'"):
         distribution.make_strategy("auto")
+    # An explicit single-host strategy does not read TF_CONFIG at all.
+    assert distribution.make_strategy("default").num_replicas_in_sync == 1
     cluster = {"chief": ["h0:1"], "worker": ["h1:1", "h2:1"]}
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {}}))
     assert distribution.cluster_size() == 3
