@@ -36,17 +36,7 @@ def plot_tiers(runs: dict[str, list[dict]], path: str, title: str = "") -> str:
     for label, tiers in runs.items():
         points = sorted((t["mflops"], 100 * t["top1"]) for t in tiers)
         ax.plot(*zip(*points), marker="o", label=label)
-    ax.set_xlabel("MFLOPs")
-    ax.set_ylabel("validation top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, "MFLOPs", "validation top-1 (%)", title, legend=True)
 
 
 def read_pool_scores(log_dir: str) -> dict[str, list[tuple[int, float]]]:
@@ -82,11 +72,18 @@ def plot_pool_scores(scores: dict[str, list[tuple[int, float]]], path: str, titl
     for i, name in enumerate(names):
         epochs, values = zip(*scores[name])
         ax.plot(epochs, values, color=cmap(i / max(1, len(names) - 1)), lw=1, label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("best pool score (-CE)")
+    return _finish(
+        plt, fig, ax, path, "epoch", "best pool score (-CE)", title, legend=len(names) <= 12
+    )
+
+
+def _finish(plt, fig, ax, path, xlabel, ylabel, title, legend) -> str:
+    """Labels, grid, legend and title; writes the PNG atomically."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    if len(names) <= 12:
-        ax.legend(fontsize=7)
+    if legend:
+        ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
