@@ -128,7 +128,7 @@ class ValidationCallback(keras.callbacks.Callback):
         self.every = int(every)
         self.epochs = int(epochs)
         self.calib_batches = int(calib_batches)
-        self.calibration = pipelines.train_epoch(0).take(self.calib_batches).cache()
+        self.calibration = pipelines.calibration(self.calib_batches)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not ((epoch + 1) % self.every == 0 or epoch + 1 == self.epochs):

@@ -275,6 +275,12 @@ class Pipelines:
             ds = ds.cache()
         return ds.batch(self.config.eval_batch_size).prefetch(tf.data.AUTOTUNE)
 
+    def calibration(self, num_batches: int) -> tf.data.Dataset:
+        """The first ``num_batches`` training batches of epoch 0, cached on
+        first read: post-BN calibration reads them for every subnet it
+        calibrates without refilling the shuffle buffer each time."""
+        return self.train_epoch(0).take(num_batches).cache()
+
     def representative(self, count: int) -> tf.data.Dataset:
         """``count`` training examples (minival excluded, fixed order) with
         the evaluation transform, unbatched: calibration data for

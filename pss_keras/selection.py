@@ -51,7 +51,7 @@ def retain_subnets(
     bar = keras.utils.Progbar(len(pools), unit_name="pool") if progress else None
     # The calibration batches, read (and their shuffle buffer filled) once
     # and reused by every candidate of every pool.
-    calibration = pipelines.train_epoch(0).take(calib_batches).cache()
+    calibration = pipelines.calibration(calib_batches)
     retained = []
     for (metric_type, k), pool in pools:
         grid = sampler.samplers[metric_type].grid

@@ -112,10 +112,12 @@ class PSSTrainer(keras.Model):
         # scoring pass of the method, without computing it twice.
         # The same score of the largest and smallest subnets feeds the pools
         # of targets that only they reach (PrioritizedSampler.report_extremes).
+        # (The largest's is its training loss, already computed.)
         scores = tf.stack(
             [
-                -losses.cross_entropy(labels, tf.stop_gradient(logits))
-                for logits in (logits_cand, logits_max, logits_min)
+                -losses.cross_entropy(labels, tf.stop_gradient(logits_cand)),
+                -tf.stop_gradient(loss_max),
+                -losses.cross_entropy(labels, tf.stop_gradient(logits_min)),
             ]
         )
         context = tf.distribute.get_replica_context()
