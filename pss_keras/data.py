@@ -9,11 +9,18 @@ Sources (``DataConfig.dataset``):
 * ``synthetic_shapes``: the generated set of `pss_keras.toydata`, built in
   ``data_dir`` on first use (no download).
 
-A deterministic slice of the training split (every k-th example) is held out
-as *minival*, on which the retained subnets are chosen; it never enters
-training. Augmentation uses stateless random ops keyed by (seed, epoch,
-example), and the shuffle order by (seed, epoch): a resumed run sees exactly
-the batches the interrupted one would have.
+A deterministic slice of the training split (every k-th record of its fixed
+order) is held out as *minival*, on which the retained subnets are chosen; it
+never enters training. Every record keeps its index in that fixed order
+however it is read, so minival stays the same records every epoch.
+
+Each epoch reads the whole training split in a fresh order, a function of
+(seed, epoch) alone: a set cached in memory is shuffled whole; a set read
+from disk (ImageNet) is read in a fresh order of its chunks (image files of a
+folder, TFRecord shards of a TFDS dataset; `TrainRecords`) through the
+shuffle buffer, so consecutive epochs are not correlated. Augmentation uses
+stateless random ops keyed by (seed, epoch, example): a resumed run sees
+exactly the batches the interrupted one would have.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -43,13 +51,53 @@ _EIGVEC = (
 )
 
 
+# TFRecord shards read at once when a training set streams from disk.
+_READ_CYCLE = 16
+
+
 class DatasetError(ValueError):
     """A dataset that cannot be found or prepared; the message says how to fix it."""
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainRecords:
+    """The training split as chunks of undecoded records, readable in any
+    chunk order, each record tagged with its index in the fixed order.
+
+    A chunk is what can be read on its own: one image file of a folder (so
+    a fresh chunk order is a full shuffle of the split) or one TFRecord shard
+    of a prepared TFDS dataset.
+
+    Attributes:
+        num_chunks: how many chunks.
+        read: ``read(order, cycle_length)``: the records of the chunks in
+            ``order`` (an int64 tensor, a permutation of the chunks), reading
+            ``cycle_length`` chunks at a time, as ``(index, raw)`` with
+            ``index`` the record's position in the fixed order.
+        decode: ``raw -> (image uint8 [h, w, 3], label int64)``.
+    """
+
+    num_chunks: int
+    read: Callable[[tf.Tensor, int], tf.data.Dataset]
+    decode: Callable
+
+    def fixed_order(self) -> tf.data.Dataset:
+        """Every record, decoded, in the fixed order: ``(index, (image, label))``."""
+        records = self.read(tf.range(self.num_chunks, dtype=tf.int64), 1)
+        return records.map(
+            lambda i, raw: (i, self.decode(raw)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+
+
 @dataclasses.dataclass
 class DatasetSource:
-    """Decoded examples of one dataset: (image uint8 [h, w, 3], label int64)."""
+    """Decoded examples of one dataset: (image uint8 [h, w, 3], label int64).
+
+    ``train`` is the training split in its fixed order; ``train_records``
+    reads the same records in any chunk order (`TrainRecords`).
+    """
 
     name: str
     train: tf.data.Dataset
@@ -57,6 +105,76 @@ class DatasetSource:
     num_train: int
     num_validation: int
     class_names: list
+    train_records: TrainRecords | None = None
+
+    def __post_init__(self):
+        if self.train_records is None:
+            # One chunk (order cannot change): the fixed order through the buffer.
+            train = self.train
+            self.train_records = TrainRecords(
+                1, lambda order, cycle_length: train.enumerate(), lambda raw: raw
+            )
+
+
+def _folder_records(builder, split: str) -> TrainRecords:
+    """A folder split's images as one-file chunks, in TFDS ImageFolder's order."""
+    # ImageFolder keeps its (fixed, seeded) order in `_split_examples`; its
+    # as_dataset reads the files in that order, so indices here match it.
+    examples = builder._split_examples[split]
+    features = builder.info.features
+    paths = tf.constant([e.image_path for e in examples], tf.string)
+    labels = tf.constant([features["label"].str2int(e.label) for e in examples], tf.int64)
+
+    def read(order, cycle_length):
+        del cycle_length  # a chunk is one file
+        return tf.data.Dataset.from_tensor_slices(order).map(lambda j: (j, (paths[j], labels[j])))
+
+    def decode(raw):
+        path, label = raw
+        example = {"image": tf.io.read_file(path), "label": label, "image/filename": path}
+        example = features.decode_example(example)
+        return example["image"], example["label"]
+
+    return TrainRecords(len(examples), read, decode)
+
+
+def _shard_records(builder, split: str) -> TrainRecords | None:
+    """A prepared TFDS split's TFRecord shards as chunks (None for other file
+    formats, which are read in their fixed order).
+
+    The fixed order is the shards in file order, each read start to end
+    (TFDS's own ``as_dataset`` interleaves 16 shards instead); a record's
+    index is its position in it.
+    """
+    if str(getattr(builder.info, "file_format", "tfrecord")).split(".")[-1].lower() != "tfrecord":
+        return None
+    info = builder.info.splits[split]
+    lengths = list(info.shard_lengths)
+    files = tf.constant([os.fspath(path) for path in info.filepaths], tf.string)
+    starts = tf.constant([sum(lengths[:j]) for j in range(len(lengths))], tf.int64)
+    features = builder.info.features
+
+    def shard(j):
+        records = tf.data.TFRecordDataset(files[j]).enumerate()
+        return records.map(lambda k, raw: (starts[j] + k, raw))
+
+    def read(order, cycle_length):
+        chunks = tf.data.Dataset.from_tensor_slices(order)
+        if cycle_length <= 1:
+            return chunks.flat_map(shard)
+        return chunks.interleave(
+            shard,
+            cycle_length=min(cycle_length, len(lengths)),
+            block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+
+    def decode(raw):
+        example = features.deserialize_example(raw)
+        return example["image"], example["label"]
+
+    return TrainRecords(len(lengths), read, decode)
 
 
 def _folder_source(path: str) -> DatasetSource:
@@ -80,6 +198,7 @@ def _folder_source(path: str) -> DatasetSource:
         num_train=counts["train"],
         num_validation=counts.get(val_split, 0),
         class_names=list(builder.info.features["label"].names),
+        train_records=_folder_records(builder, "train"),
     )
 
 
@@ -125,6 +244,7 @@ def _tfds_source(name: str, data_dir: str | None, manual_dir: str | None) -> Dat
         num_train=splits["train"].num_examples,
         num_validation=splits[val_split].num_examples,
         class_names=list(builder.info.features["label"].names),
+        train_records=_shard_records(builder, "train"),
     )
 
 
@@ -203,7 +323,9 @@ class Pipelines:
         self.steps_per_epoch = self.num_train // config.batch_size
         if self.should_cache(n):
             logging.info("Caching %d decoded training examples in memory.", n)
-        indexed = self.source.train.enumerate()
+        # (index in the fixed order, (image, label)): minival, representative
+        # images, and the training set itself when it is cached.
+        indexed = self.source.train_records.fixed_order()
         if self.should_cache(n):
             indexed = indexed.cache()
         self._indexed_train = indexed
@@ -225,7 +347,8 @@ class Pipelines:
         """Examples in the per-epoch shuffle buffer: the whole training set
         when it is cached in memory (every epoch a full, uncorrelated
         shuffle; the buffer holds references to the cached tensors), else
-        ``shuffle_buffer`` records of the fixed record order."""
+        ``shuffle_buffer`` undecoded records, read in the epoch's own chunk
+        order (`TrainRecords`)."""
         if self.should_cache(self.source.num_train):
             return self.num_train
         return min(self.config.shuffle_buffer, self.num_train)
@@ -247,20 +370,39 @@ class Pipelines:
         epochs = tf.data.Dataset.range(int(first), int(stop))
         return epochs.flat_map(self._epoch_batches).prefetch(tf.data.AUTOTUNE)
 
+    def chunk_order(self, epoch) -> tf.Tensor:
+        """The order in which epoch ``epoch`` reads the training chunks (files
+        or shards) from disk: a permutation, a function of (seed, epoch)."""
+        chunks = tf.range(self.source.train_records.num_chunks, dtype=tf.int64)
+        seed = tf.stack([tf.constant(self.config.seed, tf.int64), tf.cast(epoch, tf.int64)])
+        return tf.random.experimental.stateless_shuffle(chunks, seed=seed)
+
     def _epoch_batches(self, epoch):
         """One epoch's batches; ``epoch`` is an int64 scalar tensor."""
         c = self.config
-        ds = self._train_examples().shuffle(
-            self.shuffle_buffer_size,
-            seed=(c.seed * 1_000_003 + epoch) % (2**31 - 1),
-            reshuffle_each_iteration=False,
-        )
+        shuffle_seed = (c.seed * 1_000_003 + epoch) % (2**31 - 1)
 
         def augment(i, example):
             image, label = example
             seed = tf.cast(tf.stack([c.seed * 7919 + epoch, i]), tf.int32)
             return train_transform(image, seed, c), tf.cast(label, tf.int32)
 
+        if self.should_cache(self.source.num_train):
+            ds = self._train_examples().shuffle(
+                self.shuffle_buffer_size, seed=shuffle_seed, reshuffle_each_iteration=False
+            )
+        else:
+            records, stride = self.source.train_records, self.minival_stride
+            ds = records.read(self.chunk_order(epoch), _READ_CYCLE)
+            ds = ds.filter(lambda i, raw: i % stride != 0)
+            ds = ds.shuffle(
+                self.shuffle_buffer_size, seed=shuffle_seed, reshuffle_each_iteration=False
+            )
+            ds = ds.map(
+                lambda i, raw: (i, records.decode(raw)),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(c.batch_size, drop_remainder=True)
 

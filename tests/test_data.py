@@ -127,9 +127,15 @@ def test_cached_training_sets_are_fully_shuffled_every_epoch(tiny_image_folder, 
     cached, indices = first_batch("true")
     assert cached.shuffle_buffer_size == cached.num_train == 140
     assert indices.max() > 60, indices  # 16 of 140: all <= 60 has probability ~1e-6
+    # Streamed from disk, a folder's files are read in a fresh order each
+    # epoch (one file a chunk): the small buffer no longer limits the first
+    # batch to the first ~20 records of a fixed order.
     streamed, indices = first_batch("false")
     assert streamed.shuffle_buffer_size == 4
-    assert indices.max() < 40, indices  # the first ~20 training records
+    assert indices.max() > 60, indices
+    epoch = _streamed_indices(streamed, 0)
+    assert len(set(epoch)) == len(epoch) == 128
+    assert not any(i % streamed.minival_stride == 0 for i in epoch)
 
 
 def test_eval_transform_resizes_the_shorter_side_and_centre_crops():
@@ -263,3 +269,92 @@ def test_synthetic_shapes_concurrent_builders_build_once(tmp_path):
     counts = [len(os.listdir(root / "train" / c)) for c in sorted(os.listdir(root / "train"))]
     assert counts == [12] * 10
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".synthetic_shapes-")]
+
+
+def _as_tfds_dataset(folder, data_dir, num_shards=4):
+    """The tiny image folder prepared as a TFDS dataset of ``num_shards``
+    TFRecord shards (how imagenet2012 is read: too big to cache)."""
+    import tensorflow_datasets as tfds
+
+    names = sorted(os.listdir(os.path.join(folder, "train")))
+
+    class PssTinyShards(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(None, None, 3)),
+                        "label": tfds.features.ClassLabel(names=names),
+                    }
+                ),
+                supervised_keys=("image", "label"),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {
+                "train": self._generate_examples("train"),
+                "validation": self._generate_examples("val"),
+            }
+
+        def _generate_examples(self, split):
+            for name in names:
+                for file in sorted(os.listdir(os.path.join(folder, split, name))):
+                    path = os.path.join(folder, split, name, file)
+                    yield f"{name}/{file}", {"image": path, "label": name}
+
+    builder = PssTinyShards(data_dir=str(data_dir))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(num_shards=num_shards)
+    )
+    return "pss_tiny_shards"
+
+
+def _streamed_indices(p, epoch):
+    """Record indices of one epoch's training batches, in order (each
+    example's record index stands in for its image)."""
+    return np.concatenate([x.numpy().ravel() for x, _ in p.train_epoch(epoch)]).astype(int)
+
+
+def test_tfds_shards_stream_in_a_fresh_order_each_epoch(tiny_image_folder, tmp_path, monkeypatch):
+    """Issue: an uncached TFDS split was read in one fixed record order
+    (shuffle_files=False) through the buffer. Now each epoch reads the
+    shards in its own order, several at once; minival stays the same records."""
+    name = _as_tfds_dataset(tiny_image_folder, tmp_path / "tfds")
+    config = _config(name, data_dir=str(tmp_path / "tfds"), cache="false", shuffle_buffer=4)
+    p = data.Pipelines(config)
+    assert p.source.num_train == 160 and p.source.train_records.num_chunks == 4
+    # The fixed order is the shards in file order, each read through; every
+    # record carries its position in it, and the records are TFDS's own.
+    indexed = [(int(i), image.numpy()) for i, (image, _) in p.source.train_records.fixed_order()]
+    assert [i for i, _ in indexed] == list(range(160))
+    assert sorted(image.tobytes() for _, image in indexed) == sorted(
+        image.numpy().tobytes() for image, _ in p.source.train
+    )
+    held_out = {indexed[i][1].tobytes() for i in range(0, 160, p.minival_stride)}
+    minival = {
+        x.tobytes() for xs, _ in p.minival() for x in np.round(xs.numpy(), 4).astype(np.float32)
+    }
+    expected = {
+        np.round(preprocessing.eval_transform(tf.constant(indexed[i][1]), 32).numpy(), 4).tobytes()
+        for i in range(0, 160, p.minival_stride)
+    }
+    assert len(held_out) == 20 and minival == expected
+
+    monkeypatch.setattr(
+        data, "train_transform", lambda image, seed, config: tf.cast(seed[1:], tf.float32)
+    )
+    shard_of = np.repeat(np.arange(4), 40)  # 4 shards of 40 (TFDS splits evenly)
+    epochs = [_streamed_indices(data.Pipelines(config), e) for e in (0, 1)]
+    for indices in epochs:
+        assert len(indices) == 128 and len(set(indices)) == 128
+        assert not any(i % p.minival_stride == 0 for i in indices)
+        # Several shards at once: the first batch already mixes all four
+        # (a fixed order through a buffer of 4 gives indices < 40 only).
+        assert len(set(shard_of[indices[:16]])) == 4, indices[:16]
+    assert not np.array_equal(epochs[0], epochs[1])
+    np.testing.assert_array_equal(epochs[0], _streamed_indices(p, 0))  # resume: same order
+    orders = [p.chunk_order(e).numpy().tolist() for e in range(6)]
+    assert all(sorted(o) == [0, 1, 2, 3] for o in orders) and len(set(map(tuple, orders))) > 1
