@@ -5,6 +5,7 @@ The pipeline, one module per concept, in the order data flows:
     data, toydata        input pipelines (TFDS, image folders, generated shapes)
     preprocessing        the one evaluation transform (training, serving, TFLite)
     specs, blocks, flops the search space, the architecture plan, subnet cost
+    latency, latency_measurement  latency look-up tables: predictor (no TF), measurement
     layers, supernet     width-switchable layers and the MobileNet supernets
     pretrained           weights from keras.applications
     pools, sampling      subnet pools, conditional and prioritized samplers
@@ -29,6 +30,7 @@ import importlib
 
 from pss_keras.blocks import make_divisible
 from pss_keras.flops import count_mflops, count_mflops_np, count_params
+from pss_keras.latency import LatencyTable
 from pss_keras.specs import SearchSpace, SubnetConfig
 
 _LAZY = {
@@ -39,6 +41,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "LatencyTable",
     "SearchSpace",
     "SubnetConfig",
     "Supernet",

@@ -116,11 +116,18 @@ class DatasetSource:
             )
 
 
-def _folder_records(builder, split: str) -> TrainRecords:
-    """A folder split's images as one-file chunks, in TFDS ImageFolder's order."""
+def _folder_records(builder, split: str) -> TrainRecords | None:
+    """A folder split's images as one-file chunks, in TFDS ImageFolder's order
+    (None if this TFDS version does not expose it: the fixed order then)."""
     # ImageFolder keeps its (fixed, seeded) order in `_split_examples`; its
     # as_dataset reads the files in that order, so indices here match it.
-    examples = builder._split_examples[split]
+    examples = getattr(builder, "_split_examples", {}).get(split)
+    if examples is None:
+        logging.warning(
+            "This TFDS version does not list ImageFolder's files; a streamed training set is "
+            "read in its fixed order through the shuffle buffer."
+        )
+        return None
     features = builder.info.features
     paths = tf.constant([e.image_path for e in examples], tf.string)
     labels = tf.constant([features["label"].str2int(e.label) for e in examples], tf.int64)

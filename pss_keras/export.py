@@ -171,17 +171,26 @@ def export(
 
 
 def _tier_table(job, entries, fns, latency_repeats: int) -> list[dict]:
-    """tiers.json rows: the served fields (`TIER_TABLE`), top-5 and the subnet."""
+    """tiers.json rows: the served fields (`TIER_TABLE`), top-5, every
+    table's predicted latency and the subnet."""
+    tables = job.latency_tables()
     table = []
     for tier in entries:
         latency = measure_latency_ms(fns[tier.name], job.image_size, 1, latency_repeats)
-        row = dataclasses.asdict(tier.served(latency))
+        row = dataclasses.asdict(tier.served(latency, tables))
         table.append(
             {k: row[k] for k in ("name", "metric_type", "target", "mflops", "params", "resolution")}
             | {"top1": row["top1"], "top5": float(tier.top5), "latency_ms": latency}
-            | {"config": tier.config.to_dict()}
+            | {k: row[k] for k in ("latency_table", "latency_runtime")}
+            # JSON has no NaN: a tier without a prediction says null.
+            | {"predicted_latency_ms": _finite_or_none(row["predicted_latency_ms"])}
+            | {"predicted_us": dict(tier.predicted_us), "config": tier.config.to_dict()}
         )
     return table
+
+
+def _finite_or_none(value: float):
+    return float(value) if np.isfinite(value) else None
 
 
 def _archive(fns, default: str, table) -> keras.export.ExportArchive:
@@ -196,7 +205,10 @@ def _archive(fns, default: str, table) -> keras.export.ExportArchive:
 
     def tiers_fn():
         return {
-            output: tf.constant([t[field] for t in table], tf.dtypes.as_dtype(dtype))
+            output: tf.constant(
+                [float("nan") if t[field] is None else t[field] for t in table],
+                tf.dtypes.as_dtype(dtype),
+            )
             for output, field, dtype in TIER_TABLE
         }
 

@@ -7,6 +7,7 @@ A training run writes ``<job_dir>/``::
     supernet.weights.h5      the trained supernet (Keras weights)
     retained_subnets.json    the retained tiers (`RetainedTier` records)
     bn_stats/<tier>.npz      each tier's calibrated batch-norm statistics
+    latency_tables/<type>.json  the run's latency look-up tables (a copy)
     checkpoints/             resumable checkpoints (`pss_keras.checkpoints`)
     logs/                    TensorBoard
 
@@ -35,6 +36,7 @@ RETAINED = "retained_subnets.json"
 BN_STATS = "bn_stats"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
+LATENCY_TABLES = "latency_tables"
 # The SavedModel signature that describes the served tiers.
 TIERS_SIGNATURE = "tiers"
 
@@ -57,6 +59,9 @@ class RetainedTier:
             its top1 is then chosen on itself).
         candidates: every top-k subnet of its pool that was evaluated:
             ``{"config", "pool_score", "minival_top1", "top1", "top5"}``.
+        predicted_us: its latency predicted by each of the run's look-up
+            tables, ``{metric_type: microseconds}`` (empty for a FLOPs-only
+            run).
     """
 
     name: str
@@ -72,6 +77,7 @@ class RetainedTier:
     bn_stats: str
     selected_on: str = "minival"
     candidates: tuple = ()
+    predicted_us: dict = dataclasses.field(default_factory=dict)
 
     @property
     def resolution(self) -> int:
@@ -82,6 +88,7 @@ class RetainedTier:
         out = dataclasses.asdict(self)
         out["config"] = self.config.to_dict()
         out["candidates"] = [dict(c) for c in self.candidates]
+        out["predicted_us"] = dict(self.predicted_us)
         return out
 
     @classmethod
@@ -89,10 +96,29 @@ class RetainedTier:
         data = dict(data)
         data["config"] = specs.SubnetConfig.from_dict(data["config"])
         data["candidates"] = tuple(data.get("candidates", ()))
+        data["predicted_us"] = dict(data.get("predicted_us") or {})
         return cls(**data)
 
-    def served(self, latency_ms: float) -> ServedTier:
-        """What the ``tiers`` signature tells a client about this tier."""
+    def predicted(self) -> tuple[str, float]:
+        """The latency type and prediction (us) that describe this tier: its
+        own type for a latency tier, else the run's first latency table
+        (latency_cpu before latency_gpu); ``("", nan)`` without tables."""
+        if self.metric_type in self.predicted_us:
+            return self.metric_type, float(self.predicted_us[self.metric_type])
+        for metric_type in sorted(self.predicted_us):
+            return metric_type, float(self.predicted_us[metric_type])
+        return "", float("nan")
+
+    def served(self, latency_ms: float, tables: dict | None = None) -> ServedTier:
+        """What the ``tiers`` signature tells a client about this tier.
+
+        Args:
+            latency_ms: measured at export (batch 1, the served computation).
+            tables: the job's latency tables ``{metric_type: LatencyTable}``,
+                which say where a predicted latency was measured.
+        """
+        metric_type, predicted_us = self.predicted()
+        table = (tables or {}).get(metric_type)
         return ServedTier(
             name=self.name,
             metric_type=self.metric_type,
@@ -102,6 +128,9 @@ class RetainedTier:
             resolution=self.resolution,
             top1=float(self.top1),
             latency_ms=float(latency_ms),
+            predicted_latency_ms=predicted_us / 1000.0,
+            latency_table=table.describe() if table is not None else "",
+            latency_runtime=table.runtime if table is not None else "",
         )
 
 
@@ -109,8 +138,15 @@ class RetainedTier:
 class ServedTier:
     """One served subnet, as the ``tiers`` signature describes it.
 
-    ``latency_ms`` is measured at export on the exporting machine (batch 1,
-    the served computation), not on the client's.
+    Two latencies, from different places:
+
+    * ``latency_ms``: measured at export on the exporting machine (batch 1,
+      the served computation: decode, resize, the subnet), not on the
+      client's nor necessarily on the server's.
+    * ``predicted_latency_ms``: the run's look-up table's prediction of the
+      subnet alone (NaN for a run without one), on the device and runtime
+      that ``latency_table`` names (``latency_runtime``: ``tflite`` for the
+      mobile-like LiteRT path, ``tensorflow`` for the served path).
     """
 
     name: str
@@ -121,6 +157,9 @@ class ServedTier:
     resolution: int
     top1: float
     latency_ms: float
+    predicted_latency_ms: float = float("nan")
+    latency_table: str = ""
+    latency_runtime: str = ""
 
 
 # The ``tiers`` signature's outputs: (output name, ServedTier field, dtype).
@@ -133,6 +172,9 @@ TIER_TABLE = (
     ("resolutions", "resolution", "int32"),
     ("top1", "top1", "float32"),
     ("latency_ms", "latency_ms", "float32"),
+    ("predicted_latency_ms", "predicted_latency_ms", "float32"),
+    ("latency_tables", "latency_table", "string"),
+    ("latency_runtimes", "latency_runtime", "string"),
 )
 
 
@@ -149,9 +191,14 @@ _FROM_DTYPE = {
 def served_tiers_from_outputs(outputs: dict) -> list[ServedTier]:
     """The ``tiers`` signature's outputs (arrays) -> tiers, cheapest first."""
     n = len(outputs["names"])
+    # An export from before a column existed lacks it: the field's default.
     tiers = [
         ServedTier(
-            **{field: _FROM_DTYPE[dtype](outputs[key][i]) for key, field, dtype in TIER_TABLE}
+            **{
+                field: _FROM_DTYPE[dtype](outputs[key][i])
+                for key, field, dtype in TIER_TABLE
+                if key in outputs
+            }
         )
         for i in range(n)
     ]
@@ -191,6 +238,11 @@ def read_run_config(job_dir: str) -> TrainConfig:
         )
     with open(path) as f:
         return TrainConfig.from_dict(json.load(f))
+
+
+def latency_table_path(job_dir: str, metric_type: str) -> str:
+    """Where a job keeps its copy of the ``metric_type`` look-up table."""
+    return os.path.join(job_dir, LATENCY_TABLES, f"{metric_type}.json")
 
 
 def write_classes(job_dir: str, class_names) -> None:
@@ -285,6 +337,18 @@ class Job:
         net = Supernet(**self.config.supernet_kwargs(len(self.class_names)))
         net.load_weights(os.path.join(self.job_dir, WEIGHTS))
         return net
+
+    def latency_tables(self) -> dict:
+        """The run's latency tables ``{metric_type: LatencyTable}`` (the
+        job's copies; empty for a FLOPs-only run)."""
+        from pss_keras.latency import LatencyTable
+
+        tables = {}
+        for metric_type, _, _ in self.config.target_ranges():
+            path = latency_table_path(self.job_dir, metric_type)
+            if metric_type != "flops" and os.path.exists(path):
+                tables[metric_type] = LatencyTable.load(path)
+        return tables
 
     def tier(self, tier: RetainedTier) -> tuple[specs.SubnetConfig, dict]:
         """A tier's subnet and calibrated statistics."""

@@ -67,8 +67,14 @@ class TargetGrid:
         return int(k) if k.ndim == 0 else k
 
     def name(self, index: int) -> str:
-        """A readable, sortable tier name such as ``flops_320m``."""
+        """A readable tier name: ``flops_320m`` (MFLOPs), ``latency_cpu_12p0ms``
+        (latency targets in microseconds, named in ms when the grid is on
+        whole 0.1 ms, else ``latency_cpu_150us``)."""
         value = self.value(index)
+        if self.metric_type.startswith("latency"):
+            on_tenths = all(abs(v / 100 - round(v / 100)) < 1e-6 for v in (self.start, self.step))
+            text = f"{value / 1000:.1f}ms" if on_tenths else f"{value:g}us"
+            return f"{self.metric_type}_{text.replace('.', 'p')}"
         text = f"{value:g}".replace(".", "p")
         unit = {"flops": "m"}.get(self.metric_type, "")
         return f"{self.metric_type}_{text}{unit}"

@@ -19,6 +19,8 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 PRECISIONS = ("none", "float16", "bfloat16")
 # How the end-of-run selection picks each pool's best subnet (pss_keras.selection).
 SELECTIONS = ("minival", "val_best_of_topk")
+# Metric types with pools: FLOPs (counted) and latencies (look-up tables).
+METRIC_TYPES = ("flops", "latency_cpu", "latency_gpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +64,11 @@ class DataConfig:
 class TrainConfig:
     """Everything a PSS run needs; defaults are the paper's MobileNetV1 run.
 
-    The data fields are in ``data`` (a `DataConfig`).
+    The data fields are in ``data`` (a `DataConfig`). ``metric_types``
+    are the pools' metrics (the reference's ``infer_metric_types``):
+    ``flops`` uses ``flops_targets`` (MFLOPs); each latency type, in order,
+    one ``latency_targets`` range (start, stop, step in microseconds) and
+    one ``lut_paths`` table (`pss_keras.latency`).
     """
 
     job_dir: str
@@ -73,6 +79,9 @@ class TrainConfig:
     resolution_step: int = 8
     width_range: tuple[float, float] = (0.75, 1.0)
     flops_targets: tuple[float, float, float] = (110.0, 570.0, 10.0)
+    metric_types: tuple[str, ...] = ("flops",)
+    latency_targets: tuple[tuple[float, float, float], ...] = ()
+    lut_paths: tuple[str, ...] = ()
     num_map_samples: int = 100_000
     pool_size: int = 50
     pool_ema: float = 0.9
@@ -111,12 +120,12 @@ class TrainConfig:
             raise ValueError(
                 f"mixed_precision={self.mixed_precision!r} is unknown; use one of {PRECISIONS}."
             )
-        start, stop, step = self.flops_targets
-        if step <= 0 or stop < start:
-            raise ValueError(
-                f"FLOPs target range {start:g}..{stop:g} step {step:g} is empty; "
-                "give start <= stop and a positive step."
-            )
+        for metric_type, (start, stop, step), _ in self.target_ranges():
+            if step <= 0 or stop < start:
+                raise ValueError(
+                    f"{metric_type} target range {start:g}..{stop:g} step {step:g} is empty; "
+                    "give start <= stop and a positive step."
+                )
         checks = [
             (self.pool_size >= 1, f"pool_size={self.pool_size} must be at least 1."),
             (0 <= self.pool_ema < 1, f"pool_ema={self.pool_ema} must be in [0, 1)."),
@@ -144,6 +153,38 @@ class TrainConfig:
                 f"{self.resolution_range[1]} (the supernet receives max-resolution crops)."
             )
 
+    def target_ranges(self) -> list[tuple[str, tuple[float, float, float], str | None]]:
+        """``(metric_type, (start, stop, step), table path or None)`` per metric type.
+
+        Raises:
+            ValueError: for unknown or repeated metric types, or latency
+                types without exactly one target range and table each.
+        """
+        types = tuple(self.metric_types)
+        unknown = [m for m in types if m not in METRIC_TYPES]
+        if not types or unknown or len(set(types)) != len(types):
+            raise ValueError(
+                f"metric types {list(types)}: give each of {METRIC_TYPES} at most once "
+                "(at least one)."
+            )
+        latency = [m for m in types if m != "flops"]
+        if len(self.latency_targets) != len(latency) or len(self.lut_paths) != len(latency):
+            raise ValueError(
+                f"The latency metric types {latency} need one target range and one look-up "
+                f"table each; got {len(self.latency_targets)} range(s) and "
+                f"{len(self.lut_paths)} table(s) (--lut_dirs: None for flops, a table file for "
+                "each latency type)."
+            )
+        ranges = dict(zip(latency, zip(self.latency_targets, self.lut_paths)))
+        out = []
+        for m in types:
+            if m == "flops":
+                out.append((m, tuple(float(v) for v in self.flops_targets), None))
+            else:
+                targets, path = ranges[m]
+                out.append((m, tuple(float(v) for v in targets), str(path)))
+        return out
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -152,9 +193,14 @@ class TrainConfig:
         data = dict(data)
         data_config = dict(data.pop("data", {}))
         data_config["crop_scale"] = tuple(data_config.get("crop_scale", (0.25, 1.0)))
-        for key in ("resolution_range", "width_range", "flops_targets", "p_space", "temperature"):
+        for key in (
+            "resolution_range", "width_range", "flops_targets", "p_space", "temperature",
+            "metric_types", "lut_paths",
+        ):  # fmt: skip
             if key in data:
                 data[key] = tuple(data[key])
+        if "latency_targets" in data:
+            data["latency_targets"] = tuple(tuple(t) for t in data["latency_targets"])
         return cls(data=DataConfig(**data_config), **data)
 
     def supernet_kwargs(self, num_classes: int) -> dict:
@@ -179,6 +225,8 @@ class TrainConfig:
         ignore = {
             "epochs", "verbose", "tensorboard_update_freq", "keep_checkpoints", "job_dir",
             "strategy", "selection", "validate_every",
+            # Tables may move; the job keeps a copy and compares contents.
+            "lut_paths",
         }  # fmt: skip
         # A setting added after the saved run was written had its default then.
         defaults = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 
 from pss_keras import data as data_lib
-from pss_keras import flops, jobs, sampling
+from pss_keras import flops, jobs, sampling, specs
 from pss_keras.evaluation import SubnetEvaluator
 from pss_keras.run_config import SELECTIONS
 from pss_keras.supernet import Supernet
@@ -77,6 +77,7 @@ def retain_subnets(
                 pool_score=best["pool_score"],
                 bn_stats=jobs.save_bn_stats(job_dir, name, best["stats"]),
                 selected_on="minival" if selection == "minival" else "validation",
+                predicted_us=_predicted_us(sampler, config),
                 candidates=tuple(
                     {key: value for key, value in row.items() if key != "stats"}
                     | {"config": row["config"].to_dict()}
@@ -87,6 +88,16 @@ def retain_subnets(
         if bar is not None:
             bar.add(1, [("val_top1", best["top1"])])
     return jobs.write_retained(job_dir, retained)
+
+
+def _predicted_us(sampler, config) -> dict:
+    """``config``'s latency under each of the run's look-up tables."""
+    arrays = specs.configs_to_arrays([config])
+    return {
+        metric_type: round(float(s.metric_fn(s.space, *arrays)[0]), 3)
+        for metric_type, s in sorted(sampler.samplers.items())
+        if metric_type != "flops"
+    }
 
 
 def _evaluate_candidate(evaluator, config, score, pipelines, calibration, calib_batches) -> dict:

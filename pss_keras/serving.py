@@ -112,6 +112,37 @@ class RestTransport:
         pass
 
 
+LATENCY_SOURCES = ("auto", "measured", "predicted")
+
+
+def tier_latency_ms(tier: Tier, source: str = "auto") -> float:
+    """The latency a budget is compared with.
+
+    ``measured``: ``latency_ms``, measured at export on the serving path.
+    ``predicted``: the look-up table's ``predicted_latency_ms`` (refused for
+    a tier without one). ``auto``: the prediction when its table was
+    measured on the serving path (``--runtime=tensorflow``, which is only
+    right when built on the serving machine), else the measured latency: a
+    LiteRT table predicts a phone-like CPU path, not TF Serving.
+
+    Raises:
+        ServingError: for an unknown source, or ``predicted`` without a table.
+    """
+    if source not in LATENCY_SOURCES:
+        raise ServingError(f"latency_source={source!r} is unknown; use one of {LATENCY_SOURCES}.")
+    has_prediction = np.isfinite(tier.predicted_latency_ms)
+    if source == "predicted" and not has_prediction:
+        raise ServingError(
+            f"Tier {tier.name} has no predicted latency (its run had no latency table); "
+            "use latency_source=measured."
+        )
+    if source == "predicted" or (
+        source == "auto" and has_prediction and tier.latency_runtime == "tensorflow"
+    ):
+        return float(tier.predicted_latency_ms)
+    return float(tier.latency_ms)
+
+
 class PSSClient:
     """Queries one served PSS model.
 
@@ -133,29 +164,41 @@ class PSSClient:
         return [t.name for t in self.tiers()]
 
     def choose_tier(
-        self, max_mflops: float | None = None, latency_budget_ms: float | None = None
+        self,
+        max_mflops: float | None = None,
+        latency_budget_ms: float | None = None,
+        latency_source: str = "auto",
     ) -> Tier:
-        """The most accurate tier within the budgets (FLOPs and/or latency
-        measured at export); of equally accurate tiers, the cheaper one. With
-        no budget every tier fits, so this is the most accurate tier.
+        """The most accurate tier within the budgets (FLOPs and/or latency);
+        of equally accurate tiers, the cheaper one. With no budget every
+        tier fits, so this is the most accurate tier.
+
+        Args:
+            max_mflops: FLOPs budget.
+            latency_budget_ms: latency budget, compared with `tier_latency_ms`.
+            latency_source: which latency the budget is compared with (see
+                `tier_latency_ms`).
 
         Raises:
             ServingError: if no tier fits, naming the cheapest one.
         """
         tiers = self.tiers()
         slack = 1 + 1e-6  # the table is float32: a budget equal to a tier's cost fits it
+
+        def within(t):
+            if latency_budget_ms is None:
+                return True
+            return tier_latency_ms(t, latency_source) <= latency_budget_ms * slack
+
         fits = [
-            t
-            for t in tiers
-            if (max_mflops is None or t.mflops <= max_mflops * slack)
-            and (latency_budget_ms is None or t.latency_ms <= latency_budget_ms * slack)
+            t for t in tiers if (max_mflops is None or t.mflops <= max_mflops * slack) and within(t)
         ]
         if not fits:
             cheapest = tiers[0]
             raise ServingError(
                 f"No tier fits max_mflops={max_mflops}, latency_budget_ms={latency_budget_ms}; "
                 f"the cheapest is {cheapest.name} ({cheapest.mflops:.2f} MFLOPs, "
-                f"{cheapest.latency_ms:.2f} ms)."
+                f"{tier_latency_ms(cheapest, latency_source):.2f} ms)."
             )
         return max(fits, key=lambda t: (t.top1, -t.mflops))
 

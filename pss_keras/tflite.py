@@ -284,5 +284,7 @@ def _convert_tier(job, entry, config: ConvertConfig, pipelines, progress) -> dic
         "quantization": config.mode_name,
         "qat": qat_info,
         "config": entry.config.to_dict(),
+        # The run's look-up tables' predictions, beside the measured latency_ms.
+        "predicted_us": dict(entry.predicted_us),
         "content": content,
     }

@@ -54,6 +54,9 @@ def build(job, config, pipelines, reference_name, rows) -> dict:
             "statistic": "median",
             "runtime": f"ai-edge-litert {_version('ai-edge-litert')}",
         },
+        # Where each tier's predicted_us was measured (the job's tables): a
+        # float tflite table at the same thread count predicts latency_ms.
+        "latency_tables": {m: t.describe() for m, t in job.latency_tables().items()},
         "preprocessing": PREPROCESSING,
         "class_names": job.class_names,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
@@ -78,9 +81,11 @@ def move_in(tmp: str, output_dir: str, rows, manifest: dict) -> None:
 
 def format_manifest(manifest: dict) -> str:
     """The manifest as a table: tier, size, accuracy, agreement, latency."""
+    predicted = sorted({m for t in manifest["tiers"] for m in t.get("predicted_us") or {}})
     lines = [
         f"{'tier':<14}{'res':>5}{'MFLOPs':>8}{'KB':>9}{'in':>9}{'top1':>7}{'ref top1':>9}"
         f"{'agree':>7}{'max|dlogit|':>12}{'SQNR dB':>8}{'ms':>8}"
+        + "".join(f"{m + ' ms':>16}" for m in predicted)
     ]
     for t in manifest["tiers"]:
         v = t.get("verification")
@@ -93,10 +98,13 @@ def format_manifest(manifest: dict) -> str:
         lines.append(
             f"{t['name']:<14}{t['resolution']:>5}{t['mflops']:>8.2f}{t['size_bytes'] / 1024:>9.1f}"
             f"{t['input']['dtype']:>9}{acc}{t['latency_ms']:>8.3f}"
+            + "".join(f"{t['predicted_us'][m] / 1000:>16.3f}" for m in predicted)
         )
     threads = manifest["latency"]["num_threads"]
     lines.append(
         f"latency: batch 1, median of {manifest['latency']['repeats']}, {threads} thread(s); "
         f"verified against {manifest['reference'] or 'nothing (verification skipped)'}"
     )
+    for metric_type, where in sorted((manifest.get("latency_tables") or {}).items()):
+        lines.append(f"{metric_type} ms: predicted by the run's table, {where}")
     return "\n".join(lines)

@@ -41,12 +41,9 @@ _ISA_FLAGS = {
 }
 
 
-def machine_description() -> str:
-    """The machine a measurement ran on, for benchmark tables: CPU model,
-    core count, the ISA flags that change CPU kernels (AVX-512 VNNI/BF16,
-    AMX), and the GPUs TensorFlow sees (imports TensorFlow for those)."""
-    import os
-
+def cpu_model_and_isa() -> tuple[str, list[str]]:
+    """The CPU's model name and the ISA flags that change CPU kernels
+    (AVX2, AVX-512 F/VNNI/BF16, AMX; ``no AMX`` when it has none)."""
     model, flags = "unknown CPU", set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -61,11 +58,27 @@ def machine_description() -> str:
     isa = [name for flag, name in _ISA_FLAGS.items() if flag in flags]
     if "amx_tile" not in flags:
         isa.append("no AMX")
-    description = f"{model}, {os.cpu_count()} cores ({', '.join(isa)})"
+    return model, isa
+
+
+def gpu_names() -> list[str]:
+    """The GPUs TensorFlow sees (imports TensorFlow)."""
     import tensorflow as tf
 
-    gpus = []
+    names = []
     for gpu in tf.config.list_physical_devices("GPU"):
         details = tf.config.experimental.get_device_details(gpu)
-        gpus.append(details.get("device_name", gpu.name))
+        names.append(details.get("device_name", gpu.name))
+    return names
+
+
+def machine_description() -> str:
+    """The machine a measurement ran on, for benchmark tables: CPU model,
+    core count, the ISA flags that change CPU kernels (AVX-512 VNNI/BF16,
+    AMX), and the GPUs TensorFlow sees (imports TensorFlow for those)."""
+    import os
+
+    model, isa = cpu_model_and_isa()
+    description = f"{model}, {os.cpu_count()} cores ({', '.join(isa)})"
+    gpus = gpu_names()
     return description + "; GPU: " + (", ".join(gpus) if gpus else "none")

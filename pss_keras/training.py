@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from pss_keras import data as data_lib
-from pss_keras import distribution, jobs, sampling, specs
+from pss_keras import distribution, jobs, latency, sampling, specs
 from pss_keras.callbacks import ContinuedTensorBoard, PSSCallback, ValidationCallback
 from pss_keras.checkpoints import Checkpointer
 from pss_keras.fileio import atomic_file
@@ -50,16 +50,60 @@ __all__ = [
 RETAINED = jobs.RETAINED
 
 
-def build_samplers(config: TrainConfig, space: specs.SearchSpace) -> sampling.PrioritizedSampler:
-    """The run's prioritized sampler: the FLOPs map (seeded, so a resumed
-    run rebuilds the same one) and empty pools."""
-    grid = TargetGrid("flops", *config.flops_targets)
-    conditional = sampling.ConditionalSampler.build(
-        space, grid, num_samples=config.num_map_samples, seed=config.seed
-    )
-    sampling.log_map(conditional)
+def load_latency_tables(config: TrainConfig, space: specs.SearchSpace, job_dir=None) -> dict:
+    """The run's latency tables ``{metric_type: LatencyTable}``, each checked
+    against the search space.
+
+    A job directory that already holds a copy of a table (a resumed or
+    finished run) must hold the same table: its copy is what the run was
+    trained with. With ``job_dir`` (and the copy there), the copy is read.
+
+    Raises:
+        ValueError: a missing, damaged or mismatched table, or one that
+            differs from the job's copy.
+    """
+    tables = {}
+    for metric_type, _, path in config.target_ranges():
+        if path is None:
+            continue
+        copy = jobs.latency_table_path(job_dir or config.job_dir, metric_type)
+        if job_dir and os.path.exists(copy):
+            path = copy
+        table = latency.LatencyTable.load(path)
+        table.check_space(space)
+        if os.path.exists(copy):
+            saved = latency.LatencyTable.load(copy)
+            if saved.digest() != table.digest():
+                raise ValueError(
+                    f"{config.job_dir} was trained with another {metric_type} table ({copy}) "
+                    f"than {path}; resume with the same table or use a new --job_dir."
+                )
+        tables[metric_type] = table
+    return tables
+
+
+def build_samplers(
+    config: TrainConfig, space: specs.SearchSpace, tables: dict | None = None
+) -> sampling.PrioritizedSampler:
+    """The run's prioritized sampler: one map per metric type (seeded, so a
+    resumed run rebuilds the same ones) and empty pools.
+
+    Args:
+        tables: ``{metric_type: LatencyTable}`` for the latency types
+            (`load_latency_tables`).
+    """
+    tables = tables or {}
+    conditionals = []
+    for metric_type, targets, _ in config.target_ranges():
+        grid = TargetGrid(metric_type, *targets)
+        metric_fn = None if metric_type == "flops" else tables[metric_type].metric_fn()
+        conditional = sampling.ConditionalSampler.build(
+            space, grid, num_samples=config.num_map_samples, seed=config.seed, metric_fn=metric_fn
+        )
+        sampling.log_map(conditional)
+        conditionals.append(conditional)
     return sampling.PrioritizedSampler(
-        [conditional],
+        conditionals,
         pool_size=config.pool_size,
         pool_ema=config.pool_ema,
         p_space=config.p_space,
@@ -100,7 +144,8 @@ def evaluate_job(
     _seed_run(config.seed)
     pipelines = data_lib.Pipelines(config.data)
     supernet = build_supernet(config, pipelines.num_classes)
-    sampler = build_samplers(config, supernet.space)
+    tables = load_latency_tables(config, supernet.space, job_dir=job_dir)
+    sampler = build_samplers(config, supernet.space, tables)
     checkpointer = Checkpointer(os.path.join(job_dir, jobs.CHECKPOINTS), supernet, None, sampler)
     checkpoint = checkpoint or checkpointer.latest()
     if not checkpoint or not os.path.isdir(checkpoint):
@@ -156,10 +201,16 @@ def train(config: TrainConfig) -> dict:
             f"batch_size={config.data.batch_size} (the global batch) must be divisible by "
             f"the {replicas} replicas."
         )
+    space = specs.SearchSpace(**config.supernet_kwargs(1))
+    tables = load_latency_tables(config, space)  # before the data: fails fast
     pipelines = data_lib.Pipelines(config.data)  # fails before anything is written
     if chief:
         os.makedirs(config.job_dir, exist_ok=True)
         jobs.write_run_config(config.job_dir, config)
+        for metric_type, table in tables.items():
+            copy = jobs.latency_table_path(config.job_dir, metric_type)
+            if not os.path.exists(copy):
+                table.save(copy)
     _seed_run(config.seed)
     # Everything with variables is created in the strategy's scope (mirrored
     # across replicas) under the run's dtype policy; the host-side sampler is
@@ -167,7 +218,7 @@ def train(config: TrainConfig) -> dict:
     with strategy.scope(), precision_scope(config.mixed_precision):
         supernet = build_supernet(config, pipelines.num_classes)
         map_start = time.perf_counter()
-        sampler = build_samplers(config, supernet.space)
+        sampler = build_samplers(config, supernet.space, tables)
         map_seconds = time.perf_counter() - map_start
         trainer = PSSTrainer(supernet, weight_decay=config.weight_decay)
         # mixed_float16: compile wraps the optimizer in a LossScaleOptimizer.

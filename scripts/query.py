@@ -2,7 +2,7 @@
 
     python scripts/query.py --server=localhost:8500 --model_name=quickstart --tier=flops_1p6m cat.jpg
     python scripts/query.py --max_mflops=2 cat.jpg             # most accurate tier within 2 MFLOPs
-    python scripts/query.py --latency_budget_ms=5 cat.jpg      # ... within 5 ms (measured at export)
+    python scripts/query.py --latency_budget_ms=5 cat.jpg      # ... within 5 ms (see --latency_source)
     python scripts/query.py --list_tiers
     python scripts/query.py --protocol=rest --server=localhost:8501 ...
 
@@ -22,6 +22,12 @@ flags.DEFINE_string("model_name", "quickstart", "Model name in TF Serving.")
 flags.DEFINE_string("tier", None, "Tier (signature) to use, e.g. flops_1p6m.")
 flags.DEFINE_float("max_mflops", None, "Use the most accurate tier within this many MFLOPs.")
 flags.DEFINE_float("latency_budget_ms", None, "Use the most accurate tier within this latency.")
+flags.DEFINE_enum(
+    "latency_source", "auto", ["auto", "measured", "predicted"],
+    "Latency the budget is compared with: measured (at export, the serving path), predicted "
+    "(the run's look-up table), auto (predicted when its table was built with "
+    "--runtime=tensorflow, else measured).",
+)  # fmt: skip
 flags.DEFINE_bool("list_tiers", False, "Print the served tiers and exit.")
 flags.DEFINE_float("timeout", 30.0, "Request timeout in seconds.")
 F = flags.FLAGS
@@ -46,12 +52,18 @@ def main(argv):
         tiers = client.tiers()
         if F.list_tiers:
             print(
-                f"{'tier':<16}{'MFLOPs':>9}{'params':>11}{'res':>5}{'val top1':>10}{'export ms':>11}"
+                f"{'tier':<24}{'MFLOPs':>9}{'params':>11}{'res':>5}{'val top1':>10}"
+                f"{'export ms':>11}{'predicted ms':>14}"
             )
             for t in tiers:
                 print(
-                    f"{t.name:<16}{t.mflops:>9.2f}{t.params:>11,}{t.resolution:>5}{t.top1:>10.3f}{t.latency_ms:>11.2f}"
+                    f"{t.name:<24}{t.mflops:>9.2f}{t.params:>11,}{t.resolution:>5}{t.top1:>10.3f}"
+                    f"{t.latency_ms:>11.2f}{t.predicted_latency_ms:>14.3f}"
                 )
+            tables = sorted({t.latency_table for t in tiers if t.latency_table})
+            print("export ms: measured at export (batch 1, the served computation)")
+            for table in tables:
+                print(f"predicted ms: the run's look-up table, {table}")
             return
         if not paths:
             raise ValueError("Give one or more image files (or --list_tiers).")
@@ -62,7 +74,7 @@ def main(argv):
         if F.tier:
             tier = F.tier
         elif F.max_mflops is not None or F.latency_budget_ms is not None:
-            tier = client.choose_tier(F.max_mflops, F.latency_budget_ms).name
+            tier = client.choose_tier(F.max_mflops, F.latency_budget_ms, F.latency_source).name
         else:
             tier = max(tiers, key=lambda t: t.mflops).name
         for path in paths:

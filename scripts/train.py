@@ -27,8 +27,19 @@ flags.DEFINE_float("width_scale", 1.0, "Global width scale (1.0: MobileNet; 0.25
 flags.DEFINE_list("resolution_range", ["128", "224"], "min,max subnet resolution.")
 flags.DEFINE_integer("resolution_step", 8, "Resolution grid step.")
 flags.DEFINE_list("width_mult_range", ["0.75", "1.0"], "min,max stage width multiplier.")
-flags.DEFINE_list("infer_metric_types", ["flops"], "Metric types with pools (flops).")
-flags.DEFINE_list("infer_metric_target_range_starts", ["110"], "First target per metric type.")
+flags.DEFINE_list(
+    "infer_metric_types", ["flops"],
+    "Metric types with pools: flops, latency_cpu, latency_gpu (several: PSS-Net_M).",
+)  # fmt: skip
+flags.DEFINE_list(
+    "lut_dirs", None,
+    "One per metric type: None for flops, a latency table (scripts/build_latency_lut.py) "
+    "for each latency type.",
+)  # fmt: skip
+flags.DEFINE_list(
+    "infer_metric_target_range_starts", ["110"],
+    "First target per metric type (MFLOPs; latency in microseconds).",
+)  # fmt: skip
 flags.DEFINE_list("infer_metric_target_range_stops", ["570"], "Last target per metric type.")
 flags.DEFINE_list("infer_metric_target_steps", ["10"], "Target step per metric type.")
 flags.DEFINE_integer("gen_map_num", 100_000, "Random subnets drawn for the conditional sampler.")
@@ -90,21 +101,37 @@ def _config():
 
     if not F.job_dir:
         raise ValueError("--job_dir is required (where checkpoints and results go).")
-    if F.infer_metric_types != ["flops"]:
+    types = [m.strip() for m in F.infer_metric_types]
+    luts = list(F.lut_dirs) if F.lut_dirs is not None else ["None"] * len(types)
+    if len(luts) != len(types):
         raise ValueError(
-            f"--infer_metric_types={','.join(F.infer_metric_types)}: only flops is implemented "
-            "(latency pools need a measured look-up table)."
+            f"--lut_dirs needs one entry per metric type ({','.join(types)}): None for flops, "
+            f"a table file for each latency type; got {','.join(luts)}."
         )
-    targets = []
+    ranges = []
     for name in (
         "infer_metric_target_range_starts",
         "infer_metric_target_range_stops",
         "infer_metric_target_steps",
     ):
         values = getattr(F, name)
-        if len(values) != 1:
-            raise ValueError(f"--{name} needs one value per metric type (flops), got {values}.")
-        targets.append(float(values[0]))
+        if len(values) != len(types):
+            raise ValueError(
+                f"--{name} needs one value per metric type ({','.join(types)}), got {values}."
+            )
+        try:
+            ranges.append([float(v) for v in values])
+        except ValueError:
+            raise ValueError(f"--{name}={','.join(values)} must be numbers.") from None
+    targets = dict(zip(types, zip(*ranges)))
+    for metric_type, lut in zip(types, luts):
+        if (metric_type == "flops") != (lut.lower() == "none"):
+            raise ValueError(
+                f"--lut_dirs: {metric_type} needs "
+                + ("None (FLOPs are counted)" if metric_type == "flops" else "a latency table")
+                + f", got {lut}."
+            )
+    latency_types = [m for m in types if m != "flops"]
     resolution = _pair("resolution_range", int)
     return training.TrainConfig(
         job_dir=F.job_dir,
@@ -125,7 +152,10 @@ def _config():
         resolution_range=resolution,
         resolution_step=F.resolution_step,
         width_range=_pair("width_mult_range", float),
-        flops_targets=tuple(targets),
+        flops_targets=targets.get("flops", training.TrainConfig.flops_targets),
+        metric_types=tuple(types),
+        latency_targets=tuple(targets[m] for m in latency_types),
+        lut_paths=tuple(lut for m, lut in zip(types, luts) if m != "flops"),
         num_map_samples=F.gen_map_num,
         pool_size=F.pool_size,
         pool_ema=F.metric_lambda,
@@ -165,11 +195,16 @@ def main(argv):
         print(f"Worker done; the chief writes {summary['job_dir']}/{training.RETAINED}.")
         return
     print(f"\nRetained subnets ({summary['job_dir']}/{training.RETAINED}):")
-    print(f"{'tier':<16}{'MFLOPs':>9}{'params':>11}{'val top1':>10}{'val top5':>10}")
+    latency_types = sorted({m for entry in summary["retained"] for m in entry["predicted_us"]})
+    print(
+        f"{'tier':<24}{'MFLOPs':>9}{'params':>11}{'val top1':>10}{'val top5':>10}"
+        + "".join(f"{m + ' us':>16}" for m in latency_types)
+    )
     for entry in summary["retained"]:
         print(
-            f"{entry['name']:<16}{entry['mflops']:>9.2f}{entry['params']:>11,}"
+            f"{entry['name']:<24}{entry['mflops']:>9.2f}{entry['params']:>11,}"
             f"{entry['top1']:>10.3f}{entry['top5']:>10.3f}"
+            + "".join(f"{entry['predicted_us'][m]:>16.1f}" for m in latency_types)
         )
     print(f"wall time {summary['wall_seconds']:.0f} s (sampler map {summary['map_seconds']:.2f} s)")
 

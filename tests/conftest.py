@@ -23,6 +23,24 @@ def tiny_supernets():
 
 
 @pytest.fixture
+def run_script():
+    """Runs a script of the repository as a user does: ``run_script(path, *flags)``."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+    def run(*args, timeout=300):
+        return subprocess.run(
+            [sys.executable, *args], cwd=root, capture_output=True, text=True, env=env,
+            timeout=timeout,
+        )  # fmt: skip
+
+    return run
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)
 
