@@ -30,6 +30,7 @@ import logging
 import os
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from pss_keras.preprocessing import (  # noqa: F401 (re-exported: data.eval_transform etc.)
@@ -53,6 +54,8 @@ _EIGVEC = (
 
 # TFRecord shards read at once when a training set streams from disk.
 _READ_CYCLE = 16
+# How TFDS's as_dataset interleaves shards (ReadConfig's defaults).
+_TFDS_CYCLE, _TFDS_BLOCK = 16, 16
 
 
 class DatasetError(ValueError):
@@ -80,10 +83,14 @@ class TrainRecords:
     num_chunks: int
     read: Callable[[tf.Tensor, int], tf.data.Dataset]
     decode: Callable
+    read_fixed: Callable[[], tf.data.Dataset] | None = None
 
     def fixed_order(self) -> tf.data.Dataset:
         """Every record, decoded, in the fixed order: ``(index, (image, label))``."""
-        records = self.read(tf.range(self.num_chunks, dtype=tf.int64), 1)
+        if self.read_fixed is not None:
+            records = self.read_fixed()
+        else:
+            records = self.read(tf.range(self.num_chunks, dtype=tf.int64), 1)
         return records.map(
             lambda i, raw: (i, self.decode(raw)),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -149,9 +156,10 @@ def _shard_records(builder, split: str) -> TrainRecords | None:
     """A prepared TFDS split's TFRecord shards as chunks (None for other file
     formats, which are read in their fixed order).
 
-    The fixed order is the shards in file order, each read start to end
-    (TFDS's own ``as_dataset`` interleaves 16 shards instead); a record's
-    index is its position in it.
+    The fixed order is TFDS's own ``as_dataset(shuffle_files=False)`` order
+    (16 shards interleaved in blocks of 16 records, or 1 for datasets that
+    disable shuffling); a record's index is its position in it, whatever
+    order an epoch reads the shards in.
     """
     if str(getattr(builder.info, "file_format", "tfrecord")).split(".")[-1].lower() != "tfrecord":
         return None
@@ -159,29 +167,66 @@ def _shard_records(builder, split: str) -> TrainRecords | None:
     lengths = list(info.shard_lengths)
     files = tf.constant([os.fspath(path) for path in info.filepaths], tf.string)
     starts = tf.constant([sum(lengths[:j]) for j in range(len(lengths))], tf.int64)
+    cycle = 1 if getattr(builder.info, "disable_shuffling", False) else _TFDS_CYCLE
+    positions = tf.constant(interleave_positions(lengths, cycle, _TFDS_BLOCK), tf.int64)
     features = builder.info.features
 
     def shard(j):
         records = tf.data.TFRecordDataset(files[j]).enumerate()
-        return records.map(lambda k, raw: (starts[j] + k, raw))
+        return records.map(lambda k, raw: (positions[starts[j] + k], raw))
 
-    def read(order, cycle_length):
+    def read(order, cycle_length, block_length=1):
         chunks = tf.data.Dataset.from_tensor_slices(order)
         if cycle_length <= 1:
             return chunks.flat_map(shard)
         return chunks.interleave(
             shard,
             cycle_length=min(cycle_length, len(lengths)),
-            block_length=1,
+            block_length=block_length,
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
+
+    def read_fixed():
+        return read(tf.range(len(lengths), dtype=tf.int64), cycle, _TFDS_BLOCK)
 
     def decode(raw):
         example = features.deserialize_example(raw)
         return example["image"], example["label"]
 
-    return TrainRecords(len(lengths), read, decode)
+    return TrainRecords(len(lengths), read, decode, read_fixed)
+
+
+def interleave_positions(lengths, cycle_length: int, block_length: int) -> np.ndarray:
+    """Where each record lands when ``len(lengths)`` files of ``lengths``
+    records are read with tf.data's deterministic ``interleave(cycle_length,
+    block_length)``: ``positions[start_of_file + k]`` for record k of a file.
+
+    tf.data fills an empty slot of the cycle with the next file when it
+    reaches that slot, takes up to ``block_length`` records, and on reaching
+    a file's end frees its slot and moves on to the next slot.
+    """
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    positions = np.empty(int(starts[-1]), np.int64)
+    slots = [None] * max(1, cycle_length)  # [file, next record] per slot
+    next_file, position, c, open_files = 0, 0, 0, 0
+    while next_file < len(lengths) or open_files:
+        slot = slots[c]
+        if slot is None:
+            if next_file < len(lengths):
+                slots[c] = [next_file, 0]
+                next_file, open_files = next_file + 1, open_files + 1
+            else:
+                c = (c + 1) % len(slots)
+            continue
+        j, k = slot
+        take = min(block_length, lengths[j] - k)
+        positions[starts[j] + k : starts[j] + k + take] = np.arange(position, position + take)
+        position, slot[1] = position + take, k + take
+        if take < block_length or take == 0:  # the file ended within this block
+            slots[c], open_files = None, open_files - 1
+        c = (c + 1) % len(slots)
+    return positions
 
 
 def _folder_source(path: str) -> DatasetSource:

@@ -113,19 +113,27 @@ def table_keys(space: specs.SearchSpace) -> list[tuple[BlockKind, int, int, int]
             kind, in_size = sizes[block.name]
             ins = [3] if block.in_stage is None else per_stage[block.in_stage]
             if block.name == "top":
-                outs = [0]
+                pairs = [(c, 0) for c in ins]
+            elif block.in_stage == block.out_stage:  # a repeat within a stage: one width
+                pairs = [(c, c) for c in ins]
             else:
-                outs = per_stage[block.out_stage]
-            for c_in in ins:
-                for c_out in outs:
-                    keys.add((kind, int(in_size), int(c_in), int(c_out)))
+                pairs = [(c_in, c_out) for c_in in ins for c_out in per_stage[block.out_stage]]
+            for c_in, c_out in pairs:
+                keys.add((kind, int(in_size), int(c_in), int(c_out)))
     return sorted(keys, key=lambda k: (k[0].name, k[1], k[2], k[3]))
 
 
 def _pack(kind_index, in_size, c_in, c_out):
+    """One int64 per key (kind | in_size | c_in | c_out, 13 bits each)."""
     kind_index, in_size, c_in, c_out = (
         np.asarray(v, dtype=np.int64) for v in (kind_index, in_size, c_in, c_out)
     )
+    for name, value in (("input size", in_size), ("width", c_in), ("width", c_out)):
+        if np.any(value >= 1 << _BITS) or np.any(value < 0):
+            raise ValueError(
+                f"A block {name} of {int(np.max(value))} is beyond what a latency table "
+                f"keys (below {1 << _BITS})."
+            )
     return (((kind_index << _BITS) | in_size) << _BITS | c_in) << _BITS | c_out
 
 
@@ -179,6 +187,11 @@ class LatencyTable:
         values = np.array(list(self.entries.values()), np.float64)
         order = np.argsort(codes)
         self._codes, self._values = codes[order], values[order]
+        if len(np.unique(self._codes)) != len(self._codes):
+            raise ValueError(f"{self._where()} lists a block twice; rebuild it.")
+
+    def _where(self) -> str:
+        return f"Latency table {self.path}" if self.path else "The latency table"
 
     # -- checks ------------------------------------------------------------
     def check_space(self, space: specs.SearchSpace) -> None:
@@ -190,9 +203,8 @@ class LatencyTable:
         wanted = space_dict(space)
         if wanted != self.space:
             differ = [k for k in SPACE_FIELDS if wanted[k] != self.space.get(k)]
-            where = f"{self.path} " if self.path else ""
             raise ValueError(
-                f"Latency table {where}was built for another search space ("
+                f"{self._where()} was built for another search space ("
                 + ", ".join(f"{k} {self.space.get(k)} there, {wanted[k]} here" for k in differ)
                 + "); build one for this run with scripts/build_latency_lut.py and the run's "
                 "--model_name --width_scale --resolution_range --resolution_step "
@@ -208,15 +220,17 @@ class LatencyTable:
         """
         if model_name != self.space["model_name"]:
             raise ValueError(
-                f"Latency table {self.path or ''} is for {self.space['model_name']}, "
-                f"not {model_name}."
+                f"{self._where()} is for {self.space['model_name']}, not {model_name}."
             )
         resolutions = np.asarray(resolutions, dtype=np.int64)
         channels = blocks.stage_channels_np(model_name, mults, self.space["width_scale"]).T
         total = np.full(resolutions.shape, self.overhead_us, dtype=np.float64)
         for _, kind, in_size, c_in, c_out in block_shapes(model_name, resolutions, channels):
             if kind not in self._kind_index:
-                raise ValueError(f"Latency table {self.path or ''} has no {kind.name} blocks.")
+                raise ValueError(
+                    f"{self._where()} has no {kind.name} blocks: it was built for another "
+                    "search space; build one with scripts/build_latency_lut.py."
+                )
             shape = np.broadcast_shapes(np.shape(in_size), np.shape(c_in), np.shape(c_out))
             codes = _pack(self._kind_index[kind], *(np.broadcast_to(v, shape) for v in
                                                       (in_size, c_in, c_out)))  # fmt: skip
@@ -228,7 +242,7 @@ class LatencyTable:
                     int(np.ravel(np.broadcast_to(v, shape))[i]) for v in (in_size, c_in, c_out)
                 ]
                 raise ValueError(
-                    f"Latency table {self.path or ''} has no entry for {kind.name} at input "
+                    f"{self._where()} has no entry for {kind.name} at input "
                     f"{sizes[0]} px, {sizes[1]} -> {sizes[2]} channels: it was built for "
                     "another search space; build one with scripts/build_latency_lut.py."
                 )
@@ -250,6 +264,7 @@ class LatencyTable:
 
     def block_us(self, config: specs.SubnetConfig) -> list[tuple[str, float]]:
         """``(block name, us)`` of every block of ``config`` (a breakdown)."""
+        self.predict_us(config)  # a config outside the table: one clear message
         channels = blocks.stage_channels(config, self.space["width_scale"])
         rows = []
         for block, kind, in_size, c_in, c_out in block_shapes(
@@ -314,6 +329,9 @@ class LatencyTable:
                 kind = BlockKind(str(block_type), int(expand), int(stride), bool(residual))
                 entries[(kind, int(size), int(c_in), int(c_out))] = float(us)
             space = dict(data["space"])
+            missing = [k for k in SPACE_FIELDS if k not in space]
+            if missing:
+                raise KeyError(f"space has no {', '.join(missing)}")
             overhead = float(data["overhead_us"])
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where} is damaged ({type(e).__name__}: {e}); rebuild it.") from None

@@ -147,6 +147,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        specs.SearchSpace(**self.supernet_kwargs(1))  # the ranges, before any data is read
         if self.data.image_size != self.resolution_range[1]:
             raise ValueError(
                 f"image_size={self.data.image_size} must equal the largest resolution "

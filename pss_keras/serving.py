@@ -26,7 +26,8 @@ class ServingError(RuntimeError):
 
 
 # One served subnet (name, metric_type, target, mflops, params, resolution,
-# top1, latency_ms): the record the ``tiers`` signature describes.
+# top1, latency_ms, predicted_latency_ms, latency_table, latency_runtime):
+# the record the ``tiers`` signature describes.
 Tier = ServedTier
 
 

@@ -67,7 +67,12 @@ def load_latency_tables(config: TrainConfig, space: specs.SearchSpace, job_dir=N
         if path is None:
             continue
         copy = jobs.latency_table_path(job_dir or config.job_dir, metric_type)
-        if job_dir and os.path.exists(copy):
+        if os.path.exists(copy) and (job_dir or not os.path.exists(path)):
+            if not job_dir:
+                logging.warning(
+                    "%s is gone; resuming with the job's copy of the %s table (%s).",
+                    path, metric_type, copy,
+                )  # fmt: skip
             path = copy
         table = latency.LatencyTable.load(path)
         table.check_space(space)

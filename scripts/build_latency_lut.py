@@ -5,9 +5,11 @@
         --output=L.json
 
 Every block configuration the space can produce is timed on this machine
-(median of repeats after warm-up, minus the per-call overhead, which is
-recorded once), then ``--validate_subnets`` random subnets are measured end
-to end against the table's prediction. Use the same search-space flags as
+(median of repeats after warm-up, minus the per-call overhead); the fixed
+overhead added once per subnet is the per-call overhead plus the median
+shortfall of ``--calibration_subnets`` whole subnets against the sum of
+their blocks; then ``--validate_subnets`` other random subnets are measured
+end to end against the table's prediction. Use the same search-space flags as
 train.py; pass the file to train.py with --infer_metric_types=...,latency_cpu
 --lut_dirs=...,L.json (latency targets in microseconds).
 """
@@ -37,6 +39,12 @@ flags.DEFINE_integer("num_classes", 1000, "Classifier outputs of the measured to
 flags.DEFINE_integer("repeats", 10, "Timed calls per entry (median).", lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "Untimed calls per entry first.", lower_bound=0)
 flags.DEFINE_integer("validate_subnets", 30, "Random subnets measured end to end.", lower_bound=0)
+flags.DEFINE_integer(
+    "calibration_subnets", 10,
+    "Random subnets (not the validation ones) measured end to end; their median shortfall "
+    "against the sum of blocks is added to the fixed overhead.",
+    lower_bound=0,
+)  # fmt: skip
 flags.DEFINE_integer("seed", 0, "Seed of the random weights and validation subnets.")
 flags.DEFINE_string("output", None, "Where to write the table (JSON).")
 
@@ -60,6 +68,9 @@ def main(argv):
         )
         if F.threads < 1:
             raise ValueError(f"--threads={F.threads} must be at least 1.")
+        folder = os.path.dirname(os.path.abspath(F.output))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise ValueError(f"--output={F.output}: {folder} is not a writable folder.")
     except ValueError as e:
         sys.exit(f"error: {e}")
     import tensorflow as tf
@@ -73,21 +84,27 @@ def main(argv):
     print(f"Measuring {len(keys):,} block configurations of {space.model_name} "
           f"(width {space.width_scale:g}, {space.resolution_range[0]}..{space.resolution_range[1]}"
           f" px) with {F.runtime}, {F.threads} thread(s).")  # fmt: skip
-    table = latency_measurement.build_table(
-        space,
-        runtime=F.runtime,
-        threads=F.threads,
-        num_classes=F.num_classes,
-        repeats=F.repeats,
-        warmup=F.warmup,
-        validate_subnets=F.validate_subnets,
-        seed=F.seed,
-    )
-    table.save(F.output)
+    try:
+        table = latency_measurement.build_table(
+            space,
+            runtime=F.runtime,
+            threads=F.threads,
+            num_classes=F.num_classes,
+            repeats=F.repeats,
+            warmup=F.warmup,
+            validate_subnets=F.validate_subnets,
+            calibration_subnets=F.calibration_subnets,
+            seed=F.seed,
+        )
+        table.save(F.output)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
     meta = table.meta
     print(latency_measurement.format_validation(table))
     print(
-        f"Wrote {F.output}: {len(table.entries):,} entries, overhead {table.overhead_us:.1f} us, "
+        f"Wrote {F.output}: {len(table.entries):,} entries, overhead {table.overhead_us:.1f} us "
+        f"(call {meta['overhead']['call_us']:.1f} + shortfall of whole subnets "
+        f"{meta['overhead']['calibration_shortfall_us']:.1f}), "
         f"smallest subnet {meta['min_subnet_us']:.1f} us, largest {meta['max_subnet_us']:.1f} us "
         f"(random subnets {meta['random_subnets_us'][0]:.1f}..{meta['random_subnets_us'][1]:.1f}"
         f" us); device: {latency.describe_device(table.device)}; "

@@ -43,10 +43,10 @@ def main(argv):
         )
     except ValueError as e:
         sys.exit(f"error: {e}")
-    print(f"{'tier':<16}{'MFLOPs':>9}{'val top1':>10}{'val top5':>10}{'minival top1':>14}")
+    print(f"{'tier':<24}{'MFLOPs':>9}{'val top1':>10}{'val top5':>10}{'minival top1':>14}")
     for e in retained:
         print(
-            f"{e['name']:<16}{e['mflops']:>9.2f}{e['top1']:>10.3f}{e['top5']:>10.3f}"
+            f"{e['name']:<24}{e['mflops']:>9.2f}{e['top1']:>10.3f}{e['top5']:>10.3f}"
             f"{e['minival_top1']:>14.3f}"
         )
 

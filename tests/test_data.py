@@ -326,19 +326,20 @@ def test_tfds_shards_stream_in_a_fresh_order_each_epoch(tiny_image_folder, tmp_p
     config = _config(name, data_dir=str(tmp_path / "tfds"), cache="false", shuffle_buffer=4)
     p = data.Pipelines(config)
     assert p.source.num_train == 160 and p.source.train_records.num_chunks == 4
-    # The fixed order is the shards in file order, each read through; every
-    # record carries its position in it, and the records are TFDS's own.
-    indexed = [(int(i), image.numpy()) for i, (image, _) in p.source.train_records.fixed_order()]
-    assert [i for i, _ in indexed] == list(range(160))
-    assert sorted(image.tobytes() for _, image in indexed) == sorted(
-        image.numpy().tobytes() for image, _ in p.source.train
-    )
-    held_out = {indexed[i][1].tobytes() for i in range(0, 160, p.minival_stride)}
+    # The fixed order is TFDS's own (as_dataset without file shuffling), and
+    # every record carries its position in it whichever order reads it.
+    fixed = [(image.numpy(), int(label)) for image, label in p.source.train]
+    indexed = list(p.source.train_records.fixed_order())
+    assert [int(i) for i, _ in indexed] == list(range(160))
+    for (_, (image, label)), (ref_image, ref_label) in zip(indexed, fixed):
+        np.testing.assert_array_equal(image.numpy(), ref_image)
+        assert int(label) == ref_label
+    held_out = {fixed[i][0].tobytes() for i in range(0, 160, p.minival_stride)}
     minival = {
         x.tobytes() for xs, _ in p.minival() for x in np.round(xs.numpy(), 4).astype(np.float32)
     }
     expected = {
-        np.round(preprocessing.eval_transform(tf.constant(indexed[i][1]), 32).numpy(), 4).tobytes()
+        np.round(preprocessing.eval_transform(tf.constant(fixed[i][0]), 32).numpy(), 4).tobytes()
         for i in range(0, 160, p.minival_stride)
     }
     assert len(held_out) == 20 and minival == expected
@@ -346,7 +347,12 @@ def test_tfds_shards_stream_in_a_fresh_order_each_epoch(tiny_image_folder, tmp_p
     monkeypatch.setattr(
         data, "train_transform", lambda image, seed, config: tf.cast(seed[1:], tf.float32)
     )
-    shard_of = np.repeat(np.arange(4), 40)  # 4 shards of 40 (TFDS splits evenly)
+    import tensorflow_datasets as tfds
+
+    lengths = tfds.builder(name, data_dir=str(tmp_path / "tfds")).info.splits["train"].shard_lengths
+    positions = data.interleave_positions(lengths, 16, 16)
+    shard_of = np.empty(160, int)  # the shard of the record at each fixed-order position
+    shard_of[positions] = np.repeat(np.arange(len(lengths)), lengths)
     epochs = [_streamed_indices(data.Pipelines(config), e) for e in (0, 1)]
     for indices in epochs:
         assert len(indices) == 128 and len(set(indices)) == 128
@@ -358,3 +364,24 @@ def test_tfds_shards_stream_in_a_fresh_order_each_epoch(tiny_image_folder, tmp_p
     np.testing.assert_array_equal(epochs[0], _streamed_indices(p, 0))  # resume: same order
     orders = [p.chunk_order(e).numpy().tolist() for e in range(6)]
     assert all(sorted(o) == [0, 1, 2, 3] for o in orders) and len(set(map(tuple, orders))) > 1
+
+
+@pytest.mark.parametrize("cycle, block", [(16, 16), (3, 2), (1, 16), (4, 1)])
+def test_interleave_positions_match_tf_data(cycle, block):
+    """Where tf.data's deterministic interleave puts each record of each file
+    (uneven and empty files included), computed without reading them."""
+    lengths = [5, 0, 17, 3, 40, 1, 16, 9]
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    sizes = np.asarray(lengths, np.int64)
+    files = tf.data.Dataset.range(len(lengths)).interleave(
+        lambda j: tf.data.Dataset.range(tf.gather(sizes, j)).map(
+            lambda k: tf.gather(starts, j) + k
+        ),
+        cycle_length=cycle,
+        block_length=block,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    read = np.array(list(files.as_numpy_iterator()))  # sequential index of each position
+    positions = data.interleave_positions(lengths, cycle, block)
+    np.testing.assert_array_equal(positions[read], np.arange(len(read)))

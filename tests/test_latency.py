@@ -46,17 +46,30 @@ def _manual_sum(table, config):
     return total
 
 
-@pytest.mark.parametrize("model_name", ["mobilenet_v1", "mobilenet_v2"])
-def test_keys_cover_every_random_subnet(model_name):
-    space = specs.SearchSpace(model_name, (32, 64), 8, (0.75, 1.0), 0.35, 10)
-    keys = set(latency.table_keys(space))
+@pytest.mark.parametrize("model_name, width", [("mobilenet_v1", 0.25), ("mobilenet_v2", 0.35)])
+def test_keys_are_exactly_what_subnets_reach(model_name, width):
+    """Every block of every subnet has a key, and every key is a block some
+    subnet has (a small space: 3,000 random subnets reach all of them)."""
+    space = specs.SearchSpace(model_name, (32, 40), 8, (0.75, 1.0), width, 10)
+    keys = latency.table_keys(space)
+    assert len(set(keys)) == len(keys)
     rng = random.Random(0)
-    for config in [space.largest(), space.smallest()] + [space.random(rng) for _ in range(200)]:
+    reached = set()
+    for config in [space.largest(), space.smallest()] + [space.random(rng) for _ in range(3000)]:
         channels = blocks.stage_channels(config, space.width_scale)
         for _, kind, in_size, c_in, c_out in latency.block_shapes(
             model_name, config.resolution, channels
         ):
-            assert (kind, in_size, c_in, c_out) in keys
+            reached.add((kind, in_size, c_in, c_out))
+    assert reached == set(keys)
+    # A block within a stage (MobileNetV2's residual repeats) keeps its width.
+    for kind, _, c_in, c_out in keys:
+        if kind.residual:
+            assert c_in == c_out
+    if model_name == "mobilenet_v2":
+        assert any(k[0].residual for k in keys)
+        head = {k[3] for k in keys if k[0].block_type == "head"}
+        assert head == {blocks.make_divisible(1280 * 0.35)}  # full width whatever its mult
     # One key per block of the plan per shape: stem, 13 or 17 blocks, (head,) top.
     kinds = {k[0].block_type for k in keys}
     assert kinds == ({"stem", "mbv1_block", "top"} if model_name == "mobilenet_v1" else
@@ -139,22 +152,34 @@ def test_latency_tier_names():
     assert TargetGrid("latency_cpu", 20, 60, 10).name(4) == "latency_cpu_60us"
 
 
-@pytest.mark.parametrize("runtime", ["tflite", "tensorflow"])
-def test_build_table_measures_every_block_and_validates(runtime):
+# MobileNetV2 with two widths in its repeated stages (residual blocks).
+FIXED_V2 = specs.SearchSpace("mobilenet_v2", (16, 16), 8, (0.75, 1.0), 0.35, 10)
+
+
+@pytest.mark.parametrize(
+    "runtime, space",
+    [("tflite", FIXED), ("tensorflow", FIXED), ("tflite", FIXED_V2)],
+    ids=["tflite-v1", "tensorflow-v1", "tflite-v2"],
+)
+def test_build_table_measures_every_block_and_validates(runtime, space):
     from pss_keras import latency_measurement
 
     table = latency_measurement.build_table(
-        FIXED, runtime=runtime, num_classes=10, repeats=2, warmup=1, validate_subnets=1,
-        progress=False,
+        space, runtime=runtime, num_classes=10, repeats=2, warmup=1, validate_subnets=1,
+        calibration_subnets=2, progress=False,
     )  # fmt: skip
-    assert set(table.entries) == set(latency.table_keys(FIXED))
-    assert all(us >= 0 for us in table.entries.values()) and table.overhead_us > 0
-    table.check_space(FIXED)
+    overhead = table.meta["overhead"]
+    assert overhead["calibration_subnets"] == 2 and overhead["call_us"] > 0
+    assert table.overhead_us == pytest.approx(
+        overhead["call_us"] + overhead["calibration_shortfall_us"], abs=2e-3
+    )
+    assert set(table.entries) == set(latency.table_keys(space))
+    table.check_space(space)
     meta = table.meta
     assert meta["runtime"] == runtime and meta["device"]["threads"] == 1
     assert meta["device"]["cpu_model"] and isinstance(meta["device"]["isa"], list)
-    assert meta["min_subnet_us"] == pytest.approx(table.predict_us(FIXED.smallest()), abs=1e-3)
-    assert meta["max_subnet_us"] == pytest.approx(table.predict_us(FIXED.largest()), abs=1e-3)
+    assert meta["min_subnet_us"] == pytest.approx(table.predict_us(space.smallest()), abs=1e-3)
+    assert meta["max_subnet_us"] == pytest.approx(table.predict_us(space.largest()), abs=1e-3)
     validation = meta["validation"]
     assert validation["subnets"] == 3 and len(validation["rows"]) == 3
     assert {"mape", "spearman"} <= set(validation)
@@ -165,12 +190,13 @@ def test_build_table_measures_every_block_and_validates(runtime):
     assert "mape" in latency_measurement.format_validation(table)
 
 
+@pytest.mark.heavy
 def test_build_latency_lut_script_writes_the_table(tmp_path, run_script):
     out = tmp_path / "L.json"
     result = run_script(
         "scripts/build_latency_lut.py", "--width_scale=0.25", "--resolution_range=16,24",
         "--width_mult_range=1.0,1.0", "--runtime=tensorflow", "--repeats=1", "--warmup=0",
-        "--validate_subnets=1", "--num_classes=10", f"--output={out}",
+        "--validate_subnets=1", "--calibration_subnets=1", "--num_classes=10", f"--output={out}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(out.read_text())
