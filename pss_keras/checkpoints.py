@@ -7,11 +7,18 @@ written into a hidden temporary directory, flushed, and renamed into place;
 then the ``latest`` pointer is replaced atomically. A run killed at any moment
 (even ``kill -9`` mid-write) leaves the previous checkpoint intact and
 pointed to: only the current epoch is lost.
+
+Each checkpoint's state file records the size and SHA-256 of the weights and
+optimizer files. A checkpoint damaged afterwards (a truncated copy, a bad
+disk) is found by `Checkpointer.latest_usable`, reported as damaged, and the
+newest intact one before it is used instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -54,6 +61,62 @@ class Checkpointer:
         path = os.path.join(self.directory, name)
         return path if os.path.isdir(path) else None
 
+    def damage(self, path: str) -> str | None:
+        """What is wrong with the checkpoint at ``path``, or None if it is
+        intact: a missing or unreadable file, or a size or SHA-256 that
+        differs from what was recorded when it was written (checkpoints from
+        before files were recorded are checked for presence only)."""
+        for file in (WEIGHTS, OPTIMIZER, STATE):
+            if not os.path.exists(os.path.join(path, file)):
+                return f"{file} is missing"
+        try:
+            with open(os.path.join(path, STATE)) as f:
+                state = json.load(f)
+            recorded = state.get("files", {})
+        except (OSError, ValueError, AttributeError) as e:
+            return f"{STATE} is unreadable ({type(e).__name__})"
+        for file, record in recorded.items():
+            actual = _file_record(os.path.join(path, file))
+            if actual["bytes"] != record.get("bytes"):
+                return f"{file} has {actual['bytes']:,} bytes, {record.get('bytes'):,} were written"
+            if actual["sha256"] != record.get("sha256"):
+                return f"{file} does not match the checksum recorded when it was written"
+        return None
+
+    def latest_usable(self) -> str | None:
+        """The newest intact checkpoint: `latest`, or, if that one is
+        damaged, the newest intact one before it (with a warning naming the
+        damage); None when there is none at all.
+
+        Raises:
+            ValueError: if checkpoints exist but every one is damaged.
+        """
+        names = sorted(
+            (n for n in os.listdir(self.directory) if n.startswith("epoch-")), reverse=True
+        ) if os.path.isdir(self.directory) else []  # fmt: skip
+        latest = self.latest()
+        if latest is not None:  # the pointer's choice first, then older ones
+            names = [os.path.basename(latest)] + [n for n in names if n < os.path.basename(latest)]
+        problems = []
+        for name in names:
+            path = os.path.join(self.directory, name)
+            problem = self.damage(path)
+            if problem is None:
+                for damaged, why in problems:
+                    logging.warning(
+                        "Checkpoint %s is damaged (%s); resuming from %s instead.",
+                        damaged, why, path,
+                    )  # fmt: skip
+                return path
+            problems.append((path, problem))
+        if problems:
+            raise ValueError(
+                f"Every checkpoint in {self.directory} is damaged ("
+                + "; ".join(f"{os.path.basename(p)}: {why}" for p, why in problems)
+                + "); restore them from a copy, or start a new --job_dir."
+            )
+        return None
+
     def save(self, epoch: int) -> str:
         """Writes the checkpoint of the state after ``epoch`` completed epochs."""
         os.makedirs(self.directory, exist_ok=True)
@@ -63,7 +126,13 @@ class Checkpointer:
         try:
             self.supernet.save_weights(os.path.join(tmp, WEIGHTS))
             np.savez(os.path.join(tmp, OPTIMIZER), **_optimizer_state(self.optimizer))
-            state = {"epoch": epoch, "sampler": self.sampler.state_dict()}
+            state = {
+                "epoch": epoch,
+                "sampler": self.sampler.state_dict(),
+                "files": {
+                    name: _file_record(os.path.join(tmp, name)) for name in (WEIGHTS, OPTIMIZER)
+                },
+            }
             with open(os.path.join(tmp, STATE), "w") as f:
                 json.dump(state, f)
             fsync_tree(tmp)
@@ -101,6 +170,9 @@ class Checkpointer:
         for file in (WEIGHTS, OPTIMIZER, STATE):
             if not os.path.exists(os.path.join(path, file)):
                 raise ValueError(f"Checkpoint {path} is incomplete: {file} is missing.")
+        problem = self.damage(path)
+        if problem is not None:
+            raise ValueError(f"Checkpoint {path} is damaged: {problem}.")
         try:
             self.supernet.load_weights(os.path.join(path, WEIGHTS))
         except Exception as e:
@@ -115,6 +187,15 @@ class Checkpointer:
             state = json.load(f)
         self.sampler.load_state_dict(state["sampler"])
         return state
+
+
+def _file_record(path: str) -> dict:
+    """``{"bytes", "sha256"}`` of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
 def _optimizer_key(variable) -> str:

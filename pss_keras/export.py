@@ -182,15 +182,10 @@ def _tier_table(job, entries, fns, latency_repeats: int) -> list[dict]:
             {k: row[k] for k in ("name", "metric_type", "target", "mflops", "params", "resolution")}
             | {"top1": row["top1"], "top5": float(tier.top5), "latency_ms": latency}
             | {k: row[k] for k in ("latency_table", "latency_runtime")}
-            # JSON has no NaN: a tier without a prediction says null.
-            | {"predicted_latency_ms": _finite_or_none(row["predicted_latency_ms"])}
+            | {"predicted_latency_ms": row["predicted_latency_ms"]}  # null without a table
             | {"predicted_us": dict(tier.predicted_us), "config": tier.config.to_dict()}
         )
     return table
-
-
-def _finite_or_none(value: float):
-    return float(value) if np.isfinite(value) else None
 
 
 def _archive(fns, default: str, table) -> keras.export.ExportArchive:

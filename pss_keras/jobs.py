@@ -128,7 +128,7 @@ class RetainedTier:
             resolution=self.resolution,
             top1=float(self.top1),
             latency_ms=float(latency_ms),
-            predicted_latency_ms=predicted_us / 1000.0,
+            predicted_latency_ms=predicted_us / 1000.0 if metric_type else None,
             latency_table=table.describe() if table is not None else "",
             latency_runtime=table.runtime if table is not None else "",
         )
@@ -144,7 +144,8 @@ class ServedTier:
       the served computation: decode, resize, the subnet), not on the
       client's nor necessarily on the server's.
     * ``predicted_latency_ms``: the run's look-up table's prediction of the
-      subnet alone (NaN for a run without one), on the device and runtime
+      subnet alone (None for a run without one; NaN in the ``tiers``
+      signature's float column), on the device and runtime
       that ``latency_table`` names (``latency_runtime``: ``tflite`` for the
       mobile-like LiteRT path, ``tensorflow`` for the served path).
     """
@@ -157,7 +158,7 @@ class ServedTier:
     resolution: int
     top1: float
     latency_ms: float
-    predicted_latency_ms: float = float("nan")
+    predicted_latency_ms: float | None = None
     latency_table: str = ""
     latency_runtime: str = ""
 
@@ -178,11 +179,20 @@ TIER_TABLE = (
 )
 
 
+def _float_or_none(value):
+    """A float column's value; NaN (the signature's "none") becomes None.
+    REST returns NaN as the JSON value NaN or null, gRPC as a float."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if value != value else value
+
+
 # How a value of each TIER_TABLE dtype comes back to Python (REST gives str,
 # gRPC bytes for strings).
 _FROM_DTYPE = {
     "string": lambda v: v.decode() if isinstance(v, bytes) else str(v),
-    "float32": float,
+    "float32": _float_or_none,
     "int32": int,
     "int64": int,
 }

@@ -122,8 +122,9 @@ class TrainConfig:
             )
         for metric_type, (start, stop, step), _ in self.target_ranges():
             if step <= 0 or stop < start:
+                label = "FLOPs" if metric_type == "flops" else metric_type
                 raise ValueError(
-                    f"{metric_type} target range {start:g}..{stop:g} step {step:g} is empty; "
+                    f"{label} target range {start:g}..{stop:g} step {step:g} is empty; "
                     "give start <= stop and a positive step."
                 )
         checks = [

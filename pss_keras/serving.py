@@ -131,7 +131,7 @@ def tier_latency_ms(tier: Tier, source: str = "auto") -> float:
     """
     if source not in LATENCY_SOURCES:
         raise ServingError(f"latency_source={source!r} is unknown; use one of {LATENCY_SOURCES}.")
-    has_prediction = np.isfinite(tier.predicted_latency_ms)
+    has_prediction = tier.predicted_latency_ms is not None
     if source == "predicted" and not has_prediction:
         raise ServingError(
             f"Tier {tier.name} has no predicted latency (its run had no latency table); "

@@ -152,7 +152,7 @@ def evaluate_job(
     tables = load_latency_tables(config, supernet.space, job_dir=job_dir)
     sampler = build_samplers(config, supernet.space, tables)
     checkpointer = Checkpointer(os.path.join(job_dir, jobs.CHECKPOINTS), supernet, None, sampler)
-    checkpoint = checkpoint or checkpointer.latest()
+    checkpoint = checkpoint or checkpointer.latest_usable()
     if not checkpoint or not os.path.isdir(checkpoint):
         raise ValueError(f"No checkpoint found in {job_dir}/checkpoints (or at {checkpoint}).")
     checkpointer.restore(checkpoint)
@@ -249,7 +249,7 @@ def train(config: TrainConfig) -> dict:
         keep=config.keep_checkpoints,
     )
     initial_epoch = 0
-    latest = checkpointer.latest()
+    latest = checkpointer.latest_usable()  # a damaged latest: the one before, with a warning
     if latest:
         initial_epoch = checkpointer.restore(latest)["epoch"]
         logging.info("Resuming from %s (epoch %d of %d).", latest, initial_epoch, config.epochs)

@@ -156,10 +156,12 @@ def test_latency_tier_names():
 FIXED_V2 = specs.SearchSpace("mobilenet_v2", (16, 16), 8, (0.75, 1.0), 0.35, 10)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "runtime, space",
-    [("tflite", FIXED), ("tensorflow", FIXED), ("tflite", FIXED_V2)],
-    ids=["tflite-v1", "tensorflow-v1", "tflite-v2"],
+    # LiteRT on MobileNetV2 (residual repeats), TensorFlow on MobileNetV1.
+    [("tensorflow", FIXED), ("tflite", FIXED_V2)],
+    ids=["tensorflow-v1", "tflite-v2"],
 )
 def test_build_table_measures_every_block_and_validates(runtime, space):
     from pss_keras import latency_measurement
@@ -311,7 +313,7 @@ def test_served_tiers_without_prediction_columns_still_load():
         "params": [10], "resolutions": [32], "top1": [0.5], "latency_ms": [2.0],
     }  # fmt: skip
     (tier,) = jobs.served_tiers_from_outputs(outputs)
-    assert np.isnan(tier.predicted_latency_ms) and tier.latency_table == ""
+    assert tier.predicted_latency_ms is None and tier.latency_table == ""
     from pss_keras import serving
 
     assert serving.tier_latency_ms(tier, "auto") == 2.0

@@ -36,7 +36,10 @@ def _run(*args, timeout=900):
         ),
         (["--pool_size=0"], "pool_size=0 must be at least 1"),
         (["--dataset=no_such_dataset_xyz"], "Unknown dataset 'no_such_dataset_xyz'"),
-        (["--infer_metric_types=latency_cpu"], "only flops is implemented"),
+        (
+            ["--infer_metric_types=latency_cpu"],
+            "--lut_dirs: latency_cpu needs a latency table, got None",
+        ),
         (["--resolution_range=32"], "--resolution_range needs two comma-separated values"),
     ],
 )

@@ -150,6 +150,82 @@ def test_checkpoint_round_trip_continues_identically(tiny_image_folder, tmp_path
             assert pools2[key][config] == pytest.approx(score, rel=1e-4, abs=1e-5)
 
 
+def _tiny_checkpointer(directory, keep=2):
+    net = Supernet("mobilenet_v1", num_classes=10, width_scale=0.25, resolution_range=(16, 32))
+    sampler = training.build_samplers(
+        training.TrainConfig(
+            job_dir="x",
+            model_name="mobilenet_v1",
+            width_scale=0.25,
+            resolution_range=(16, 32),
+            flops_targets=(0.2, 0.6, 0.2),
+            num_map_samples=500,
+            data=data.DataConfig(image_size=32),
+        ),
+        net.space,
+    )
+    opt = keras.optimizers.SGD(0.1)
+    opt.build(net.trainable_variables)
+    return Checkpointer(str(directory), net, opt, sampler, keep=keep)
+
+
+def test_a_damaged_latest_checkpoint_gives_way_to_the_previous(tmp_path, caplog):
+    """Issue: a truncated latest checkpoint blocked resume with 'does not fit
+    this supernet'. Now it is reported as damaged and the one before is used."""
+    ckpt = _tiny_checkpointer(tmp_path)
+    for epoch in (1, 2):
+        ckpt.save(epoch)
+    first, second = str(tmp_path / "epoch-0001"), str(tmp_path / "epoch-0002")
+    assert ckpt.damage(first) is None and ckpt.latest_usable() == second
+    weights = tmp_path / "epoch-0002" / "supernet.weights.h5"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:
+        f.truncate(size // 2)
+    assert ckpt.latest() == second  # the pointer still names it
+    with caplog.at_level("WARNING"):
+        assert ckpt.latest_usable() == first
+    assert f"Checkpoint {second} is damaged (supernet.weights.h5 has {size // 2:,} bytes, " in (
+        caplog.text
+    )
+    with pytest.raises(ValueError, match=r"epoch-0002 is damaged: supernet.weights.h5 has"):
+        ckpt.restore(second)
+    assert ckpt.restore(first)["epoch"] == 1
+    # One flipped byte (same size) is caught by the checksum.
+    optimizer = tmp_path / "epoch-0001" / "optimizer.npz"
+    content = bytearray(optimizer.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    optimizer.write_bytes(bytes(content))
+    with pytest.raises(ValueError, match=r"Every checkpoint in .* is damaged \(epoch-0002: "
+                       r"supernet.weights.h5 has .*; epoch-0001: optimizer.npz does not match "
+                       r"the checksum"):  # fmt: skip
+        ckpt.latest_usable()
+    # A cut state file is damage too; a checkpoint from before files were
+    # recorded is checked for presence only.
+    ckpt.save(3)
+    state = tmp_path / "epoch-0003" / "pss_state.json"
+    full = state.read_text()
+    state.write_text(full[: len(full) // 2])
+    assert "pss_state.json is unreadable" in ckpt.damage(str(tmp_path / "epoch-0003"))
+    old = json.loads(full)
+    del old["files"]
+    state.write_text(json.dumps(old))
+    assert ckpt.damage(str(tmp_path / "epoch-0003")) is None
+
+
+@pytest.mark.heavy
+def test_train_resumes_from_the_previous_checkpoint_when_the_latest_is_cut(
+    tiny_image_folder, tmp_path
+):
+    config = tiny_train_config(tmp_path / "job", tiny_image_folder, epochs=3)
+    training.train(config)
+    weights = tmp_path / "job" / "checkpoints" / "epoch-0003" / "supernet.weights.h5"
+    with open(weights, "r+b") as f:
+        f.truncate(1000)
+    summary = training.train(dataclasses.replace(config, epochs=4))
+    assert summary["resumed_from_epoch"] == 2 and summary["retained"]
+    assert (tmp_path / "job" / "checkpoints" / "latest").read_text().strip() == "epoch-0004"
+
+
 def test_keep_and_prune_checkpoints(tmp_path):
     net = Supernet("mobilenet_v1", num_classes=10, width_scale=0.25, resolution_range=(16, 32))
     sampler = training.build_samplers(
