@@ -59,8 +59,11 @@ def main(argv):
                 print(
                     f"{t.name:<24}{t.mflops:>9.2f}{t.params:>11,}{t.resolution:>5}{t.top1:>10.3f}"
                     f"{t.latency_ms:>11.2f}"
-                    + (f"{t.predicted_latency_ms:>14.3f}" if t.predicted_latency_ms is not None
-                       else f"{'-':>14}")  # fmt: skip
+                    + (
+                        f"{t.predicted_latency_ms:>14.3f}"
+                        if t.predicted_latency_ms is not None
+                        else f"{'-':>14}"
+                    )  # fmt: skip
                 )
             tables = sorted({t.latency_table for t in tiers if t.latency_table})
             print("export ms: measured at export (batch 1, the served computation)")

@@ -41,6 +41,8 @@ def _run(*args, timeout=900):
             "--lut_dirs: latency_cpu needs a latency table, got None",
         ),
         (["--resolution_range=32"], "--resolution_range needs two comma-separated values"),
+        # Refused before any data is read (it used to fail after caching images).
+        (["--resolution_range=64,32"], "resolution_range=(64, 32) must be (min, max)"),
     ],
 )
 def test_bad_flags_fail_fast_with_one_line(tmp_path, flags, message):
@@ -57,6 +59,7 @@ def test_bad_flags_fail_fast_with_one_line(tmp_path, flags, message):
     assert last.startswith("error: ") and message in last, last
     assert "Traceback" not in result.stderr
     assert not job.exists()  # nothing half written
+    assert not (tmp_path / "synthetic_shapes").exists()  # no data read for a bad setting
 
 
 def test_unknown_model_is_rejected_by_the_flag_parser(tmp_path):
