@@ -161,7 +161,13 @@ def _shard_records(builder, split: str) -> TrainRecords | None:
     disable shuffling); a record's index is its position in it, whatever
     order an epoch reads the shards in.
     """
-    if str(getattr(builder.info, "file_format", "tfrecord")).split(".")[-1].lower() != "tfrecord":
+    file_format = str(getattr(builder.info, "file_format", "tfrecord")).split(".")[-1].lower()
+    if file_format != "tfrecord":
+        logging.warning(
+            "%s is stored as %s, not TFRecord: a streamed training set is read in its fixed "
+            "order through the shuffle buffer (no per-epoch shard order).",
+            builder.name, file_format,
+        )  # fmt: skip
         return None
     info = builder.info.splits[split]
     lengths = list(info.shard_lengths)

@@ -578,7 +578,14 @@ def test_optimizer_state_is_restored_by_name(tmp_path, rng):
     with pytest.raises(ValueError, match="does not fit this optimizer: missing"):
         Checkpointer(str(tmp_path / "ckpt"), net, adam, sampler).restore(path)
     # A checkpoint written by position (before this format) is not resumed.
+    # Such checkpoints also predate the recorded file sizes and checksums.
     np.savez(os.path.join(path, "optimizer.npz"), v00000=np.zeros(()), v00001=np.zeros(()))
+    state_path = os.path.join(path, "pss_state.json")
+    with open(state_path) as f:
+        state = json.load(f)
+    del state["files"]
+    with open(state_path, "w") as f:
+        json.dump(state, f)
     with pytest.raises(ValueError, match="stores the optimizer by position"):
         Checkpointer(str(tmp_path / "ckpt"), net, reordered, sampler).restore(path)
 
