@@ -227,22 +227,7 @@ def test_train_resumes_from_the_previous_checkpoint_when_the_latest_is_cut(
 
 
 def test_keep_and_prune_checkpoints(tmp_path):
-    net = Supernet("mobilenet_v1", num_classes=10, width_scale=0.25, resolution_range=(16, 32))
-    sampler = training.build_samplers(
-        training.TrainConfig(
-            job_dir="x",
-            model_name="mobilenet_v1",
-            width_scale=0.25,
-            resolution_range=(16, 32),
-            flops_targets=(0.2, 0.6, 0.2),
-            num_map_samples=500,
-            data=data.DataConfig(image_size=32),
-        ),
-        net.space,
-    )
-    opt = keras.optimizers.SGD(0.1)
-    opt.build(net.trainable_variables)
-    ckpt = Checkpointer(str(tmp_path), net, opt, sampler, keep=2)
+    ckpt = _tiny_checkpointer(tmp_path, keep=2)
     for epoch in (1, 2, 3):
         ckpt.save(epoch)
     os.makedirs(tmp_path / ".epoch-0004-killed")  # what a kill -9 mid-write leaves
