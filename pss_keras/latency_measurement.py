@@ -291,14 +291,7 @@ def _random_supernet(space, num_classes):
     """A supernet of ``space`` with random weights (latency does not depend on them)."""
     from pss_keras.supernet import Supernet
 
-    return Supernet(
-        model_name=space.model_name,
-        num_classes=num_classes,
-        width_scale=space.width_scale,
-        resolution_range=space.resolution_range,
-        resolution_step=space.resolution_step,
-        width_range=space.width_range,
-    )
+    return Supernet(**{**space.to_dict(), "num_classes": num_classes})
 
 
 def _measure_subnets(supernet, configs, timer, label, progress) -> list:
