@@ -34,7 +34,9 @@ flags.DEFINE_enum(
     "tflite: LiteRT with XNNPACK (mobile-like CPU path); tensorflow: the served path "
     "(CPU, or the GPU when TensorFlow sees one).",
 )  # fmt: skip
-flags.DEFINE_integer("threads", 1, "Inference threads (LiteRT threads; TF intra-op threads).")
+flags.DEFINE_integer(
+    "threads", 1, "Inference threads (LiteRT threads; TF intra-op threads).", lower_bound=1
+)
 flags.DEFINE_integer("num_classes", 1000, "Classifier outputs of the measured top block.")
 flags.DEFINE_integer("repeats", 10, "Timed calls per entry (median).", lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "Untimed calls per entry first.", lower_bound=0)
@@ -66,8 +68,6 @@ def main(argv):
             width_scale=F.width_scale,
             num_classes=F.num_classes,
         )
-        if F.threads < 1:
-            raise ValueError(f"--threads={F.threads} must be at least 1.")
         folder = os.path.dirname(os.path.abspath(F.output))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise ValueError(f"--output={F.output}: {folder} is not a writable folder.")
