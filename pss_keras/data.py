@@ -17,7 +17,7 @@ however it is read, so minival stays the same records every epoch.
 Each epoch reads the whole training split in a fresh order, a function of
 (seed, epoch) alone: a set cached in memory is shuffled whole; a set read
 from disk (ImageNet) is read in a fresh order of its chunks (image files of a
-folder, TFRecord shards of a TFDS dataset; `TrainRecords`) through the
+folder, TFRecord shards of a TFDS dataset; `SplitRecords`) through the
 shuffle buffer, so consecutive epochs are not correlated. Augmentation uses
 stateless random ops keyed by (seed, epoch, example): a resumed run sees
 exactly the batches the interrupted one would have.
@@ -25,6 +25,7 @@ exactly the batches the interrupted one would have.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -41,7 +42,7 @@ from pss_keras.preprocessing import (  # noqa: F401 (re-exported: data.eval_tran
     to_pixels,
     to_rgb,
 )
-from pss_keras.run_config import SYNTHETIC, DataConfig  # noqa: F401 (re-exported)
+from pss_keras.run_config import BAD_IMAGES, SYNTHETIC, DataConfig  # noqa: F401 (re-exported)
 
 # ImageNet PCA lighting noise (AlexNet), as in the reference transforms.
 _EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -58,14 +59,177 @@ _READ_CYCLE = 16
 _TFDS_CYCLE, _TFDS_BLOCK = 16, 16
 
 
+# Records named per gap of failed decodes (a longer run of failures is counted).
+_NAMED = 16
+# Names listed in one message (the rest are counted).
+_LISTED = 5
+
+
 class DatasetError(ValueError):
     """A dataset that cannot be found or prepared; the message says how to fix it."""
 
 
+class BadImageError(DatasetError):
+    """Images that cannot be decoded, with ``bad_images=fail``; the message
+    names them and says how to go on."""
+
+
+def decode_checked(records: SplitRecords, indexed: tf.data.Dataset, report, expected=None):
+    """``(index, raw)`` records decoded to ``(index, (image, label))``; a
+    record that fails to decode is dropped and reported, never an error.
+
+    TensorFlow's decoders reject garbage, empty and truncated files (a JPEG
+    without its end, too: ``try_recover_truncated`` is off), so a failed
+    decode is what marks a bad image; nothing is read twice. The decode
+    runs through ``ignore_errors`` (tf.data has no per-element catch); each
+    record carries the indices of the ``_NAMED`` records before it, so a
+    gap in the positions that come out names the records that failed. A
+    last, never-decoded record closes the stream, so failures at its end are
+    seen too, and the number of records read is compared with ``expected``
+    (a file or shard that fails before decoding loses records unnamed).
+
+    Args:
+        report: ``report(missing, indices, lost) -> bool`` (a graph op),
+            run only when records failed: ``missing`` failed decodes, the
+            fixed-order ``indices`` of up to `_NAMED` of them, ``lost``
+            records that were not read at all. False stops the stream.
+        expected: how many records ``indexed`` holds (None: not checked).
+    """
+    no_index = tf.constant(-1, tf.int64)
+    end_raw = tf.nest.map_structure(
+        lambda spec: tf.zeros([d or 0 for d in spec.shape], spec.dtype), indexed.element_spec[1]
+    )
+    ds = indexed.map(lambda i, raw: (i, raw, False)).concatenate(
+        tf.data.Dataset.from_tensors((no_index, end_raw, True))
+    )
+
+    def number(state, record):
+        position, before = state
+        i, raw, end = record
+        return (position + 1, tf.concat([before[1:], [i]], 0)), (position, i, raw, end, before)
+
+    ds = ds.scan((tf.constant(0, tf.int64), tf.fill([_NAMED], no_index)), number)
+
+    def decode(position, i, raw, end, before):
+        image, label = tf.cond(
+            end,
+            lambda: (tf.zeros([1, 1, 3], tf.uint8), no_index),
+            lambda: records.decode(raw),
+        )
+        return position, i, (image, tf.cast(label, tf.int64)), end, before
+
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+
+    def gaps(last, element):
+        position, i, example, end, before = element
+        missing = position - last - 1
+        lost = tf.zeros_like(position)
+        if expected is not None:
+            lost = tf.where(end, tf.maximum(expected - position, 0), lost)
+        failed = before[_NAMED - tf.minimum(missing, _NAMED) :]
+        ok = tf.cond(
+            missing + lost > 0, lambda: report(missing, failed, lost), lambda: tf.constant(True)
+        )
+        return position, (i, example, end, ok)
+
+    def stop_unless(i, example, end, ok):
+        # Outside the scan, whose state must move on even past a failure
+        # (tf.data may read ahead of the element that stopped the stream).
+        with tf.control_dependencies([tf.debugging.Assert(ok, [_STOP])]):
+            return tf.identity(i), example, end
+
+    ds = ds.scan(tf.constant(-1, tf.int64), gaps).map(stop_unless)
+    return ds.filter(lambda i, example, end: tf.logical_not(end)).map(
+        lambda i, example, end: (i, example)
+    )
+
+
+def _unreported(missing, indices, lost):
+    """A `decode_checked` report for a checking pass: it only drops them."""
+    return tf.constant(True)
+
+
+# The assertion that stops a stream at a bad image (its message is the
+# report's, kept by `_BadImages`; the TF error only says where to look).
+_STOP = "pss_keras: unreadable image, see the error logged by pss_keras.data"
+
+
+class _BadImages:
+    """The records of each split that failed to decode, and what to do
+    about them (``policy``): ``fail`` stops, ``skip`` drops them and logs
+    each name once."""
+
+    def __init__(self, policy: str, split_records: dict):
+        self.policy = policy
+        self.split_records = split_records
+        self.found = {split: {} for split in split_records}  # split -> {index: name}
+        self.failure = None  # the message that stopped a stream
+
+    def reporter(self, split: str):
+        """A `decode_checked` ``report`` for a stream of ``split``."""
+
+        def record(missing, indices, lost):
+            describe = self.split_records[split].describe
+            names = {int(i): describe(int(i)) for i in indices.numpy() if i >= 0}
+            new = [name for i, name in names.items() if i not in self.found[split]]
+            self.found[split].update(names)
+            unnamed = int(missing) - len(names) + int(lost)
+            if self.policy == "fail":
+                if self.failure is None:  # the first report stopped the stream
+                    self.failure = self.message(split, list(names.values()), unnamed)
+                    logging.error("%s", self.failure)
+                return False
+            if new or unnamed:
+                logging.warning(
+                    "Skipping %s (%d unreadable %s image(s) so far).",
+                    _listed(new, unnamed), len(self.found[split]), split,
+                )  # fmt: skip
+            return True
+
+        return lambda missing, indices, lost: tf.py_function(
+            record, [missing, indices, lost], tf.bool
+        )
+
+    @staticmethod
+    def message(split: str, names: list, unnamed: int = 0) -> str:
+        return (
+            f"Cannot decode {len(names) + unnamed} {split} image(s): {_listed(names, unnamed)}. "
+            "Remove or replace them, or pass --bad_images=skip to train without them."
+        )
+
+    def conclude(self, split: str, bad: list) -> None:
+        """After a checking pass found the ``bad`` indices of ``split``:
+        fails naming every one (``fail``), or logs them (``skip``).
+
+        Raises:
+            BadImageError: under ``fail``, if there are any.
+        """
+        if not bad:
+            return
+        describe = self.split_records[split].describe
+        self.found[split].update({i: describe(i) for i in bad})
+        names = [self.found[split][i] for i in bad]
+        if self.policy == "fail":
+            raise BadImageError(self.message(split, names))
+        logging.warning(
+            "Skipping %d unreadable %s image(s): %s.", len(names), split, _listed(names)
+        )
+
+
+def _listed(names: list, unnamed: int = 0) -> str:
+    """``a.jpg, b.jpg and 3 more`` (``unnamed``: failures without a name:
+    a run of more than `_NAMED`, or records lost before decoding)."""
+    shown = ", ".join(names[:_LISTED])
+    more = len(names) - len(names[:_LISTED]) + unnamed
+    if not shown:
+        return f"{more} record(s) that failed before decoding (a file or shard could not be read)"
+    return shown + (f" and {more} more" if more else "")
+
+
 @dataclasses.dataclass(frozen=True)
-class TrainRecords:
-    """The training split as chunks of undecoded records, readable in any
-    chunk order, each record tagged with its index in the fixed order.
+class SplitRecords:
+    """A split as chunks of undecoded records, readable in any chunk order,
+    each record tagged with its index in the split's fixed order.
 
     A chunk is what can be read on its own: one image file of a folder (so
     a fresh chunk order is a full shuffle of the split) or one TFRecord shard
@@ -77,34 +241,52 @@ class TrainRecords:
             ``order`` (an int64 tensor, a permutation of the chunks), reading
             ``cycle_length`` chunks at a time, as ``(index, raw)`` with
             ``index`` the record's position in the fixed order.
-        decode: ``raw -> (image uint8 [h, w, 3], label int64)``.
+        decode: ``raw -> (image uint8 [h, w, 3], label int64)``; fails for
+            a record whose image cannot be decoded (`decode_checked`).
+        describe: ``index -> str``: the record for a message (the image
+            file of a folder; the shard and record of a TFDS dataset).
+        read_fixed: the fixed order's reader, where it is not the chunks
+            in order one at a time.
     """
 
     num_chunks: int
     read: Callable[[tf.Tensor, int], tf.data.Dataset]
     decode: Callable
+    describe: Callable[[int], str]
     read_fixed: Callable[[], tf.data.Dataset] | None = None
 
-    def fixed_order(self) -> tf.data.Dataset:
-        """Every record, decoded, in the fixed order: ``(index, (image, label))``."""
+    def fixed_raw(self) -> tf.data.Dataset:
+        """Every record, undecoded, in the fixed order: ``(index, raw)``."""
         if self.read_fixed is not None:
-            records = self.read_fixed()
-        else:
-            records = self.read(tf.range(self.num_chunks, dtype=tf.int64), 1)
-        return records.map(
+            return self.read_fixed()
+        return self.read(tf.range(self.num_chunks, dtype=tf.int64), 1)
+
+    def fixed_order(self) -> tf.data.Dataset:
+        """Every record, decoded, in the fixed order: ``(index, (image,
+        label))``; a bad image is an error here (`decode_checked` handles it)."""
+        return self.fixed_raw().map(
             lambda i, raw: (i, self.decode(raw)),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
 
 
+def _decoded_records(decoded: tf.data.Dataset, name: str) -> SplitRecords:
+    """Records already decoded by TFDS, as one chunk (its order cannot change)."""
+    return SplitRecords(
+        1,
+        lambda order, cycle_length: decoded.enumerate(),
+        lambda raw: (raw[0], tf.cast(raw[1], tf.int64)),
+        lambda index: f"{name} record {index}",
+    )
+
+
 @dataclasses.dataclass
 class DatasetSource:
-    """Decoded examples of one dataset: (image uint8 [h, w, 3], label int64).
-
-    ``train`` is the training split in its fixed order; ``train_records``
-    reads the same records in any chunk order (`TrainRecords`).
-    """
+    """One dataset: its splits decoded, ``(image uint8 [h, w, 3], label
+    int64)`` in their fixed order (``train``, ``validation``), and
+    undecoded (`SplitRecords`: any chunk order, bad images handled by
+    `Pipelines`)."""
 
     name: str
     train: tf.data.Dataset
@@ -112,18 +294,17 @@ class DatasetSource:
     num_train: int
     num_validation: int
     class_names: list
-    train_records: TrainRecords | None = None
+    train_records: SplitRecords | None = None
+    validation_records: SplitRecords | None = None
 
     def __post_init__(self):
         if self.train_records is None:
-            # One chunk (order cannot change): the fixed order through the buffer.
-            train = self.train
-            self.train_records = TrainRecords(
-                1, lambda order, cycle_length: train.enumerate(), lambda raw: raw
-            )
+            self.train_records = _decoded_records(self.train, f"{self.name} train")
+        if self.validation_records is None:
+            self.validation_records = _decoded_records(self.validation, f"{self.name} validation")
 
 
-def _folder_records(builder, split: str) -> TrainRecords | None:
+def _folder_records(builder, split: str) -> SplitRecords | None:
     """A folder split's images as one-file chunks, in TFDS ImageFolder's order
     (None if this TFDS version does not expose it: the fixed order then)."""
     # ImageFolder keeps its (fixed, seeded) order in `_split_examples`; its
@@ -136,7 +317,8 @@ def _folder_records(builder, split: str) -> TrainRecords | None:
         )
         return None
     features = builder.info.features
-    paths = tf.constant([e.image_path for e in examples], tf.string)
+    names = [os.fspath(e.image_path) for e in examples]
+    paths = tf.constant(names, tf.string)
     labels = tf.constant([features["label"].str2int(e.label) for e in examples], tf.int64)
 
     def read(order, cycle_length):
@@ -149,12 +331,12 @@ def _folder_records(builder, split: str) -> TrainRecords | None:
         example = features.decode_example(example)
         return example["image"], example["label"]
 
-    return TrainRecords(len(examples), read, decode)
+    return SplitRecords(len(examples), read, decode, lambda index: names[index])
 
 
-def _shard_records(builder, split: str) -> TrainRecords | None:
-    """A prepared TFDS split's TFRecord shards as chunks (None for other file
-    formats, which are read in their fixed order).
+def _shard_records(builder, split: str) -> SplitRecords:
+    """A prepared TFDS split's TFRecord shards as chunks (other file formats:
+    one chunk, read in the fixed order).
 
     The fixed order is TFDS's own ``as_dataset(shuffle_files=False)`` order
     (16 shards interleaved in blocks of 16 records, or 1 for datasets that
@@ -163,12 +345,13 @@ def _shard_records(builder, split: str) -> TrainRecords | None:
     """
     file_format = str(getattr(builder.info, "file_format", "tfrecord")).split(".")[-1].lower()
     if file_format != "tfrecord":
-        logging.warning(
-            "%s is stored as %s, not TFRecord: a streamed training set is read in its fixed "
-            "order through the shuffle buffer (no per-epoch shard order).",
-            builder.name, file_format,
-        )  # fmt: skip
-        return None
+        if split == "train":
+            logging.warning(
+                "%s is stored as %s, not TFRecord: a streamed training set is read in its "
+                "fixed order through the shuffle buffer (no per-epoch shard order).",
+                builder.name, file_format,
+            )  # fmt: skip
+        return _undecoded_records(builder, split)
     info = builder.info.splits[split]
     lengths = list(info.shard_lengths)
     files = tf.constant([os.fspath(path) for path in info.filepaths], tf.string)
@@ -200,7 +383,35 @@ def _shard_records(builder, split: str) -> TrainRecords | None:
         example = features.deserialize_example(raw)
         return example["image"], example["label"]
 
-    return TrainRecords(len(lengths), read, decode, read_fixed)
+    # Where each fixed-order index is stored: (shard, record in the shard).
+    slot_of = np.argsort(interleave_positions(lengths, cycle, _TFDS_BLOCK))
+    shard_starts = np.cumsum([0] + lengths)
+
+    def describe(index):
+        slot = int(slot_of[index])
+        j = int(np.searchsorted(shard_starts, slot, side="right")) - 1
+        path = os.path.basename(os.fspath(info.filepaths[j]))
+        return f"{path} record {slot - shard_starts[j]} ({split} index {index})"
+
+    return SplitRecords(len(lengths), read, decode, describe, read_fixed)
+
+
+def _undecoded_records(builder, split: str) -> SplitRecords:
+    """A TFDS split in its fixed order with the image left encoded (any file
+    format), so that an image that fails to decode can be named."""
+    import tensorflow_datasets as tfds
+
+    image = builder.info.features["image"]
+    undecoded = builder.as_dataset(
+        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+    )
+    records = undecoded.map(lambda example: (example["image"], example["label"])).enumerate()
+    return SplitRecords(
+        1,
+        lambda order, cycle_length: records,
+        lambda raw: (image.decode_example(raw[0]), tf.cast(raw[1], tf.int64)),
+        lambda index: f"{builder.name} {split} record {index}",
+    )
 
 
 def interleave_positions(lengths, cycle_length: int, block_length: int) -> np.ndarray:
@@ -256,7 +467,10 @@ def _folder_source(path: str) -> DatasetSource:
         num_train=counts["train"],
         num_validation=counts.get(val_split, 0),
         class_names=list(builder.info.features["label"].names),
-        train_records=_folder_records(builder, "train"),
+        train_records=_folder_records(builder, "train") or _undecoded_records(builder, "train"),
+        validation_records=(
+            _folder_records(builder, val_split) or _undecoded_records(builder, val_split)
+        ),
     )
 
 
@@ -303,6 +517,7 @@ def _tfds_source(name: str, data_dir: str | None, manual_dir: str | None) -> Dat
         num_validation=splits[val_split].num_examples,
         class_names=list(builder.info.features["label"].names),
         train_records=_shard_records(builder, "train"),
+        validation_records=_shard_records(builder, val_split),
     )
 
 
@@ -359,10 +574,26 @@ def train_transform(image, seed, config: DataConfig):
 
 
 class Pipelines:
-    """The train / minival / validation pipelines of one `DataConfig`."""
+    """The train / minival / validation pipelines of one `DataConfig`.
+
+    Images that fail to decode are handled by ``config.bad_images``. A
+    training set cached in memory is checked whole here, as it is decoded
+    into the cache (no extra work): ``fail`` raises naming every bad file
+    before training, ``skip`` leaves them out of the counts. A streamed set
+    is checked as it is read: ``fail`` stops at the first bad image, naming
+    it; ``skip`` drops it (every epoch the same records), and each epoch is
+    topped up from its own start so it keeps ``steps_per_epoch`` batches.
+    `check_validation` checks the validation split up front.
+
+    Raises:
+        DatasetError: a dataset that cannot be used as configured.
+        BadImageError: a cached training set with bad images, under ``fail``.
+    """
 
     def __init__(self, config: DataConfig, source: DatasetSource | None = None):
         self.config = config
+        if config.bad_images not in BAD_IMAGES:
+            raise ValueError(f"bad_images={config.bad_images!r} must be one of {BAD_IMAGES}.")
         self.source = source or load_source(config)
         n = self.source.num_train
         if config.minival_examples >= n:
@@ -370,23 +601,71 @@ class Pipelines:
                 f"minival_examples={config.minival_examples} leaves no training data "
                 f"({n} training examples); lower it."
             )
+        self.bad_images = _BadImages(
+            config.bad_images,
+            {"train": self.source.train_records, "validation": self.source.validation_records},
+        )
         self.minival_stride = max(2, n // max(1, config.minival_examples))
-        self.num_minival = len(range(0, n, self.minival_stride))
-        self.num_train = n - self.num_minival
+        self._streamed_examples = n - len(range(0, n, self.minival_stride))
+        # (index in the fixed order, (image, label)): minival, representative
+        # images, and the training set itself when it is cached.
+        records = self.source.train_records
+        bad = set()
+        if self.should_cache(n):
+            logging.info("Caching %d decoded training examples in memory.", n)
+            # Decoding into the cache is the check: every bad record is known
+            # before training, and the counts below are exact.
+            indexed = decode_checked(records, records.fixed_raw(), _unreported, n).cache()
+            bad = self._check("train", indexed, n)
+        else:
+            indexed = decode_checked(records, records.fixed_raw(), self._reporter("train"), n)
+        self._indexed_train = indexed
+        self.num_minival = sum(1 for i in range(0, n, self.minival_stride) if i not in bad)
+        self.num_train = n - len(bad) - self.num_minival
         if self.num_train < config.batch_size:
             raise DatasetError(
                 f"batch_size={config.batch_size} is larger than the {self.num_train} "
                 "training examples; lower it."
             )
         self.steps_per_epoch = self.num_train // config.batch_size
-        if self.should_cache(n):
-            logging.info("Caching %d decoded training examples in memory.", n)
-        # (index in the fixed order, (image, label)): minival, representative
-        # images, and the training set itself when it is cached.
-        indexed = self.source.train_records.fixed_order()
-        if self.should_cache(n):
-            indexed = indexed.cache()
-        self._indexed_train = indexed
+
+    def _reporter(self, split):
+        return self.bad_images.reporter(split)
+
+    def _check(self, split: str, checked: tf.data.Dataset, count: int) -> set:
+        """Reads all of ``checked`` (a `decode_checked` split of ``count``
+        records) and concludes on the records it lacks (`_BadImages`)."""
+        seen = np.zeros(count, bool)
+        for indices in checked.map(lambda i, example: i).batch(4096).as_numpy_iterator():
+            seen[indices] = True
+        bad = np.flatnonzero(~seen).tolist()
+        self.bad_images.conclude(split, bad)
+        return set(bad)
+
+    def check_validation(self) -> None:
+        """Decodes the whole validation split once, so that a bad image
+        there stops a run (``fail``, naming every one) before training
+        rather than at its end; under ``skip``, logs them.
+
+        Raises:
+            BadImageError: under ``fail``, if any validation image is bad.
+        """
+        records = self.source.validation_records
+        count = self.source.num_validation
+        self._check(
+            "validation", decode_checked(records, records.fixed_raw(), _unreported, count), count
+        )
+
+    @contextlib.contextmanager
+    def bad_image_errors(self):
+        """Turns a stream stopped at a bad image (``fail``) into a
+        `BadImageError` naming it: one line instead of TF's stack trace."""
+        try:
+            yield
+        except tf.errors.OpError:
+            if self.bad_images.failure:
+                raise BadImageError(self.bad_images.failure) from None
+            raise
 
     @property
     def num_classes(self) -> int:
@@ -406,7 +685,7 @@ class Pipelines:
         when it is cached in memory (every epoch a full, uncorrelated
         shuffle; the buffer holds references to the cached tensors), else
         ``shuffle_buffer`` undecoded records, read in the epoch's own chunk
-        order (`TrainRecords`)."""
+        order (`SplitRecords`)."""
         if self.should_cache(self.source.num_train):
             return self.num_train
         return min(self.config.shuffle_buffer, self.num_train)
@@ -436,7 +715,8 @@ class Pipelines:
         return tf.random.experimental.stateless_shuffle(chunks, seed=seed)
 
     def _epoch_batches(self, epoch):
-        """One epoch's batches; ``epoch`` is an int64 scalar tensor."""
+        """One epoch's ``steps_per_epoch`` batches; ``epoch`` is an int64
+        scalar tensor."""
         c = self.config
         shuffle_seed = (c.seed * 1_000_003 + epoch) % (2**31 - 1)
 
@@ -456,13 +736,13 @@ class Pipelines:
             ds = ds.shuffle(
                 self.shuffle_buffer_size, seed=shuffle_seed, reshuffle_each_iteration=False
             )
-            ds = ds.map(
-                lambda i, raw: (i, records.decode(raw)),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
-            )
+            ds = decode_checked(records, ds, self._reporter("train"), self._streamed_examples)
+            if c.bad_images == "skip":
+                # Skipped images would shorten the epoch: its first examples
+                # (the same ones every time) fill its last batch.
+                ds = ds.repeat(2)
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(c.batch_size, drop_remainder=True)
+        return ds.batch(c.batch_size, drop_remainder=True).take(self.steps_per_epoch)
 
     def _eval(self, ds, count):
         size = self.config.image_size
@@ -501,5 +781,18 @@ class Pipelines:
         held_out = self._indexed_train.filter(lambda i, example: i % stride == 0)
         return self._eval(held_out.map(lambda i, example: example), self.num_minival)
 
+    def validation_examples(self) -> tf.data.Dataset:
+        """The validation split decoded, ``(image, label)`` in its fixed
+        order, its bad images handled by ``bad_images``."""
+        records = self.source.validation_records
+        examples = decode_checked(
+            records,
+            records.fixed_raw(),
+            self._reporter("validation"),
+            self.source.num_validation,
+        )
+        return examples.map(lambda i, example: example)
+
     def validation(self) -> tf.data.Dataset:
-        return self._eval(self.source.validation, self.source.num_validation)
+        """The validation split, with the evaluation transform."""
+        return self._eval(self.validation_examples(), self.source.num_validation)

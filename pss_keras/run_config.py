@@ -21,6 +21,8 @@ PRECISIONS = ("none", "float16", "bfloat16")
 SELECTIONS = ("minival", "val_best_of_topk")
 # Metric types with pools: FLOPs (counted) and latencies (look-up tables).
 METRIC_TYPES = ("flops", "latency_cpu", "latency_gpu")
+# What to do with images that fail to decode (pss_keras.data).
+BAD_IMAGES = ("fail", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,10 @@ class DataConfig:
         cache: cache decoded examples in memory: ``auto`` (when the split
             has at most ``cache_max_examples`` examples), ``true`` or ``false``.
         seed: data seed (shuffle and augmentation).
+        bad_images: images that cannot be decoded (garbage, truncated or
+            unreadable files; TFDS records whose image fails to decode):
+            ``fail`` stops with one line naming them, ``skip`` drops them
+            (the same ones every epoch) and logs their names and count.
     """
 
     dataset: str = SYNTHETIC
@@ -58,6 +64,7 @@ class DataConfig:
     cache_max_examples: int = 50_000
     shuffle_buffer: int = 10_000
     seed: int = 0
+    bad_images: str = "fail"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,10 +247,13 @@ class TrainConfig:
         changed = sorted(
             k for k in current if k not in ignore | {"data"} and saved.get(k) != current[k]
         )
+        # bad_images only decides what a damaged file does: with none, fail
+        # and skip read the same batches, and a run stopped by one may go
+        # on with --bad_images=skip.
         data_changed = sorted(
             k
             for k in current["data"]
-            if k not in ("data_dir", "manual_dir")
+            if k not in ("data_dir", "manual_dir", "bad_images")
             and saved.get("data", {}).get(k) != current["data"][k]
         )
         return changed + data_changed

@@ -76,7 +76,7 @@ def reference_fns(job, entries, saved_model: str | None):
 def _verification_batches(pipelines, count: int, batch_size: int = 64):
     """Raw uint8 validation batches (consecutive images of one shape), labels."""
     images, labels, shape = [], [], None
-    for image, label in pipelines.source.validation.take(count):
+    for image, label in pipelines.validation_examples().take(count):
         image = preprocessing.to_rgb(image).numpy().astype(np.uint8)
         if images and (image.shape != shape or len(images) == batch_size):
             yield np.stack(images), np.array(labels)

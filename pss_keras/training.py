@@ -156,16 +156,17 @@ def evaluate_job(
     if not checkpoint or not os.path.isdir(checkpoint):
         raise ValueError(f"No checkpoint found in {job_dir}/checkpoints (or at {checkpoint}).")
     checkpointer.restore(checkpoint)
-    return retain_subnets(
-        supernet,
-        sampler,
-        pipelines,
-        job_dir,
-        topk or config.topk,
-        calib_batches or config.calib_batches,
-        progress=progress,
-        selection=selection or config.selection,
-    )
+    with pipelines.bad_image_errors():
+        return retain_subnets(
+            supernet,
+            sampler,
+            pipelines,
+            job_dir,
+            topk or config.topk,
+            calib_batches or config.calib_batches,
+            progress=progress,
+            selection=selection or config.selection,
+        )
 
 
 def _seed_run(seed: int) -> None:
@@ -209,6 +210,7 @@ def train(config: TrainConfig) -> dict:
     space = specs.SearchSpace(**config.supernet_kwargs(1))
     tables = load_latency_tables(config, space)  # before the data: fails fast
     pipelines = data_lib.Pipelines(config.data)  # fails before anything is written
+    pipelines.check_validation()  # a bad validation image fails now, not after training
     if chief:
         os.makedirs(config.job_dir, exist_ok=True)
         jobs.write_run_config(config.job_dir, config)
@@ -261,10 +263,11 @@ def train(config: TrainConfig) -> dict:
         )
     if chief:
         jobs.write_classes(config.job_dir, pipelines.source.class_names)
-    _fit_epochs(
-        config, strategy, trainer, sampler, checkpointer if chief else None, pipelines,
-        initial_epoch,
-    )  # fmt: skip
+    with pipelines.bad_image_errors():  # a streamed set's bad image: one line naming it
+        _fit_epochs(
+            config, strategy, trainer, sampler, checkpointer if chief else None, pipelines,
+            initial_epoch,
+        )  # fmt: skip
     state_digest = hashlib.sha256(
         json.dumps(sampler.state_dict(), sort_keys=True).encode()
     ).hexdigest()[:16]
@@ -273,16 +276,17 @@ def train(config: TrainConfig) -> dict:
     if chief:
         with atomic_file(os.path.join(config.job_dir, jobs.WEIGHTS)) as tmp:
             supernet.save_weights(tmp)  # never a half-written file in place
-        retained = retain_subnets(
-            supernet,
-            sampler,
-            pipelines,
-            config.job_dir,
-            config.topk,
-            config.calib_batches,
-            progress=bool(config.verbose),
-            selection=config.selection,
-        )
+        with pipelines.bad_image_errors():
+            retained = retain_subnets(
+                supernet,
+                sampler,
+                pipelines,
+                config.job_dir,
+                config.topk,
+                config.calib_batches,
+                progress=bool(config.verbose),
+                selection=config.selection,
+            )
     return {
         "job_dir": config.job_dir,
         "epochs": config.epochs,

@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from pss_keras import specs  # noqa: E402
-from pss_keras.run_config import PRECISIONS, STRATEGIES  # noqa: E402
+from pss_keras.run_config import BAD_IMAGES, PRECISIONS, STRATEGIES  # noqa: E402
 
 F = flags.FLAGS
 flags.DEFINE_string("job_dir", None, "Output directory (checkpoints, logs, retained subnets).")
@@ -83,6 +83,11 @@ flags.DEFINE_integer(
     lower_bound=0,
 )  # fmt: skip
 flags.DEFINE_enum("cache", "auto", ["auto", "true", "false"], "Cache decoded images in memory.")
+flags.DEFINE_enum(
+    "bad_images", "fail", list(BAD_IMAGES),
+    "Images that fail to decode (garbage, truncated, unreadable): fail (stop, naming them) "
+    "or skip (train without them; their names and count are logged).",
+)  # fmt: skip
 flags.DEFINE_integer("random_seed", 0, "Seed of weights, data order, augmentation, sampling.")
 flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept in job_dir.")
 flags.DEFINE_integer("tensorboard_update_freq", 50, "Steps between TensorBoard step scalars.")
@@ -146,6 +151,7 @@ def _config():
             crop_scale=_pair("crop_scale", float),
             cache=F.cache,
             seed=F.random_seed,
+            bad_images=F.bad_images,
         ),
         model_name=F.model_name,
         width_scale=F.width_scale,

@@ -1,4 +1,6 @@
+import dataclasses
 import os
+import re
 
 import numpy as np
 import pytest
@@ -271,6 +273,14 @@ def test_synthetic_shapes_concurrent_builders_build_once(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".synthetic_shapes-")]
 
 
+@pytest.fixture(scope="module")
+def tiny_tfds(tiny_image_folder, tmp_path_factory):
+    """``(name, data_dir)``: the tiny folder as a prepared TFDS dataset (its
+    builder can be registered once per process); copy ``data_dir`` to alter it."""
+    data_dir = tmp_path_factory.mktemp("tfds")
+    return _as_tfds_dataset(tiny_image_folder, data_dir), str(data_dir)
+
+
 def _as_tfds_dataset(folder, data_dir, num_shards=4):
     """The tiny image folder prepared as a TFDS dataset of ``num_shards``
     TFRecord shards (how imagenet2012 is read: too big to cache)."""
@@ -318,12 +328,12 @@ def _streamed_indices(p, epoch):
     return np.concatenate([x.numpy().ravel() for x, _ in p.train_epoch(epoch)]).astype(int)
 
 
-def test_tfds_shards_stream_in_a_fresh_order_each_epoch(tiny_image_folder, tmp_path, monkeypatch):
+def test_tfds_shards_stream_in_a_fresh_order_each_epoch(tiny_tfds, monkeypatch):
     """Issue: an uncached TFDS split was read in one fixed record order
     (shuffle_files=False) through the buffer. Now each epoch reads the
     shards in its own order, several at once; minival stays the same records."""
-    name = _as_tfds_dataset(tiny_image_folder, tmp_path / "tfds")
-    config = _config(name, data_dir=str(tmp_path / "tfds"), cache="false", shuffle_buffer=4)
+    name, data_dir = tiny_tfds
+    config = _config(name, data_dir=data_dir, cache="false", shuffle_buffer=4)
     p = data.Pipelines(config)
     assert p.source.num_train == 160 and p.source.train_records.num_chunks == 4
     # The fixed order is TFDS's own (as_dataset without file shuffling), and
@@ -349,7 +359,7 @@ def test_tfds_shards_stream_in_a_fresh_order_each_epoch(tiny_image_folder, tmp_p
     )
     import tensorflow_datasets as tfds
 
-    lengths = tfds.builder(name, data_dir=str(tmp_path / "tfds")).info.splits["train"].shard_lengths
+    lengths = tfds.builder(name, data_dir=data_dir).info.splits["train"].shard_lengths
     positions = data.interleave_positions(lengths, 16, 16)
     shard_of = np.empty(160, int)  # the shard of the record at each fixed-order position
     shard_of[positions] = np.repeat(np.arange(len(lengths)), lengths)
@@ -385,3 +395,210 @@ def test_interleave_positions_match_tf_data(cycle, block):
     read = np.array(list(files.as_numpy_iterator()))  # sequential index of each position
     positions = data.interleave_positions(lengths, cycle, block)
     np.testing.assert_array_equal(positions[read], np.arange(len(read)))
+
+
+def _jpeg(seed, size=32):
+    image = np.random.default_rng(seed).integers(0, 256, (size, size, 3)).astype(np.uint8)
+    return tf.io.encode_jpeg(image).numpy()
+
+
+def _with_images(folder, target, images):
+    """A copy of ``folder`` with ``images`` ({relative path: bytes}) added."""
+    import shutil
+
+    shutil.copytree(folder, target)
+    for path, content in images.items():
+        (target / path).write_bytes(content)
+    return str(target)
+
+
+_GARBAGE = "train/disc/zz_garbage.jpg"  # an HTML page saved as .jpg (scraped data)
+_TRUNCATED = "train/square/zz_truncated.jpg"  # a download cut short
+
+
+@pytest.fixture
+def bad_folders(tiny_image_folder, tmp_path):
+    """The tiny folder with a garbage and a truncated .jpg in train/, and the
+    same folder with good images under those names (same files, same
+    order, same record indices)."""
+    bad = {_GARBAGE: b"<html><body>404 Not Found</body></html>", _TRUNCATED: _jpeg(1)[:400]}
+    good = {_GARBAGE: _jpeg(2), _TRUNCATED: _jpeg(1)}
+    return (
+        _with_images(tiny_image_folder, tmp_path / "bad", bad),
+        _with_images(tiny_image_folder, tmp_path / "repaired", good),
+    )
+
+
+def test_tensorflow_rejects_truncated_jpegs():
+    """The check relies on TensorFlow's decoders refusing a truncated JPEG
+    (no grey fill: try_recover_truncated is off), even one missing only its
+    end-of-image marker."""
+    jpeg = _jpeg(0, 64)
+    assert jpeg[-2:] == b"\xff\xd9"
+    tf.io.decode_image(jpeg, channels=3)  # the whole file decodes
+    for cut in (jpeg[:-2], jpeg[: len(jpeg) // 2], jpeg[:200]):
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            tf.io.decode_image(cut, channels=3)
+
+
+def _indices_of_batches(p, epoch):
+    return np.concatenate([x.numpy().ravel() for x, _ in p.train_epoch(epoch)]).astype(int)
+
+
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_bad_images_fail_names_the_files(bad_folders, cache):
+    """Issue #14: a garbage and a truncated .jpg stopped training with TF's
+    'Unknown image file format' and no file name. A cached set is checked
+    whole as it is cached (both named, before training); a streamed one
+    stops at the first it reads, naming it."""
+    bad, _ = bad_folders
+    names = [os.path.join(bad, _GARBAGE), os.path.join(bad, _TRUNCATED)]
+    if cache == "true":
+        with pytest.raises(data.BadImageError) as error:
+            data.Pipelines(_config(bad, cache=cache))
+        message = str(error.value)
+        assert all(name in message for name in names), message
+        assert message.startswith("Cannot decode 2 train image(s)")
+    else:
+        p = data.Pipelines(_config(bad, cache=cache))
+        with pytest.raises(data.BadImageError) as error, p.bad_image_errors():
+            list(p.train_epoch(0))
+        message = str(error.value)
+        assert message.startswith("Cannot decode 1 train image(s)")
+        assert sum(name in message for name in names) == 1, message
+    assert "\n" not in message and "--bad_images=skip" in message
+
+
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_bad_images_skip_drops_exactly_them(bad_folders, cache, monkeypatch, caplog):
+    """With skip the two files are dropped, named in the log with their
+    count, and nothing else changes: the other records keep their indices
+    (minival: the same records), epochs stay deterministic and keep their
+    number of batches, and a streamed epoch is the repaired folder's epoch
+    without them."""
+    bad, repaired = bad_folders
+    monkeypatch.setattr(
+        data, "train_transform", lambda image, seed, config: tf.cast(seed[1:], tf.float32)
+    )
+    caplog.set_level("WARNING")
+    p = data.Pipelines(_config(bad, cache=cache, bad_images="skip"))
+    ref = data.Pipelines(_config(repaired, cache=cache))
+    describe = p.source.train_records.describe
+    n = p.source.num_train
+    dropped = {
+        i
+        for i in range(n)
+        if describe(i) in (os.path.join(bad, _GARBAGE), os.path.join(bad, _TRUNCATED))
+    }
+    assert len(dropped) == 2 and n == ref.source.num_train == 162
+    good = [i for i in range(n) if i % p.minival_stride and i not in dropped]
+
+    epochs = [_indices_of_batches(p, e) for e in (0, 1)]
+    assert len(epochs[0]) == len(epochs[1]) == p.steps_per_epoch * 16 == 128
+    for epoch in epochs:
+        assert not set(epoch) & dropped and set(epoch) <= set(good)
+    np.testing.assert_array_equal(epochs[0], _indices_of_batches(p, 0))  # resume: same batches
+    fresh = data.Pipelines(_config(bad, cache=cache, bad_images="skip"))
+    np.testing.assert_array_equal(epochs[1], _indices_of_batches(fresh, 1))
+    if cache == "true":  # checked whole: the counts are exact
+        assert p.num_train == len(good) == 139 and p.num_minival == n - 139 - 2
+        assert set(p.bad_images.found["train"]) == dropped
+    else:  # the repaired folder's order, less the two
+        expected = [i for i in _indices_of_batches(ref, 0) if i not in dropped]
+        np.testing.assert_array_equal(epochs[0][: len(expected)], expected)
+        # 3 batches of 47 are all 141 records: without the two, the epoch's
+        # first two examples fill its last batch.
+        whole = data.Pipelines(_config(bad, cache=cache, bad_images="skip", batch_size=47))
+        full = data.Pipelines(_config(repaired, cache=cache, batch_size=47))
+        epoch = _indices_of_batches(whole, 2)
+        expected = [i for i in _indices_of_batches(full, 2) if i not in dropped]
+        assert len(epoch) == 141 and len(expected) == 139
+        np.testing.assert_array_equal(epoch, expected + expected[:2])
+
+    # Minival: the same records as the repaired folder's (neither is held out).
+    assert not any(i % p.minival_stride == 0 for i in dropped)
+    minival = np.concatenate([x.numpy() for x, _ in p.minival()])
+    np.testing.assert_allclose(minival, np.concatenate([x.numpy() for x, _ in ref.minival()]))
+
+    logged = caplog.text
+    assert os.path.join(bad, _GARBAGE) in logged and os.path.join(bad, _TRUNCATED) in logged
+    assert (
+        "Skipping 2 unreadable train image(s)"
+        if cache == "true"
+        else "2 unreadable train image(s) so far"
+    ) in logged
+
+
+def test_bad_validation_images_are_checked_before_training(bad_folders, tmp_path, caplog):
+    bad, _ = bad_folders
+    folder = _with_images(bad, tmp_path / "bad_val", {"val/ring/zz_empty.jpg": b""})
+    os.remove(os.path.join(folder, _GARBAGE))
+    os.remove(os.path.join(folder, _TRUNCATED))
+    p = data.Pipelines(_config(folder))
+    with pytest.raises(
+        data.BadImageError, match=r"Cannot decode 1 validation image\(s\): .*zz_empty.jpg"
+    ):
+        p.check_validation()
+    skip = data.Pipelines(_config(folder, bad_images="skip"))
+    caplog.set_level("WARNING")
+    skip.check_validation()
+    assert "zz_empty.jpg" in caplog.text
+    assert sum(int(y.shape[0]) for _, y in skip.validation()) == 60  # 61 files, one dropped
+
+
+def test_bad_images_setting(tiny_image_folder):
+    from pss_keras.run_config import TrainConfig, json_round_trip
+
+    with pytest.raises(ValueError, match="bad_images='ignore' must be one of"):
+        data.Pipelines(_config(tiny_image_folder, bad_images="ignore"))
+    # A run_config.json written before the setting existed reads as fail,
+    # and the setting may change on resume (with no bad file, the batches
+    # are the same either way).
+    saved = json_round_trip(TrainConfig(job_dir="j").to_dict())
+    del saved["data"]["bad_images"]
+    assert TrainConfig.from_dict(saved).data.bad_images == "fail"
+    skip = TrainConfig(job_dir="j", data=data.DataConfig(bad_images="skip"))
+    assert skip.resume_conflicts(saved) == []
+    other = TrainConfig(job_dir="j", data=data.DataConfig(bad_images="skip", cache="true"))
+    assert other.resume_conflicts(saved) == ["cache"]
+
+
+def test_bad_tfds_records_are_named_by_shard_and_record(tiny_tfds, tmp_path, monkeypatch):
+    """A TFDS record whose image fails to decode (here: cut short inside a
+    shard) is named by its shard file and record, and its fixed-order index
+    is the one TFDS's own reader fails on; skip drops just that record."""
+    import shutil
+
+    import tensorflow_datasets as tfds
+
+    name, clean = tiny_tfds
+    shutil.copytree(clean, tmp_path / "tfds")  # the same shards, one record to cut short
+    shard = os.fspath(
+        tfds.builder(name, data_dir=str(tmp_path / "tfds")).info.splits["train"].filepaths[1]
+    )
+    records = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(shard)]
+    image = records[3].features.feature["image"].bytes_list
+    image.value[0] = image.value[0][: len(image.value[0]) // 2]
+    with tf.io.TFRecordWriter(shard) as writer:
+        for record in records:
+            writer.write(record.SerializeToString())
+    config = _config(name, data_dir=str(tmp_path / "tfds"), cache="false", shuffle_buffer=4)
+
+    p = data.Pipelines(config)
+    decoded = [int(i) for i, _ in p.source.train.enumerate().ignore_errors()]
+    (bad,) = set(range(160)) - set(decoded)  # where TFDS's own reader fails
+    described = f"{os.path.basename(shard)} record 3 (train index {bad})"
+    assert p.source.train_records.describe(bad) == described
+    with pytest.raises(data.BadImageError, match=re.escape(described)), p.bad_image_errors():
+        list(p.train_epoch(0))
+
+    monkeypatch.setattr(
+        data, "train_transform", lambda image, seed, config: tf.cast(seed[1:], tf.float32)
+    )
+    skip = data.Pipelines(dataclasses.replace(config, bad_images="skip"))
+    clean = data.Pipelines(dataclasses.replace(config, data_dir=clean))
+    epoch = _indices_of_batches(skip, 0)
+    expected = [i for i in _indices_of_batches(clean, 0) if i != bad]
+    assert len(epoch) == 128 and bad not in epoch
+    np.testing.assert_array_equal(epoch[: len(expected)], expected)
+    assert skip.bad_images.found["train"] == {bad: described}

@@ -62,6 +62,25 @@ def test_bad_flags_fail_fast_with_one_line(tmp_path, flags, message):
     assert not (tmp_path / "synthetic_shapes").exists()  # no data read for a bad setting
 
 
+def test_a_corrupt_image_stops_training_with_one_line_naming_it(tmp_path, tiny_image_folder):
+    """Issue #14: a garbage .jpg in an image folder ended train.py with TF's
+    'Unknown image file format' stack trace and no file name. A cached set
+    is checked as it is decoded, so this fails before training starts."""
+    import shutil
+
+    folder = tmp_path / "scraped"
+    shutil.copytree(tiny_image_folder, folder)
+    bad = folder / "train" / "cross" / "download.jpg"
+    bad.write_bytes(b"<html>Access denied</html>")
+    job = tmp_path / "job"
+    result = _run(*tiny_train_flags(job, folder, epochs=1))
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Cannot decode 1 train image(s): ") and str(bad) in last, last
+    assert "--bad_images=skip" in last and "Traceback" not in result.stderr
+    assert not job.exists()  # stopped before anything was written
+
+
 def test_unknown_model_is_rejected_by_the_flag_parser(tmp_path):
     job = tmp_path / "job"
     result = _run(
