@@ -6,7 +6,11 @@ and the host-side PSS state (pools, sampler random state, epoch; JSON). It is
 written into a hidden temporary directory, flushed, and renamed into place;
 then the ``latest`` pointer is replaced atomically. A run killed at any moment
 (even ``kill -9`` mid-write) leaves the previous checkpoint intact and
-pointed to: only the current epoch is lost.
+pointed to: only the current epoch is lost. So does a full disk: a
+checkpoint that would not fit is refused before anything is written (HDF5
+must not meet a full disk, see `require_free_space`), a disk that fills up
+midway has the temporary folder removed, and one `DiskFullError` line names
+the mount to free and the previous checkpoint, which is still the latest.
 
 Each checkpoint's state file records the size and SHA-256 of the weights and
 optimizer files. A checkpoint damaged afterwards (a truncated copy, a bad
@@ -19,13 +23,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
 
 import numpy as np
 
-from pss_keras.fileio import atomic_write_text, fsync_dir, fsync_tree
+from pss_keras.fileio import (
+    atomic_write_text,
+    disk_full_guard,
+    fsync_dir,
+    fsync_tree,
+    require_free_space,
+)
 
 WEIGHTS = "supernet.weights.h5"
 OPTIMIZER = "optimizer.npz"
@@ -118,11 +129,45 @@ class Checkpointer:
         return None
 
     def save(self, epoch: int) -> str:
-        """Writes the checkpoint of the state after ``epoch`` completed epochs."""
+        """Writes the checkpoint of the state after ``epoch`` completed epochs.
+
+        Raises:
+            DiskFullError: if the disk fills up; the checkpoints and the
+                ``latest`` pointer are then as they were before the call.
+        """
         os.makedirs(self.directory, exist_ok=True)
+        self._remove_leftovers()  # before the write, which may need their space
         name = f"epoch-{epoch:04d}"
         final = os.path.join(self.directory, name)
-        tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=self.directory)
+        previous = self.latest()
+        left = (
+            f"the previous checkpoint {previous} is intact and still the latest"
+            if previous
+            else "no checkpoint was written"
+        )
+        needed = self._needed_bytes()
+        with disk_full_guard(final, left, lambda: needed):
+            require_free_space(self.directory, needed)  # before HDF5 can meet a full disk
+            self._write(epoch, final)
+            try:
+                atomic_write_text(os.path.join(self.directory, LATEST), name + "\n")
+            except BaseException:
+                if final != previous:  # whole but unnamed: take it back out
+                    shutil.rmtree(final, ignore_errors=True)
+                raise
+        self._prune(name)
+        return final
+
+    def _needed_bytes(self) -> int:
+        """About the size of a checkpoint, rounded up: the variables' bytes,
+        HDF5's header per variable (about 1.2 kB measured) and the state."""
+        variables = [*self.supernet.weights, *(self.optimizer.variables if self.optimizer else [])]
+        raw = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables)
+        return int(1.05 * raw) + 2048 * len(variables) + (64 << 10)
+
+    def _write(self, epoch: int, final: str) -> None:
+        """Writes the checkpoint into a hidden folder and renames it to ``final``."""
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}-", dir=self.directory)
         try:
             self.supernet.save_weights(os.path.join(tmp, WEIGHTS))
             np.savez(os.path.join(tmp, OPTIMIZER), **_optimizer_state(self.optimizer))
@@ -143,9 +188,6 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         fsync_dir(self.directory)
-        atomic_write_text(os.path.join(self.directory, LATEST), name + "\n")
-        self._prune(name)
-        return final
 
     def _prune(self, newest: str) -> None:
         names = sorted(
@@ -153,7 +195,11 @@ class Checkpointer:
         )
         for old in names[: max(0, len(names) - (self.keep - 1))]:
             shutil.rmtree(os.path.join(self.directory, old), ignore_errors=True)
-        for n in os.listdir(self.directory):  # leftovers of killed writes
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Removes the hidden folders of killed writes (their space is wasted)."""
+        for n in os.listdir(self.directory):
             if n.startswith(".epoch-"):
                 shutil.rmtree(os.path.join(self.directory, n), ignore_errors=True)
 

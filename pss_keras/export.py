@@ -22,7 +22,9 @@ Modes:
 
 The export is written into a hidden temporary directory beside the target
 and renamed to ``<export_dir>/<version>/`` (a new integer version, never
-overwriting one): TF Serving never sees a half-written version.
+overwriting one): TF Serving never sees a half-written version, also when
+the disk fills up midway (the hidden directory is removed and one
+`DiskFullError` line says what to free).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from pss_keras import extraction, timing
-from pss_keras.fileio import fsync_dir, fsync_tree
+from pss_keras.fileio import disk_full_guard, fsync_dir, fsync_tree, tree_bytes
 from pss_keras.jobs import TIER_TABLE, TIERS_SIGNATURE, Job
 from pss_keras.preprocessing import preprocess
 from pss_keras.supernet import resize_to
@@ -217,9 +219,29 @@ def _write_version(archive, export_dir: str, summary: dict, image_signatures) ->
     Written in a hidden folder beside the versions, synced, then renamed to
     the next free number: TF Serving never sees a half-written version, and
     an existing version is never touched.
+
+    Raises:
+        DiskFullError: if the disk fills up; the hidden folder is removed and
+            ``export_dir`` holds the versions it held before.
     """
     os.makedirs(export_dir, exist_ok=True)
     version = next_version(export_dir)
+    before = sorted(int(n) for n in os.listdir(export_dir) if n.isdigit())
+    previous = os.path.join(export_dir, str(before[-1])) if before else None
+    left = (
+        f"no version was added; the newest, {before[-1]}, is untouched"
+        if before
+        else f"no version was added to {export_dir}"
+    )
+    with disk_full_guard(
+        os.path.join(export_dir, str(version)),
+        left,
+        lambda: previous and tree_bytes(previous),
+    ):
+        return _write_new_version(archive, export_dir, version, summary, image_signatures)
+
+
+def _write_new_version(archive, export_dir, version, summary, image_signatures):
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
     try:
         path = os.path.join(tmp, "model")

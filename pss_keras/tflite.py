@@ -44,6 +44,7 @@ import tensorflow as tf
 
 from pss_keras import data as data_lib
 from pss_keras import extraction, jobs, preprocessing, qat, tflite_manifest, tflite_verification
+from pss_keras.fileio import disk_full_guard
 from pss_keras.supernet import resize_to
 from pss_keras.tflite_conversion import IO_DTYPES, QUANTIZE_MODES, convert_model
 from pss_keras.tflite_runner import TFLiteRunner, tensor_info
@@ -136,8 +137,9 @@ def convert(
         job_dir: a finished training job.
         output_dir: where ``<tier>.tflite`` and ``manifest.json`` go. Files
             are written to a temporary directory first and moved in; the old
-            manifest is removed before and the new one written last, so a
-            reader that finds a manifest finds the files it describes.
+            manifest is removed before and the new one moved in last, so a
+            reader that finds a manifest finds the files it describes. A
+            failure (a full disk too) leaves ``output_dir`` as it was.
         config: the `ConvertConfig`.
         tiers: tier names (default: every retained tier).
         progress: progress bars.
@@ -148,6 +150,7 @@ def convert(
     Raises:
         ValueError: for a missing job, unknown tier, bad settings, missing
             data for int8 or verification, or a bad ``saved_model``.
+        DiskFullError: if the disk fills up (one line naming what to free).
     """
     config = config or ConvertConfig()
     config.validate()
@@ -159,22 +162,29 @@ def convert(
         references, reference_name = tflite_verification.reference_fns(
             job, entries, config.saved_model
         )
-    # The temporary folder lives inside output_dir so that the final moves are
-    # renames on one file system.
-    os.makedirs(output_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-tflite-", dir=output_dir)
-    try:
-        rows, runners = _convert_tiers(job, entries, config, pipelines, tmp, progress)
-        if references is not None:
-            accuracy = tflite_verification.verify(
-                job, entries, runners, references, pipelines, config, progress
-            )
-            for row in rows:
-                row["verification"] = accuracy[row["name"]]
-        _measure_latency(rows, runners, config.latency_repeats)
-        manifest = tflite_manifest.build(job, config, pipelines, reference_name, rows)
-        tflite_manifest.move_in(tmp, output_dir, rows, manifest)
-    finally:
+    created = not os.path.isdir(output_dir)
+    left = f"{output_dir} was not created" if created else f"nothing in {output_dir} was changed"
+    with disk_full_guard(output_dir, left):
+        # The temporary folder lives inside output_dir so that the final moves
+        # are renames on one file system.
+        os.makedirs(output_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-tflite-", dir=output_dir)
+        try:
+            rows, runners = _convert_tiers(job, entries, config, pipelines, tmp, progress)
+            if references is not None:
+                accuracy = tflite_verification.verify(
+                    job, entries, runners, references, pipelines, config, progress
+                )
+                for row in rows:
+                    row["verification"] = accuracy[row["name"]]
+            _measure_latency(rows, runners, config.latency_repeats)
+            manifest = tflite_manifest.build(job, config, pipelines, reference_name, rows)
+            tflite_manifest.move_in(tmp, output_dir, rows, manifest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if created and not os.listdir(output_dir):
+                os.rmdir(output_dir)
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 
 import keras
 import tensorflow as tf
 
-from pss_keras.fileio import atomic_write_json, fsync_tree
+from pss_keras.fileio import fsync_dir, fsync_tree
 from pss_keras.tflite_verification import TARGETS
 
 MANIFEST = "manifest.json"
@@ -67,16 +68,23 @@ def build(job, config, pipelines, reference_name, rows) -> dict:
 def move_in(tmp: str, output_dir: str, rows, manifest: dict) -> None:
     """Moves the files from ``tmp`` into ``output_dir``, manifest last.
 
-    The old manifest goes first and the new one is written last, so a reader
-    that finds a manifest finds the files it describes.
+    Everything that takes space (the files and the manifest) is written in
+    ``tmp`` first, so a full disk stops the conversion before ``output_dir``
+    changes; what follows are renames. The old manifest goes first and the
+    new one comes last, so a reader that finds a manifest finds the files it
+    describes.
     """
+    with open(os.path.join(tmp, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
     fsync_tree(tmp)  # the files are durable before the manifest names them
     manifest_path = os.path.join(output_dir, MANIFEST)
     if os.path.exists(manifest_path):
         os.remove(manifest_path)
     for row in rows:
         os.replace(os.path.join(tmp, row["file"]), os.path.join(output_dir, row["file"]))
-    atomic_write_json(manifest_path, manifest)
+    os.replace(os.path.join(tmp, MANIFEST), manifest_path)
+    fsync_dir(output_dir)
 
 
 def format_manifest(manifest: dict) -> str:

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny supernets (width 0.5, resolutions 32..64)."""
 
+import errno
 import os
 import random
 
@@ -38,6 +39,67 @@ def run_script():
         )  # fmt: skip
 
     return run
+
+
+class _FillingFile:
+    """A file whose disk fills up after ``budget`` bytes: that many are
+    written, then ``write`` raises ENOSPC as the kernel does."""
+
+    def __init__(self, f, budget: int):
+        self._f, self._budget = f, budget
+
+    def write(self, data):
+        if len(data) > self._budget:
+            self._f.write(data[: self._budget])
+            self._f.flush()
+            self._budget = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._f.name)
+        self._budget -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __iter__(self):
+        return iter(self._f)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._f.__exit__(*exc)
+
+
+@pytest.fixture
+def disk_full(monkeypatch):
+    """``disk_full(marker, after=100)``: from now on, Python writes to a file
+    whose name contains ``marker`` fail with ENOSPC after ``after`` bytes
+    (``open().write``, ``json.dump``, ``np.savez``), as when the disk fills up
+    midway. Returns the paths that failed."""
+    import builtins
+    import io
+
+    real_open = io.open
+    failed = []
+
+    def fill(marker: str, after: int = 100):
+        def filling_open(file, mode="r", *args, **kwargs):
+            f = real_open(file, mode, *args, **kwargs)
+            name = (
+                os.path.basename(os.fsdecode(file))
+                if isinstance(file, (str, bytes, os.PathLike))
+                else ""
+            )
+            if marker in name and any(c in mode for c in "wax+"):
+                failed.append(os.fspath(file))
+                return _FillingFile(f, after)
+            return f
+
+        monkeypatch.setattr(builtins, "open", filling_open)
+        monkeypatch.setattr(io, "open", filling_open)
+        return failed
+
+    return fill
 
 
 @pytest.fixture

@@ -2,12 +2,13 @@
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
 import pytest
 
-from pss_keras import export, extraction, jobs, tflite
+from pss_keras import export, extraction, fileio, jobs, tflite
 
 
 def _convert(trained_job, out, **kwargs):
@@ -253,6 +254,41 @@ def test_a_failed_conversion_leaves_the_output_as_it_was(trained_job, tmp_path, 
         _convert(trained_job, out, verify_images=0)
     assert sorted(os.listdir(out)) == ["manifest.json"]
     assert json.loads((out / "manifest.json").read_text()) == {"old": True}
+
+
+@pytest.mark.parametrize("where", [".tflite", "manifest.json"])
+def test_a_full_disk_leaves_the_output_as_it_was(trained_job, tmp_path, disk_full, where):
+    """Issue #14: a disk that fills up midway through a .tflite file or the
+    manifest changes nothing an app would pick up and leaves no temporary.
+    (The manifest used to be written after the old one was removed and the
+    new files moved in.)"""
+    _, summary = trained_job
+    tier = summary["retained"][0]["name"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"old": true}')
+    (out / f"{tier}.tflite").write_bytes(b"old")
+    disk_full(where, after=20)
+    with pytest.raises(OSError) as caught:
+        _convert(trained_job, out, verify_images=0, latency_repeats=1, tiers=[tier])
+    assert sorted(os.listdir(out)) == sorted(["manifest.json", f"{tier}.tflite"])
+    assert json.loads((out / "manifest.json").read_text()) == {"old": True}
+    assert (out / f"{tier}.tflite").read_bytes() == b"old"
+    assert _says_disk_full(caught.value, out, f"nothing in {out} was changed")
+    with pytest.raises(fileio.DiskFullError) as caught:  # into a folder not there before
+        _convert(trained_job, tmp_path / "new", verify_images=0, latency_repeats=1, tiers=[tier])
+    assert not (tmp_path / "new").exists()
+    assert _says_disk_full(caught.value, tmp_path / "new", f"{tmp_path / 'new'} was not created")
+
+
+def _says_disk_full(error, path, left) -> bool:
+    return bool(
+        re.fullmatch(
+            rf"Out of disk space writing {re.escape(str(path))} \(.* free on .*\): free space on "
+            rf".* and re-run; {re.escape(left)}\.",
+            str(error),
+        )
+    )
 
 
 @pytest.mark.parametrize(

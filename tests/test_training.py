@@ -1,6 +1,8 @@
 import dataclasses
+import errno
 import json
 import os
+import re
 import shutil
 
 import keras
@@ -10,7 +12,7 @@ import tensorflow as tf
 from conftest import tiny_train_config
 from tensorflow.core.util import event_pb2
 
-from pss_keras import data, evaluation, jobs, layers, training
+from pss_keras import data, evaluation, fileio, jobs, layers, training
 from pss_keras.checkpoints import Checkpointer
 from pss_keras.flops import count_mflops
 from pss_keras.specs import SubnetConfig
@@ -242,6 +244,57 @@ def test_keep_and_prune_checkpoints(tmp_path):
     os.remove(tmp_path / "epoch-0004" / "optimizer.npz")
     with pytest.raises(ValueError, match="is incomplete: optimizer.npz is missing"):
         ckpt.restore(str(tmp_path / "epoch-0004"))
+
+
+@pytest.mark.parametrize("where", ["weights", "optimizer.npz", "pss_state.json", "latest"])
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, disk_full, monkeypatch, where):
+    """Issue #14: a disk that fills up midway through a checkpoint leaves the
+    previous one intact and named by `latest`, nothing of the new one (not
+    even a whole one `latest` does not name), and one line saying so."""
+    ckpt = _tiny_checkpointer(tmp_path)
+    first = ckpt.save(1)
+    if where == "weights":  # h5py fails after part of the file is written
+
+        def save_weights(path):
+            with open(path, "wb") as f:
+                f.write(b"\x89HDF" * 100)
+            raise OSError(errno.ENOSPC, "Can't synchronously write data (error message = "
+                          "'No space left on device')")  # fmt: skip
+
+        monkeypatch.setattr(ckpt.supernet, "save_weights", save_weights)
+    else:
+        disk_full(where, after=5)
+    with pytest.raises(ValueError) as caught:  # what scripts/train.py prints in one line
+        ckpt.save(2)
+    assert sorted(os.listdir(tmp_path)) == ["epoch-0001", "latest"]  # no temporary either
+    assert ckpt.latest_usable() == first and ckpt.restore(first)["epoch"] == 1
+    assert re.fullmatch(
+        rf"Out of disk space writing {re.escape(str(tmp_path / 'epoch-0002'))} \(.* free on .*, "
+        r"about [\d.]+ [kM]B needed\): free space on .* and re-run; the previous checkpoint "
+        rf"{re.escape(first)} is intact and still the latest\.",
+        str(caught.value),
+    )
+    monkeypatch.undo()  # space freed: the next save works
+    second = ckpt.save(2)
+    assert second == str(tmp_path / "epoch-0002") and ckpt.latest() == second
+
+
+def test_a_checkpoint_that_would_not_fit_is_refused_before_hdf5_writes(tmp_path, monkeypatch):
+    """HDF5 can crash the process after a write fails with ENOSPC
+    (h5py/h5py#914): a checkpoint larger than the free space is refused first."""
+    ckpt = _tiny_checkpointer(tmp_path)
+    first = ckpt.save(1)
+    size = fileio.tree_bytes(first)
+    assert size <= ckpt._needed_bytes() <= 1.5 * size  # the estimate covers it, not wildly
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=size // 2))
+    writes = []
+    monkeypatch.setattr(ckpt.supernet, "save_weights", writes.append)
+    with pytest.raises(fileio.DiskFullError, match=r"\([\d.]+ [kM]B free on .*, about "
+                       r"[\d.]+ MB needed\): free space on .* and re-run; the previous checkpoint "
+                       r".*epoch-0001 is intact and still the latest\.$"):  # fmt: skip
+        ckpt.save(2)
+    assert writes == [] and sorted(os.listdir(tmp_path)) == ["epoch-0001", "latest"]
 
 
 def test_train_writes_retained_subnets(trained_job):
