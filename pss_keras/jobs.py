@@ -148,16 +148,20 @@ class ServedTier:
       signature's float column), on the device and runtime
       that ``latency_table`` names (``latency_runtime``: ``tflite`` for the
       mobile-like LiteRT path, ``tensorflow`` for the served path).
+
+    A tier found through GetModelMetadata instead of the ``tiers`` signature
+    (`pss_keras.serving.tiers_from_metadata`) has its name and at most its
+    resolution; its other fields are None.
     """
 
     name: str
-    metric_type: str
-    target: float
-    mflops: float
-    params: int
-    resolution: int
-    top1: float
-    latency_ms: float
+    metric_type: str | None
+    target: float | None
+    mflops: float | None
+    params: int | None
+    resolution: int | None
+    top1: float | None
+    latency_ms: float | None
     predicted_latency_ms: float | None = None
     latency_table: str = ""
     latency_runtime: str = ""

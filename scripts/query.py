@@ -43,6 +43,11 @@ def _read_image(path):
         raise ValueError(f"Cannot read image {path}: {e.message.splitlines()[0]}") from None
 
 
+def _cell(value, width, spec):
+    """A right-aligned table cell; ``-`` for a value the server did not give."""
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
+
+
 def main(argv):
     paths = argv[1:]
     from pss_keras import serving
@@ -57,14 +62,16 @@ def main(argv):
             )
             for t in tiers:
                 print(
-                    f"{t.name:<24}{t.mflops:>9.2f}{t.params:>11,}{t.resolution:>5}{t.top1:>10.3f}"
-                    f"{t.latency_ms:>11.2f}"
-                    + (
-                        f"{t.predicted_latency_ms:>14.3f}"
-                        if t.predicted_latency_ms is not None
-                        else f"{'-':>14}"
-                    )  # fmt: skip
+                    f"{t.name:<24}{_cell(t.mflops, 9, '.2f')}{_cell(t.params, 11, ',')}"
+                    f"{_cell(t.resolution, 5, 'd')}{_cell(t.top1, 10, '.3f')}"
+                    f"{_cell(t.latency_ms, 11, '.2f')}{_cell(t.predicted_latency_ms, 14, '.3f')}"
                 )
+            if client.tier_source == "metadata":
+                print(
+                    "tiers from GetModelMetadata (the model has no usable 'tiers' signature): "
+                    "names only, no cost, accuracy or latency; choose one with --tier"
+                )
+                return
             tables = sorted({t.latency_table for t in tiers if t.latency_table})
             print("export ms: measured at export (batch 1, the served computation)")
             for table in tables:
@@ -80,11 +87,13 @@ def main(argv):
             tier = F.tier
         elif F.max_mflops is not None or F.latency_budget_ms is not None:
             tier = client.choose_tier(F.max_mflops, F.latency_budget_ms, F.latency_source).name
+        elif client.tier_source == "metadata":
+            tier = None  # no costs to find the largest by: serving_default
         else:
             tier = max(tiers, key=lambda t: t.mflops).name
         for path in paths:
             outputs = client.predict(_read_image(path), tier)
-            print(f"{path} [{tier}]")
+            print(f"{path} [{tier or 'serving_default'}]")
             for rank, (index, name) in enumerate(
                 zip(outputs["top5_indices"][0], outputs["top5_classes"][0]), start=1
             ):

@@ -88,6 +88,33 @@ def test_tiers_signature_and_assets(trained_job, exports):
     )
 
 
+@pytest.mark.parametrize("mode", export.MODES)
+def test_export_loads_and_warms_up_as_tf_serving_loads_it(exports, mode):
+    """The session TF Serving loads (the MetaGraph tagged serve, by the
+    SignatureDef's tensor names) replays every warm-up request and answers
+    as the SavedModel's own functions do."""
+    from pss_keras.model_server import ServedModel
+
+    path = exports[mode]["path"]
+    model = ServedModel(path)
+    try:
+        names = [t["name"] for t in exports[mode]["tiers"]]
+        assert sorted(model.signature_defs) == sorted([*names, "serving_default", "tiers"])
+        assert model.warmup_requests == len(names) + 2
+        loaded = tf.saved_model.load(path)
+        images = _images(2)
+        for name in [*names, "serving_default"]:
+            out = model.predict(name, {"images": images})
+            expected = loaded.signatures[name](images=tf.constant(images))
+            assert sorted(out) == sorted(expected)
+            np.testing.assert_allclose(out["logits"], expected["logits"].numpy(), atol=1e-5)
+            np.testing.assert_array_equal(out["top5_classes"], expected["top5_classes"].numpy())
+        tiers = model.predict("tiers", {})
+        assert [n.decode() for n in tiers["names"]] == names
+    finally:
+        model.close()
+
+
 def _graph_constant_bytes(path):
     """Bytes of every constant in ``saved_model.pb``: the graph's own (where
     captured tensors such as the BN statistics go) and its functions'."""

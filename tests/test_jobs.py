@@ -54,12 +54,13 @@ def test_a_finished_job_is_required(tmp_path):
 
 
 def test_deployment_imports_no_training_code():
-    """Export, TFLite and the client load no training module; the client no TF."""
+    """Export, TFLite, the stand-in model server and the client load no
+    training module; the client no TF."""
     code = (
         "import sys\n"
         "import pss_keras.serving\n"
         "assert 'tensorflow' not in sys.modules, 'serving imported TensorFlow'\n"
-        "import pss_keras.export, pss_keras.tflite\n"
+        "import pss_keras.export, pss_keras.tflite, pss_keras.model_server, pss_keras.soak\n"
         "training = ['training', 'trainer', 'callbacks', 'selection', 'sampling', 'pools',\n"
         "            'checkpoints', 'evaluation']\n"
         "loaded = [m for m in training if f'pss_keras.{m}' in sys.modules]\n"

@@ -248,9 +248,8 @@ def _latency_grid(table, space, count=3):
 
 @pytest.mark.heavy
 def test_flops_and_cpu_latency_run_retains_exports_and_serves_both(tiny_image_folder, tmp_path):
-    from serving_server import ModelServer
-
     from pss_keras import export, serving, training
+    from pss_keras.model_server import ModelServer
 
     table = synthetic_table(TINY)
     lut = str(tmp_path / "L.json")

@@ -4,6 +4,7 @@ and its handling of TF Serving's answers through fake transports."""
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,10 +18,10 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from serving_server import ModelServer, free_port  # noqa: I001
-from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from pss_keras import export, serving
+from pss_keras.model_server import ModelRefused, ModelServer, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "pss"
@@ -40,6 +41,8 @@ class RealServer:
     process that also sets SO_REUSEPORT, or an HTTP server on the REST port
     that answers the readiness probe, would go unnoticed: a residual race.
     """
+
+    label = "tensorflow_model_server"
 
     def __init__(self, binary, base_path, attempts=3):
         for _ in range(attempts):
@@ -87,15 +90,19 @@ class RealServer:
         self.proc.wait(10)
 
 
+def _start_server(base_path):
+    """tensorflow_model_server on ``base_path`` when installed, else the
+    stand-in (which loads the latest version as it does)."""
+    binary = _real_server_binary()
+    return RealServer(binary, base_path) if binary else ModelServer(base_path, MODEL).start()
+
+
 @pytest.fixture(scope="module")
 def served(trained_job, tmp_path_factory):
     config, _ = trained_job
     base = tmp_path_factory.mktemp("serving") / MODEL
     summary = export.export(config.job_dir, str(base), latency_repeats=3)
-    binary = _real_server_binary()
-    server = (
-        RealServer(binary, str(base)) if binary else ModelServer(summary["path"], MODEL).start()
-    )
+    server = _start_server(str(base))
     loaded = tf.saved_model.load(summary["path"])
     yield server, summary, loaded
     server.stop()
@@ -137,6 +144,317 @@ def test_each_tier_returns_that_tiers_outputs(client, served):
         ]
     default = client.predict(images[0])  # one image, serving_default
     assert default["logits"].shape == (1, 10)
+
+
+# -- loading as TF Serving does --------------------------------------------
+
+
+def _warmup_logs(path):
+    warmup = os.path.join(path, "assets.extra", export.WARMUP_FILE)
+    return [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy())
+        for r in tf.data.TFRecordDataset(warmup)
+    ]
+
+
+def test_stand_in_loads_by_session_and_replays_the_warm_up(served):
+    server, summary, _ = served
+    if not isinstance(server, ModelServer):
+        pytest.skip("tensorflow_model_server is serving; its loading is its own")
+    model = server.model
+    assert isinstance(model.session, tf.compat.v1.Session) and model.session.graph is model.graph
+    # Every request of the export's warm-up file ran at load: one per signature.
+    assert model.warmup_requests == len(_warmup_logs(summary["path"])) == len(summary["tiers"]) + 2
+    # The base path was given: the latest (only) version is served.
+    assert (server.version, server.model_dir) == (summary["version"], summary["path"])
+
+
+def _with_warmup(path, tmp_path, edit):
+    """A copy of the SavedModel at ``path`` whose warm-up requests are
+    ``edit(requests)``."""
+    copy = tmp_path / "model" / "1"
+    shutil.copytree(path, copy)
+    logs = _warmup_logs(path)
+    requests = [log.predict_log.request for log in logs]
+    edit(requests)
+    with tf.io.TFRecordWriter(str(copy / "assets.extra" / export.WARMUP_FILE)) as writer:
+        for request in requests:
+            log = prediction_log_pb2.PredictionLog()
+            log.predict_log.request.CopyFrom(request)
+            writer.write(log.SerializeToString())
+    return str(copy)
+
+
+def _image_request(requests):
+    return next(r for r in requests if "images" in r.inputs)
+
+
+def _rename_signature(requests):
+    _image_request(requests).model_spec.signature_name = "flops_9999m"
+
+
+def _wrong_shape(requests):
+    _image_request(requests).inputs["images"].CopyFrom(
+        tf.make_tensor_proto(np.zeros((1, 8, 8, 4), np.uint8))
+    )
+
+
+def _wrong_dtype(requests):
+    _image_request(requests).inputs["images"].CopyFrom(
+        tf.make_tensor_proto(np.zeros((1, 8, 8, 3), np.float32))
+    )
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            _rename_signature,
+            r"warm-up request 1 of .* \(signature 'flops_9999m'\) failed: "
+            r'FAILED_PRECONDITION: Serving signature key "flops_9999m" not found\.$',
+        ),
+        (_wrong_shape, r"warm-up request 1 .* failed: INVALID_ARGUMENT: input images has shape "),
+        (
+            _wrong_dtype,
+            r"warm-up request 1 .* failed: INVALID_ARGUMENT: Expects arg\[0\] to be uint8 but "
+            r"float is provided$",
+        ),
+    ],
+    ids=["missing_signature", "wrong_shape", "wrong_dtype"],
+)
+def test_stand_in_refuses_a_model_whose_warm_up_fails(served, tmp_path, edit, message):
+    """As TF Serving does, the load fails on the first failing warm-up
+    request, and no port is opened for the model."""
+    _, summary, _ = served
+    path = _with_warmup(summary["path"], tmp_path, edit)
+    with pytest.raises(ModelRefused, match=rf"^Refused {re.escape(path)}: {message}"):
+        ModelServer(path, MODEL)
+    # The same copy with the export's own warm-up requests loads.
+    ok = ModelServer(_with_warmup(summary["path"], tmp_path / "ok", lambda r: None), MODEL)
+    assert ok.model.warmup_requests == len(summary["tiers"]) + 2
+    ok.model.close()
+
+
+def test_stand_in_refuses_a_corrupt_warm_up_file(served, tmp_path):
+    _, summary, _ = served
+    path = _with_warmup(summary["path"], tmp_path, lambda r: None)
+    warmup = os.path.join(path, "assets.extra", export.WARMUP_FILE)
+    with open(warmup, "r+b") as f:
+        f.truncate(os.path.getsize(warmup) - 3)  # the last record cut short
+    with pytest.raises(ModelRefused, match=r"cannot read warm-up record \d+ of "):
+        ModelServer(path, MODEL)
+    with pytest.raises(ModelRefused, match="neither a SavedModel nor a base path"):
+        ModelServer(str(tmp_path / "nothing"), MODEL)
+
+
+# -- tiers without the tiers signature: GetModelMetadata ----------------------
+
+
+class _NoTiersModel(tf.Module):
+    """A SavedModel with two tiers and no ``tiers`` signature: ``wide`` takes
+    32 x 32 images, ``narrow`` 24 x 24 (alphabetical order is not input
+    order); ``serving_default`` is the wide one; ``scale`` takes floats, so
+    it is not a tier."""
+
+    def _tier(self, images, scale):
+        x = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2])
+        return {"logits": tf.concat([x * scale, -x], axis=-1)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="images")])
+    def wide(self, images):
+        return self._tier(images, 2.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 24, 24, 3], tf.uint8, name="images")])
+    def narrow(self, images):
+        return self._tier(images, 1.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    def scale(self, x):
+        return {"y": 3.0 * x}
+
+
+@pytest.fixture(scope="module")
+def no_tiers_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("no_tiers") / MODEL
+    module = _NoTiersModel()
+    signatures = {"wide": module.wide, "narrow": module.narrow, "scale": module.scale}
+    tf.saved_model.save(
+        module, str(base / "1"), signatures={**signatures, "serving_default": module.wide}
+    )
+    server = _start_server(str(base))
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_tiers_fall_back_to_model_metadata(no_tiers_server, protocol):
+    c = serving.connect(_address(no_tiers_server, protocol), MODEL, protocol, timeout=30)
+    try:
+        tiers = c.tiers()
+        assert c.tier_source == "metadata"
+        # By input resolution (from the signature defs), not by name.
+        assert [(t.name, t.resolution) for t in tiers] == [("narrow", 24), ("wide", 32)]
+        assert all(
+            t.mflops is None and t.top1 is None and t.latency_ms is None and t.params is None
+            for t in tiers
+        )
+        # Predict by name still works, on the named tier.
+        images = np.full((2, 24, 24, 3), 10, np.uint8)
+        np.testing.assert_allclose(
+            c.predict(images, "narrow")["logits"], [[10] * 3 + [-10] * 3] * 2
+        )
+        with pytest.raises(
+            serving.ServingError, match=r"Unknown tier 'scale'; the server has \['narrow', 'wide'\]"
+        ):
+            c.predict(images, "scale")
+        # Budgets and accuracy need the tiers signature's table.
+        needs = (
+            r"needs each tier's MFLOPs, accuracy and latency, which only the model's 'tiers' "
+            r"signature gives; this server's tiers come from GetModelMetadata \(names and input "
+            r"shapes only\)\. Choose a tier by name: \['narrow', 'wide'\]\.$"
+        )
+        with pytest.raises(serving.ServingError, match="^choose_tier " + needs):
+            c.choose_tier(max_mflops=100)
+        with pytest.raises(serving.ServingError, match="^choose_tier "):
+            c.choose_tier()
+        with pytest.raises(serving.ServingError, match="^AdaptiveTierPolicy " + needs):
+            serving.AdaptiveTierPolicy(tiers, objective_ms=10)
+    finally:
+        c.close()
+
+
+def test_query_script_lists_metadata_tiers_and_refuses_a_budget(no_tiers_server, run_script):
+    common = [f"--server={no_tiers_server.grpc_address}", f"--model_name={MODEL}"]
+    listed = run_script("scripts/query.py", *common, "--list_tiers")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    rows = [line.split() for line in listed.stdout.splitlines()[1:3]]
+    assert rows == [
+        ["narrow", "-", "-", "24", "-", "-", "-"],
+        ["wide", "-", "-", "32", "-", "-", "-"],
+    ]
+    assert "tiers from GetModelMetadata" in listed.stdout
+    budget = run_script("scripts/query.py", *common, "--max_mflops=5", "unused.png")
+    assert budget.returncode == 1
+    assert "choose_tier needs each tier's MFLOPs" in budget.stderr.strip().splitlines()[-1]
+
+
+def test_tiers_signature_is_preferred_to_metadata(client):
+    assert client.tiers()[0].mflops is not None and client.tier_source == "tiers"
+
+
+@pytest.mark.parametrize(
+    "status", ["NOT_FOUND", "HTTP 404", "UNREACHABLE", "RESOURCE_EXHAUSTED", "INTERNAL", "HTTP 503"]
+)
+def test_only_a_missing_tiers_signature_falls_back_to_metadata(status):
+    """No model, no server or a failing one: the error is passed on as it
+    is, and the metadata is not asked for."""
+
+    class Transport(_TableTransport):
+        def predict(self, signature, inputs):
+            raise serving.ServingError(f"failed ({status})", status)
+
+        def metadata(self):
+            raise AssertionError("metadata must not be asked for")
+
+    with pytest.raises(serving.ServingError, match=rf"^failed \({status}\)$"):
+        serving.PSSClient(Transport([])).tiers()
+
+
+def test_metadata_fallback_needs_an_image_signature(monkeypatch):
+    class Transport(_TableTransport):
+        def predict(self, signature, inputs):
+            raise serving.ServingError("rejected (FAILED_PRECONDITION)", "FAILED_PRECONDITION")
+
+        def metadata(self):
+            return {"scale": {"inputs": {"x": ("float", (None,))}, "outputs": {}}}
+
+    with pytest.raises(
+        serving.ServingError,
+        match=r"^The model has no tier: the tiers signature was refused \(rejected "
+        r"\(FAILED_PRECONDITION\)\) and its metadata lists no image signature",
+    ):
+        serving.PSSClient(Transport([])).tiers()
+
+
+# TF Serving's answer to GET /v1/models/<name>/metadata (its REST API
+# documentation's example, trimmed): the SignatureDefMap in proto3 JSON, int64
+# sizes as strings, under metadata.signature_def.signature_def.
+REST_METADATA = {
+    "model_spec": {"name": "pss", "signature_name": "", "version": "3"},
+    "metadata": {
+        "signature_def": {
+            "signature_def": {
+                "flops_1m": {
+                    "inputs": {
+                        "images": {
+                            "dtype": "DT_UINT8",
+                            "tensor_shape": {
+                                "dim": [
+                                    {"size": "-1", "name": ""},
+                                    {"size": "-1", "name": ""},
+                                    {"size": "-1", "name": ""},
+                                    {"size": "3", "name": ""},
+                                ],
+                                "unknown_rank": False,
+                            },
+                            "name": "serving_flops_1m_images:0",
+                        }
+                    },
+                    "outputs": {
+                        "logits": {
+                            "dtype": "DT_FLOAT",
+                            "tensor_shape": {"dim": [{"size": "-1"}, {"size": "10"}]},
+                            "name": "StatefulPartitionedCall:0",
+                        }
+                    },
+                    "method_name": "tensorflow/serving/predict",
+                },
+                "any_rank": {
+                    "inputs": {
+                        "images": {"dtype": "DT_UINT8", "tensor_shape": {"unknown_rank": True}}
+                    },
+                    "method_name": "tensorflow/serving/predict",
+                },
+                "__saved_model_init_op": {
+                    "outputs": {"__saved_model_init_op": {"name": "NoOp"}},
+                },
+            }
+        }
+    },
+}
+
+
+def test_rest_metadata_is_read_as_tf_serving_writes_it(monkeypatch):
+    requests = []
+
+    def urlopen(request, timeout):
+        requests.append(request)
+        return _Response(json.dumps(REST_METADATA).encode())
+
+    monkeypatch.setattr(serving.urllib.request, "urlopen", urlopen)
+    signatures = serving.RestTransport("127.0.0.1:8501", MODEL).metadata()
+    assert requests[0].full_url == "http://127.0.0.1:8501/v1/models/pss/metadata"
+    assert requests[0].get_method() == "GET"
+    assert signatures["flops_1m"] == {
+        "inputs": {"images": ("uint8", (None, None, None, 3))},
+        "outputs": {"logits": ("float", (None, 10))},
+    }
+    assert signatures["any_rank"]["inputs"] == {"images": ("uint8", None)}
+    tiers = serving.tiers_from_metadata(signatures)
+    assert [(t.name, t.resolution) for t in tiers] == [("any_rank", None), ("flops_1m", None)]
+
+
+def test_stand_in_metadata_matches_tf_servings_rest_format(served):
+    """The stand-in's REST metadata has the shape of TF Serving's (above)."""
+    server, summary, _ = served
+    with urllib.request.urlopen(f"{server.rest_address}/v1/models/{MODEL}/metadata") as r:
+        payload = json.loads(r.read())
+    defs = payload["metadata"]["signature_def"]["signature_def"]
+    name = summary["tiers"][0]["name"]
+    images = defs[name]["inputs"]["images"]
+    assert images["dtype"] == "DT_UINT8"
+    assert [d["size"] for d in images["tensor_shape"]["dim"]] == ["-1", "-1", "-1", "3"]
+    assert payload["model_spec"]["name"] == MODEL
 
 
 # -- choose_tier -------------------------------------------------------------
@@ -388,6 +706,8 @@ def test_grpc_status_codes_become_serving_errors(grpc_transport, code, details, 
     with pytest.raises(serving.ServingError) as e:
         grpc_transport.predict("flops_1m", {"images": _images()})
     assert str(e.value) == message
+    unreachable = code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    assert e.value.status == ("UNREACHABLE" if unreachable else code)
     assert e.value.__suppress_context__  # one error, not a chained grpc traceback
     assert stub.calls[0][1] == 7.0  # the transport's timeout is the call's deadline
 
@@ -486,6 +806,8 @@ def test_rest_statuses_become_serving_errors(monkeypatch, error, message):
     with pytest.raises(serving.ServingError) as e:
         t.predict("flops_1m", {"images": _images()})
     assert str(e.value) == message
+    code = getattr(error, "code", None)
+    assert e.value.status == (f"HTTP {code}" if code else "UNREACHABLE")
     assert e.value.__suppress_context__
     assert requests[0][1] == 7.0
 
@@ -751,3 +1073,49 @@ def test_query_script_prints_top5_from_the_right_tier(served, tmp_path):
         timeout=120,
     )
     assert rest.returncode == 0 and all(t["name"] in rest.stdout for t in summary["tiers"])
+
+
+# -- the stand-in as its own process, and the soak ---------------------------
+
+
+def test_stand_in_runs_as_its_own_process_and_soaks_without_errors(served):
+    """``python -m pss_keras.model_server`` on the export's base path (ports
+    chosen by the OS and reported), soaked over both transports; a tier the
+    model lacks is counted as an error, not a crash."""
+    from pss_keras import soak
+
+    _, summary, _ = served
+    base = os.path.dirname(summary["path"])
+    names = [t["name"] for t in summary["tiers"]]
+    server = soak.ServerProcess(base, MODEL, threads=1)
+    try:
+        assert server.label == "stand-in (tf.compat.v1 Session), 1 threads"
+        results = [
+            soak.run_soak(_address(server, p), MODEL, p, names, requests=8 * len(names), clients=4)
+            for p in ("grpc", "rest")
+        ]
+        bad = soak.run_soak(server.grpc_address, MODEL, "grpc", [names[0], "flops_1m"], 6, 2)
+    finally:
+        server.stop()
+    assert server.proc.returncode is not None
+    for r in results:
+        assert (r["requests"], r["errors"], r["first_errors"]) == (8 * len(names), 0, [])
+        assert {n: t["requests"] for n, t in r["tiers"].items()} == dict.fromkeys(names, 8)
+        assert all(0 < t["p50_ms"] <= t["p99_ms"] for t in r["tiers"].values())
+    assert (bad["requests"], bad["errors"], bad["tiers"]["flops_1m"]["errors"]) == (6, 3, 3)
+    assert 'Serving signature key "flops_1m" not found' in bad["first_errors"][0]
+    table = soak.format_table(results).splitlines()
+    assert len(table) == 2 + 2 * (len(names) + 1)
+    assert table[2].startswith(f"| grpc | {names[0]} | 8 | 0 | ")
+
+
+def test_stand_in_process_reports_a_refused_model(served, tmp_path):
+    from pss_keras import soak
+
+    _, summary, _ = served
+    path = _with_warmup(summary["path"], tmp_path, _rename_signature)
+    with pytest.raises(
+        RuntimeError,
+        match=r"^The stand-in did not start: error: Refused .* FAILED_PRECONDITION: Serving ",
+    ):
+        soak.ServerProcess(path, MODEL)

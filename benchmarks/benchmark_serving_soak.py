@@ -1,0 +1,107 @@
+"""Soak test of the served model: 16 concurrent clients, mixed tiers, gRPC and REST.
+
+    python benchmarks/benchmark_serving_soak.py                        # tiny random export
+    python benchmarks/benchmark_serving_soak.py --export_dir=saved_models/quickstart
+    python benchmarks/benchmark_serving_soak.py --server_binary=/usr/bin/tensorflow_model_server
+
+Starts the server in its own process on 127.0.0.1 (tensorflow_model_server
+when on PATH or given by --server_binary, else the stand-in
+``python -m pss_keras.model_server``), then sends --requests requests over
+gRPC and as many over REST from --clients threads, every request on the
+next tier in turn (one image of the export's input size). Prints, per
+transport and tier, requests, errors, p50 and p99 latency (ms, as the
+client sees it), with the machine and the server; writes JSON. Without
+--export_dir it exports a tiny supernet with random weights first (no
+training, no download; about 30 s). Expect about 3 minutes on 2 CPU cores
+with the tiny export and zero errors.
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("export_dir", None, "Model base path (versions inside); default: tiny random.")
+flags.DEFINE_string("model_name", "pss", "Model name the requests use.")
+flags.DEFINE_enum("server", "auto", ["auto", "standin", "binary"], "Which server to soak.")
+flags.DEFINE_string("server_binary", None, "tensorflow_model_server (default: from PATH).")
+flags.DEFINE_integer("threads", None, "Server intra/inter-op threads (default: cores).", 1)
+flags.DEFINE_integer("clients", 16, "Concurrent client threads.", lower_bound=1)
+flags.DEFINE_integer("requests", 2000, "Requests per transport.", lower_bound=1)
+flags.DEFINE_float("max_seconds", 600.0, "Time limit per transport.", lower_bound=1)
+flags.DEFINE_list("protocols", ["grpc", "rest"], "Transports to soak, in order.")
+flags.DEFINE_string("output", "bench_results/serving_soak.json", "JSON output path.")
+F = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from pss_keras import soak, timing
+    from pss_keras.fileio import atomic_write_json
+    from pss_keras.model_server import version_dir
+
+    binary = (
+        F.server_binary
+        or os.environ.get("TF_MODEL_SERVER")
+        or shutil.which("tensorflow_model_server")
+    )
+    if F.server == "binary" and not binary:
+        sys.exit("error: --server=binary but no tensorflow_model_server (--server_binary).")
+    binary = binary if F.server != "standin" else None
+    threads = F.threads or os.cpu_count()
+    with tempfile.TemporaryDirectory() as tmp:
+        export_dir = F.export_dir
+        if export_dir is None:
+            export_dir = os.path.join(tmp, F.model_name)
+            print("exporting a tiny supernet with random weights ...", flush=True)
+            soak.random_export(export_dir)
+        with open(os.path.join(version_dir(export_dir)[0], "assets.extra", "tiers.json")) as f:
+            exported = json.load(f)
+        tiers = [t["name"] for t in exported["tiers"]]
+        server = soak.ServerProcess(export_dir, F.model_name, binary, threads)
+        try:
+            label = server.label
+            results = [
+                soak.run_soak(
+                    server.grpc_address if protocol == "grpc" else server.rest_address,
+                    F.model_name,
+                    protocol,
+                    tiers,
+                    F.requests,
+                    F.clients,
+                    exported["image_size"],
+                    F.max_seconds,
+                )
+                for protocol in F.protocols
+            ]
+        finally:
+            server.stop()
+    machine = timing.machine_description()
+    print(f"machine: {machine}")
+    print(f"server: {label}; export: {F.export_dir or 'tiny random (width 0.25, 16..32 px)'}")
+    print(f"{F.clients} clients, batch 1, {exported['image_size']} px images, tiers in turn\n")
+    print(soak.format_table(results))
+    for r in results:
+        for error in r["first_errors"]:
+            print(f"{r['protocol']} error: {error}")
+    atomic_write_json(
+        F.output,
+        {
+            "machine": machine,
+            "server": label,
+            "export_dir": F.export_dir,
+            "image_size": exported["image_size"],
+            "results": results,
+        },
+    )
+    print(f"wrote {F.output}")
+    if any(r["errors"] or r["requests"] < F.requests for r in results):
+        sys.exit("error: the soak had errors or hit its time limit")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,356 @@
+"""A soak test of a served PSS model: concurrent clients, mixed tiers, percentiles.
+
+`run_soak` sends a fixed number of requests over one transport (gRPC or
+REST) from concurrent client threads, each request on the next tier of a
+mixed rotation, bounded by a request count and a wall-clock limit. It counts
+errors and reports latency percentiles per tier. `ServerProcess` runs the
+server in a process of its own on 127.0.0.1 (the stand-in,
+``python -m pss_keras.model_server``, or tensorflow_model_server), so that
+the clients' threads do not share its interpreter. `random_export` writes a
+tiny export with random weights (no training, no download), so the soak can
+run anywhere; its latencies describe serving that tiny model, not a trained
+MobileNet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import numpy as np
+
+from pss_keras import serving
+
+
+@dataclasses.dataclass
+class TierStats:
+    """One tier's requests over one transport."""
+
+    requests: int = 0
+    errors: int = 0
+    latencies_ms: list = dataclasses.field(default_factory=list)
+
+    def percentile(self, q: float) -> float | None:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
+
+
+def run_soak(
+    address: str,
+    model_name: str,
+    protocol: str,
+    tiers: list[str],
+    requests: int = 2000,
+    clients: int = 16,
+    image_size: int = 32,
+    max_seconds: float = 600.0,
+    timeout: float = 30.0,
+    seed: int = 0,
+) -> dict:
+    """Sends ``requests`` requests from ``clients`` threads, tiers mixed.
+
+    Request ``i`` (taken from one shared counter, so the count is exact)
+    goes to ``tiers[i % len(tiers)]`` with one random uint8 image of
+    ``image_size`` pixels; each client has its own connection. Clients stop
+    taking requests after ``max_seconds``.
+
+    Returns:
+        ``{"protocol", "requests", "errors", "seconds", "first_errors",
+        "tiers": {name: {"requests", "errors", "p50_ms", "p99_ms"}}}``;
+        ``requests`` below the asked count means the time limit was hit.
+    """
+    stats = {name: TierStats() for name in tiers}
+    lock, counter, first_errors = threading.Lock(), iter(range(requests)), []
+    images = np.random.default_rng(seed).integers(0, 256, (8, 1, image_size, image_size, 3))
+    images = images.astype(np.uint8)
+    deadline = time.monotonic() + max_seconds
+
+    def client_loop():
+        client = serving.connect(address, model_name, protocol, timeout)
+        try:
+            while time.monotonic() < deadline:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                name = tiers[i % len(tiers)]
+                start = time.perf_counter()
+                try:
+                    outputs = client.transport.predict(name, {"images": images[i % len(images)]})
+                    ok = outputs["logits"].shape[0] == 1
+                    error = None if ok else f"{name}: logits of shape {outputs['logits'].shape}"
+                except serving.ServingError as e:
+                    error = f"{name}: {e}"
+                ms = 1000 * (time.perf_counter() - start)
+                with lock:
+                    s = stats[name]
+                    s.requests += 1
+                    if error:
+                        s.errors += 1
+                        if len(first_errors) < 5:
+                            first_errors.append(error)
+                    else:
+                        s.latencies_ms.append(ms)
+        finally:
+            client.close()
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    return {
+        "protocol": protocol,
+        "clients": clients,
+        "requests": sum(s.requests for s in stats.values()),
+        "errors": sum(s.errors for s in stats.values()),
+        "seconds": seconds,
+        "first_errors": first_errors,
+        "tiers": {
+            name: {
+                "requests": s.requests,
+                "errors": s.errors,
+                "p50_ms": s.percentile(50),
+                "p99_ms": s.percentile(99),
+            }
+            for name, s in stats.items()
+        },
+    }
+
+
+def format_table(results: list[dict]) -> str:
+    """A Markdown table: one row per transport and tier, then its total."""
+    lines = [
+        "| transport | tier | requests | errors | p50 ms | p99 ms |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+
+    def ms(v):
+        return f"{v:.2f}" if v is not None else "-"
+
+    for r in results:
+        for name, t in r["tiers"].items():
+            lines.append(
+                f"| {r['protocol']} | {name} | {t['requests']} | {t['errors']} | "
+                f"{ms(t['p50_ms'])} | {ms(t['p99_ms'])} |"
+            )
+        rate = r["requests"] / r["seconds"] if r["seconds"] else 0.0
+        lines.append(
+            f"| {r['protocol']} | all ({r['clients']} clients, {r['seconds']:.1f} s, "
+            f"{rate:.0f} req/s) | {r['requests']} | {r['errors']} | | |"
+        )
+    return "\n".join(lines)
+
+
+def random_export(export_dir: str, tiers: int = 3, seed: int = 0) -> dict:
+    """Exports a tiny supernet with random weights as `pss_keras.export` does.
+
+    A job directory is written (MobileNetV1 at width 0.25, 16..32 px, 10
+    classes; ``tiers`` subnets from the smallest to the largest, each with
+    unit batch-norm statistics and made-up accuracy) and exported in
+    ``shared`` mode to ``<export_dir>/<version>/``. For soak tests and
+    demos only: the predictions are meaningless.
+
+    Returns:
+        `pss_keras.export.export`'s summary.
+    """
+    import keras
+
+    from pss_keras import export, flops, jobs, specs
+    from pss_keras.run_config import DataConfig, TrainConfig
+    from pss_keras.supernet import Supernet
+
+    keras.utils.set_random_seed(seed)
+    space = specs.SearchSpace("mobilenet_v1", (16, 32), 8, (0.75, 1.0), 0.25, 10)
+    with tempfile.TemporaryDirectory() as job_dir:
+        config = TrainConfig(
+            job_dir=job_dir,
+            data=DataConfig(image_size=32),
+            width_scale=0.25,
+            resolution_range=(16, 32),
+        )
+        jobs.write_run_config(job_dir, config)
+        jobs.write_classes(job_dir, [f"class_{i}" for i in range(10)])
+        net = Supernet(**config.supernet_kwargs(10))
+        net.save_weights(os.path.join(job_dir, jobs.WEIGHTS))
+        retained = []
+        for i in range(tiers):
+            fraction = i / max(1, tiers - 1)
+            resolution = (
+                space.resolution_range[0]
+                + round(fraction * (space.resolution_range[1] - space.resolution_range[0]) / 8) * 8
+            )
+            mult = 0.75 + 0.25 * fraction
+            subnet = specs.SubnetConfig("mobilenet_v1", resolution, (mult,) * space.num_stages)
+            mflops = flops.count_mflops(subnet, 10, 0.25)
+            name = f"flops_{round(mflops, 2):g}m".replace(".", "p")
+            stats = {
+                layer: (np.zeros(c, np.float32), np.ones(c, np.float32))
+                for layer, c in net.bn_channels(subnet).items()
+            }
+            retained.append(
+                jobs.RetainedTier(
+                    name=name,
+                    config=subnet,
+                    metric_type="flops",
+                    target=round(mflops, 2),
+                    mflops=mflops,
+                    params=flops.count_params(subnet, 10, 0.25),
+                    top1=0.1 + 0.1 * i,
+                    top5=0.5,
+                    minival_top1=0.1 + 0.1 * i,
+                    pool_score=0.0,
+                    bn_stats=jobs.save_bn_stats(job_dir, name, stats),
+                )
+            )
+        jobs.write_retained(job_dir, retained)
+        return export.export(job_dir, export_dir, latency_repeats=3)
+
+
+class ServerProcess:
+    """A model server in its own process, on 127.0.0.1 only.
+
+    The stand-in (``binary=None``) is started with ``--port=0`` and
+    reports the ports it bound (no race with other processes);
+    tensorflow_model_server must be told its ports, which come from
+    `pss_keras.model_server.free_port` and are retried if taken meanwhile.
+
+    Args:
+        model_dir: the model's base path (versions inside) or, for the
+            stand-in only, one version.
+        model_name: the name requests use.
+        binary: path of tensorflow_model_server (None: the stand-in).
+        threads: TensorFlow intra- and inter-op threads of the server
+            (None: its default).
+        wait_s: how long loading and warm-up may take.
+
+    Raises:
+        RuntimeError: if the server exits or does not come up in time,
+            with the end of its log.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        model_name: str,
+        binary: str | None = None,
+        threads: int | None = None,
+        wait_s: float = 300.0,
+    ):
+        self.model_name, self.binary, self.threads = model_name, binary, threads
+        self._log = tempfile.TemporaryFile()
+        if binary:
+            self._start_binary(os.path.abspath(model_dir), wait_s)
+        else:
+            self._start_standin(model_dir, wait_s)
+
+    @property
+    def label(self) -> str:
+        """What serves the requests, for benchmark tables."""
+        threads = f"{self.threads} threads" if self.threads else "default threads"
+        if not self.binary:
+            return f"stand-in (tf.compat.v1 Session), {threads}"
+        version = subprocess.run(
+            [self.binary, "--version"], capture_output=True, text=True, timeout=60
+        )
+        text = (version.stdout + version.stderr).strip().splitlines()
+        return f"{text[0] if text else 'tensorflow_model_server'}, {threads}"
+
+    def _start_standin(self, model_dir, wait_s):
+        args = [
+            sys.executable, "-m", "pss_keras.model_server", f"--model_dir={model_dir}",
+            f"--model_name={self.model_name}", "--port=0", "--rest_api_port=0",
+        ]  # fmt: skip
+        if self.threads:
+            args.append(f"--threads={self.threads}")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log, env=env)
+        lines = queue.Queue()
+        threading.Thread(
+            target=lambda: (
+                [lines.put(line.decode()) for line in self.proc.stdout] + [lines.put("")]
+            ),
+            daemon=True,
+        ).start()
+        grpc_address = rest_address = None
+        deadline = time.monotonic() + wait_s
+        while grpc_address is None or rest_address is None:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                line = ""
+            if not line or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"The stand-in did not start: {self._log_tail()}")
+            if line.startswith("Running gRPC ModelServer at "):
+                grpc_address = line.split(" at ", 1)[1].split()[0]
+            elif line.startswith("Exporting HTTP/REST API at:"):
+                rest_address = line.split("at:", 1)[1].split()[0]
+        self.grpc_address, self.rest_address = grpc_address, rest_address
+
+    def _start_binary(self, base_path, wait_s, attempts=3):
+        from pss_keras.model_server import free_port
+
+        for _ in range(attempts):
+            grpc_port, rest_port = free_port(), free_port()
+            args = [
+                self.binary, f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+                f"--model_name={self.model_name}", f"--model_base_path={base_path}",
+            ]  # fmt: skip
+            if self.threads:
+                args += [
+                    f"--tensorflow_intra_op_parallelism={self.threads}",
+                    f"--tensorflow_inter_op_parallelism={self.threads}",
+                ]
+            self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+            self.grpc_address = f"127.0.0.1:{grpc_port}"
+            self.rest_address = f"http://127.0.0.1:{rest_port}"
+            state = self._wait_until_available(wait_s)
+            if state == "available":
+                return
+            self.stop()
+            if state == "timeout":
+                break
+        raise RuntimeError(f"tensorflow_model_server did not start: {self._log_tail()}")
+
+    def _wait_until_available(self, wait_s):
+        deadline = time.monotonic() + wait_s
+        url = f"{self.rest_address}/v1/models/{self.model_name}"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return "exited"  # most likely a port taken since free_port()
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    status = json.loads(response.read())
+                if any(v["state"] == "AVAILABLE" for v in status["model_version_status"]):
+                    return "available"
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        return "timeout"
+
+    def _log_tail(self) -> str:
+        """The server log's last line (its reason, for the stand-in), then
+        the log's end."""
+        self._log.seek(0)
+        log = self._log.read().decode(errors="replace")
+        lines = [line for line in log.splitlines() if line.strip()]
+        return f"{lines[-1] if lines else '(no output)'}\n{log[-2000:]}"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
