@@ -78,8 +78,7 @@ def main(argv):
     if F.measure_saved_model:
         print(json.dumps(measure_saved_model(F.measure_saved_model, F.repeats, F.image_size)))
         return
-    from pss_keras import export
-    from pss_keras.fileio import atomic_write_json
+    from pss_keras import export, timing
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +107,7 @@ def main(argv):
                 size_mb=_size_mb(summary["path"]),
                 variables_mb=_size_mb(os.path.join(summary["path"], "variables")),
             )
-    print(f"job {F.job_dir}, {os.cpu_count()} CPU cores, median of {F.repeats}")
+    print(f"job {F.job_dir}, median of {F.repeats}")
     print(f"{'mode':<12}{'size MB':>9}{'vars MB':>9}{'load s':>8}{'RSS MB':>8}")
     for mode, r in results.items():
         print(
@@ -122,8 +121,7 @@ def main(argv):
             for r in results.values()
         )
         print(f"{name:<16}{cells}")
-    atomic_write_json(F.output, results)
-    print(f"wrote {F.output}")
+    timing.write_benchmark(F.output, results)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ tensor argument); the script checks that it traced once.
 """
 
 import os
-import platform
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,7 +24,6 @@ from pss_keras import (  # noqa: E402
     supernet,
     timing,  # noqa: E402
 )
-from pss_keras.fileio import atomic_write_json  # noqa: E402
 
 _MODEL = flags.DEFINE_enum("model", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.", lower_bound=1)
@@ -100,20 +98,16 @@ def main(argv):
         "model": _MODEL.value,
         "batch_size": _BATCH.value,
         "repeats": _REPEATS.value,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "tf": tf.__version__},
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
         "rows": rows,
         "traces": traces,
     }
-    atomic_write_json(_OUTPUT.value, result)
-    print(f"wrote {_OUTPUT.value}")
+    timing.write_benchmark(_OUTPUT.value, result)
 
 
 def _print_table(rows, traces, r_max: int) -> None:
     print(
         f"{_MODEL.value} supernet, batch {_BATCH.value}, input {r_max}x{r_max}, "
-        f"median of {_REPEATS.value}, {os.cpu_count()} CPU cores, TF {tf.__version__}, "
-        f"GPUs: {len(tf.config.list_physical_devices('GPU'))}"
+        f"median of {_REPEATS.value}, TF {tf.__version__}"
     )
     header = (
         f"{'subnet':<12}{'MFLOPs':>9}{'forward ms':>12}{'standalone ms':>15}{'train step ms':>15}"

@@ -124,17 +124,13 @@ def multi_signature(job_dir):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    from pss_keras import tflite
-    from pss_keras.fileio import atomic_write_json
+    from pss_keras import tflite, timing
 
     if F.multi_signature:
-        atomic_write_json(F.output, multi_signature(F.job_dir))
-        print(f"wrote {F.output}")
+        timing.write_benchmark(F.output, multi_signature(F.job_dir))
         return
     if F.full_size:
-        rows = full_size(F.full_size)
-        atomic_write_json(F.output, {"full_size": rows})
-        print(f"wrote {F.output}")
+        timing.write_benchmark(F.output, {"full_size": full_size(F.full_size)})
         return
 
     unknown = [m for m in F.modes if m not in _SETTINGS]
@@ -159,8 +155,7 @@ def main(argv):
             except ValueError as e:
                 sys.exit(f"error: {e}")
     _print_table(manifests)
-    atomic_write_json(F.output, {"job_dir": F.job_dir, "manifests": manifests})
-    print(f"wrote {F.output}")
+    timing.write_benchmark(F.output, {"job_dir": F.job_dir, "manifests": manifests})
 
 
 def _print_table(manifests: dict) -> None:

@@ -30,7 +30,6 @@ from pss_keras import (  # noqa: E402
     timing,  # noqa: E402
     training,
 )
-from pss_keras.fileio import atomic_write_json  # noqa: E402
 from pss_keras.pools import TargetGrid  # noqa: E402
 from pss_keras.run_config import PRECISIONS  # noqa: E402
 
@@ -142,11 +141,9 @@ def main(argv):
     step_ms = _train_step_ms(model, space, conditional, config, strategy)
     step_ips = _BATCH.value / (step_ms / 1000)
 
-    machine = timing.machine_description()
     print(
         f"{model}, batch {_BATCH.value}, 224x224, {strategy.num_replicas_in_sync} replica(s) "
-        f"({_STRATEGY.value}), precision {_PRECISION.value}, TF {tf.__version__}\n"
-        f"machine: {machine}"
+        f"({_STRATEGY.value}), precision {_PRECISION.value}, TF {tf.__version__}"
     )
     print(f"{'measure':<44}{'value':>14}")
     print("-" * 58)
@@ -164,13 +161,11 @@ def main(argv):
         "pipeline_data": description,
         "train_step_ms": step_ms,
         "train_step_images_per_s": step_ips,
-        "machine": machine,
         "mixed_precision": _PRECISION.value,
         "strategy": _STRATEGY.value,
         "replicas": strategy.num_replicas_in_sync,
     }
-    atomic_write_json(_OUTPUT.value, result)
-    print(f"wrote {_OUTPUT.value}")
+    timing.write_benchmark(_OUTPUT.value, result)
 
 
 if __name__ == "__main__":

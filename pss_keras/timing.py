@@ -1,7 +1,8 @@
 """One way to time things: warm-up, repeated wall-clock runs, the median.
 
 Used by the export's per-tier latency, the TFLite runner and every script in
-benchmarks/, so that every latency the project reports means the same.
+benchmarks/, so that every latency the project reports means the same; and
+`write_benchmark`, which prints and records the machine it was measured on.
 """
 
 from __future__ import annotations
@@ -72,13 +73,64 @@ def gpu_names() -> list[str]:
     return names
 
 
-def machine_description() -> str:
-    """The machine a measurement ran on, for benchmark tables: CPU model,
-    core count, the ISA flags that change CPU kernels (AVX-512 VNNI/BF16,
-    AMX), and the GPUs TensorFlow sees (imports TensorFlow for those)."""
+def machine_record() -> dict:
+    """The machine a measurement ran on, for benchmark JSON.
+
+    Returns:
+        ``{"description", "cpu_model", "cores", "isa", "gpus", "platform",
+        "tensorflow"}``: ``isa`` lists the flags that change CPU kernels
+        (AVX2, AVX512F, AVX512-VNNI, AVX512-BF16, AMX or ``no AMX``), ``gpus``
+        the GPUs TensorFlow sees (imports TensorFlow), ``description`` all of
+        it in one line (`machine_description`).
+    """
     import os
+    import platform
+
+    import tensorflow as tf
 
     model, isa = cpu_model_and_isa()
-    description = f"{model}, {os.cpu_count()} cores ({', '.join(isa)})"
     gpus = gpu_names()
-    return description + "; GPU: " + (", ".join(gpus) if gpus else "none")
+    description = f"{model}, {os.cpu_count()} cores ({', '.join(isa)})"
+    description += "; GPU: " + (", ".join(gpus) if gpus else "none")
+    return {
+        "description": description,
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "isa": isa,
+        "gpus": gpus,
+        "platform": platform.platform(),
+        "tensorflow": tf.__version__,
+    }
+
+
+def machine_description() -> str:
+    """The machine a measurement ran on, in one line: CPU model, core count,
+    the ISA flags that change CPU kernels (AVX2, AVX512F, AVX-512 VNNI/BF16,
+    AMX), and the GPUs TensorFlow sees (imports TensorFlow for those)."""
+    return machine_record()["description"]
+
+
+def print_machine() -> dict:
+    """Prints the ``machine: ...`` line under a measured table; returns the
+    `machine_record` for the measurement's JSON."""
+    machine = machine_record()
+    print(f"machine: {machine['description']}")
+    return machine
+
+
+def write_benchmark(path: str, result: dict) -> dict:
+    """Ends a benchmark: prints the machine line under its table and writes
+    ``result`` with the machine record (``"machine"``) as JSON to ``path``.
+
+    Every script in benchmarks/ (and the measuring scripts) ends through
+    here, so every printed table and every JSON says where it was measured.
+
+    Returns:
+        What was written.
+    """
+    from pss_keras.fileio import atomic_write_json
+
+    record = {**result, "machine": print_machine()}
+    atomic_write_json(path, record)
+    print(f"wrote {path}")
+    return record

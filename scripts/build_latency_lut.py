@@ -78,7 +78,7 @@ def main(argv):
     if F.runtime == "tensorflow":
         tf.config.threading.set_intra_op_parallelism_threads(F.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    from pss_keras import latency_measurement
+    from pss_keras import latency_measurement, timing
 
     keys = latency.table_keys(space)
     print(f"Measuring {len(keys):,} block configurations of {space.model_name} "
@@ -96,11 +96,12 @@ def main(argv):
             calibration_subnets=F.calibration_subnets,
             seed=F.seed,
         )
+        print(latency_measurement.format_validation(table))
+        table.meta["machine"] = timing.print_machine()
         table.save(F.output)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     meta = table.meta
-    print(latency_measurement.format_validation(table))
     print(
         f"Wrote {F.output}: {len(table.entries):,} entries, overhead {table.overhead_us:.1f} us "
         f"(call {meta['overhead']['call_us']:.1f} + shortfall of whole subnets "

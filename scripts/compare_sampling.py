@@ -136,7 +136,6 @@ def _run_arm(base, arm: str) -> dict:
 def main(argv):
     del argv
     from pss_keras import plots, timing
-    from pss_keras.fileio import atomic_write_json
 
     unknown = sorted(set(F.arms) - set(ARMS))
     if unknown:
@@ -152,12 +151,9 @@ def main(argv):
     record = {
         "name": F.name,
         "command": " ".join(["python", "scripts/compare_sampling.py", *sys.argv[1:]]),
-        "machine": timing.machine_description(),
         "settings": settings,
         "arms": results,
     }
-    json_path = os.path.join(F.output_dir, f"{F.name}.json")
-    atomic_write_json(json_path, record)
     png = plots.plot_tiers(
         {arm: r["tiers"] for arm, r in results.items()},
         os.path.join(F.output_dir, f"{F.name}.png"),
@@ -173,7 +169,8 @@ def main(argv):
         print(row)
     for arm, r in results.items():
         print(f"{arm}: {r['wall_seconds'] / 60:.1f} min")
-    print(f"wrote {json_path} and {png}")
+    timing.write_benchmark(os.path.join(F.output_dir, f"{F.name}.json"), record)
+    print(f"wrote {png}")
 
 
 if __name__ == "__main__":

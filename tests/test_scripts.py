@@ -52,6 +52,9 @@ def test_benchmark_script_writes_a_table_and_json(tmp_path):
     data = json.loads(out.read_text())
     assert [r["subnet"].split("-")[1] for r in data["rows"]] == ["r224", "r128"]
     assert data["traces"] == {"forward": 1, "train_step": 1}
+    # The machine it ran on, under the table and in the JSON (issue #14).
+    assert data["machine"]["cores"] == os.cpu_count() and "AMX" in str(data["machine"]["isa"])
+    assert f"machine: {data['machine']['description']}" in result.stdout
 
 
 def _is_png(path):
@@ -96,7 +99,8 @@ def test_compare_sampling_trains_both_arms_and_writes_results(tiny_image_folder,
     assert record["arms"]["pss"]["p_space"] == [1.0, 0.01]
     for arm in record["arms"].values():
         assert arm["tiers"] and all(0 <= t["top1"] <= 1 for t in arm["tiers"])
-    assert "cores" in record["machine"] and "GPU:" in record["machine"]
+    assert "cores" in record["machine"]["description"] and "isa" in record["machine"]
+    assert f"machine: {record['machine']['description']}" in result.stdout
     assert _is_png(tmp_path / "results" / "tiny.png")
     saved = json.loads((tmp_path / "jobs" / "uniform" / "run_config.json").read_text())
     assert saved["p_space"] == [1.0, 1.0]
