@@ -20,6 +20,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -51,6 +52,17 @@ def disk_full_errno(error: BaseException) -> int | None:
         return error.errno
     text = str(error)
     return next((code for code in DISK_FULL_ERRNOS if os.strerror(code) in text), None)
+
+
+def failed_path(error: BaseException) -> str | None:
+    """The file a disk-full error names, if it names one: ``OSError``'s
+    ``filename``, h5py's ``filename = '...'``, or the path before
+    TensorFlow's "; No space left on device"."""
+    if isinstance(error, OSError) and error.filename:
+        return os.fsdecode(error.filename)
+    reasons = "|".join(re.escape(os.strerror(code)) for code in DISK_FULL_ERRNOS)
+    match = re.search(rf"filename = '([^']+)'|(/[^\s;']+); (?:{reasons})", str(error))
+    return (match.group(1) or match.group(2)) if match else None
 
 
 def mount_point(path: str) -> str:
@@ -103,6 +115,8 @@ def disk_full_guard(path: str, left: str, needed: Callable[[], int | None] | Non
 
     Put it around a whole write, outside the code that removes the write's
     temporaries, so the free space it reports is measured after clean-up.
+    The mount it names is the one of the file that failed, if the error
+    names one, else the one of ``path``.
     An inner guard's `DiskFullError` is re-worded by the outer one, which
     knows what the user asked for (a checkpoint, not its ``latest`` pointer).
 
@@ -125,7 +139,9 @@ def disk_full_guard(path: str, left: str, needed: Callable[[], int | None] | Non
         if code is None:
             raise
         cause = e.__cause__ if isinstance(e, DiskFullError) and e.__cause__ else e
-        mount = mount_point(os.path.dirname(os.path.abspath(path)))
+        # The full disk may be another one than the target's (a temporary
+        # folder elsewhere, e.g. the TFLite converter's SavedModel in /tmp).
+        mount = mount_point(failed_path(cause) or os.path.dirname(os.path.abspath(path)))
         space = [f"{_size(shutil.disk_usage(mount).free)} free on {mount}"]
         size = needed() if needed else None
         if size:

@@ -98,6 +98,16 @@ def test_disk_full_errors_are_recognized_from_python_h5py_and_tensorflow(tmp_pat
     with pytest.raises(OSError, match="Permission denied"):  # other errors pass unchanged
         with fileio.disk_full_guard(str(tmp_path / "x"), "kept"):
             raise OSError(errno.EACCES, "Permission denied")
+    # The mount named is the one of the file that failed (the TFLite
+    # converter's SavedModel goes to the system's temporary folder).
+    elsewhere = "/proc/gone/saved_model/variables.data-00000-of-00001.tempstate1"
+    assert fileio.failed_path(OSError(errno.ENOSPC, "No space", "/a/b")) == "/a/b"
+    assert fileio.failed_path(tf_error) == "/x/part-0"
+    with pytest.raises(fileio.DiskFullError, match=r" free on /proc\): free space on /proc and"):
+        with fileio.disk_full_guard(str(tmp_path / "x"), "kept"):
+            raise tf.errors.ResourceExhaustedError(
+                None, None, f"{elsewhere}; No space left on device"
+            )
 
 
 def _tiny_archive():
