@@ -58,8 +58,10 @@ def run_soak(
 
     Request ``i`` (taken from one shared counter, so the count is exact)
     goes to ``tiers[i % len(tiers)]`` with one random uint8 image of
-    ``image_size`` pixels; each client has its own connection. Clients stop
-    taking requests after ``max_seconds``.
+    ``image_size`` pixels; each client thread has its own `PSSClient` (a
+    gRPC channel; REST opens a connection per request, as urllib does).
+    Any failure, a refusal or a malformed answer, counts as an error.
+    Clients stop taking requests after ``max_seconds``.
 
     Returns:
         ``{"protocol", "requests", "errors", "seconds", "first_errors",
@@ -86,8 +88,8 @@ def run_soak(
                     outputs = client.transport.predict(name, {"images": images[i % len(images)]})
                     ok = outputs["logits"].shape[0] == 1
                     error = None if ok else f"{name}: logits of shape {outputs['logits'].shape}"
-                except serving.ServingError as e:
-                    error = f"{name}: {e}"
+                except Exception as e:  # a soak counts every failure, not only refusals
+                    error = f"{name}: {e if isinstance(e, serving.ServingError) else repr(e)}"
                 ms = 1000 * (time.perf_counter() - start)
                 with lock:
                     s = stats[name]
