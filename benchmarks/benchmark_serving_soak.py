@@ -10,7 +10,8 @@ when on PATH or given by --server_binary, else the stand-in
 gRPC and as many over REST from --clients threads, every request on the
 next tier in turn (one image of the export's input size). Prints, per
 transport and tier, requests, errors, p50 and p99 latency (ms, as the
-client sees it), with the machine and the server; writes JSON. Without
+client sees it), with the server and, under the table, the machine
+(`pss_keras.timing.write_benchmark`); writes JSON. Without
 --export_dir it exports a tiny supernet with random weights first (no
 training, no download). Measured on 2 CPU cores with the tiny export: about
 65 s in all (30 s of it the export), zero errors; it exits with an error if
@@ -42,7 +43,6 @@ F = flags.FLAGS
 def main(argv):
     del argv
     from pss_keras import soak, timing
-    from pss_keras.fileio import atomic_write_json
     from pss_keras.model_server import version_dir
 
     binary = (
@@ -81,25 +81,21 @@ def main(argv):
             ]
         finally:
             server.stop()
-    machine = timing.machine_description()
-    print(f"machine: {machine}")
     print(f"server: {label}; export: {F.export_dir or 'tiny random (width 0.25, 16..32 px)'}")
     print(f"{F.clients} clients, batch 1, {exported['image_size']} px images, tiers in turn\n")
     print(soak.format_table(results))
     for r in results:
         for error in r["first_errors"]:
             print(f"{r['protocol']} error: {error}")
-    atomic_write_json(
+    timing.write_benchmark(
         F.output,
         {
-            "machine": machine,
             "server": label,
             "export_dir": F.export_dir,
             "image_size": exported["image_size"],
             "results": results,
         },
     )
-    print(f"wrote {F.output}")
     if any(r["errors"] or r["requests"] < F.requests for r in results):
         sys.exit("error: the soak had errors or hit its time limit")
 
