@@ -95,53 +95,49 @@ def decode_checked(records: SplitRecords, indexed: tf.data.Dataset, report, expe
             records that were not read at all. False stops the stream.
         expected: how many records ``indexed`` holds (None: not checked).
     """
-    no_index = tf.constant(-1, tf.int64)
+    no_index = tf.constant(-1, tf.int64)  # the closing record's index
     end_raw = tf.nest.map_structure(
         lambda spec: tf.zeros([d or 0 for d in spec.shape], spec.dtype), indexed.element_spec[1]
     )
-    ds = indexed.map(lambda i, raw: (i, raw, False)).concatenate(
-        tf.data.Dataset.from_tensors((no_index, end_raw, True))
-    )
+    ds = indexed.concatenate(tf.data.Dataset.from_tensors((no_index, end_raw)))
 
     def number(state, record):
         position, before = state
-        i, raw, end = record
-        return (position + 1, tf.concat([before[1:], [i]], 0)), (position, i, raw, end, before)
+        i, raw = record
+        return (position + 1, tf.concat([before[1:], [i]], 0)), (position, i, raw, before)
 
     ds = ds.scan((tf.constant(0, tf.int64), tf.fill([_NAMED], no_index)), number)
 
-    def decode(position, i, raw, end, before):
+    def decode(position, i, raw, before):
         image, label = tf.cond(
-            end,
+            i < 0,
             lambda: (tf.zeros([1, 1, 3], tf.uint8), no_index),
             lambda: records.decode(raw),
         )
-        return position, i, (image, tf.cast(label, tf.int64)), end, before
+        return position, i, (image, tf.cast(label, tf.int64)), before
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
 
     def gaps(last, element):
-        position, i, example, end, before = element
+        position, i, example, before = element
         missing = position - last - 1
         lost = tf.zeros_like(position)
         if expected is not None:
-            lost = tf.where(end, tf.maximum(expected - position, 0), lost)
+            lost = tf.where(i < 0, tf.maximum(expected - position, 0), lost)
         failed = before[_NAMED - tf.minimum(missing, _NAMED) :]
         ok = tf.cond(
             missing + lost > 0, lambda: report(missing, failed, lost), lambda: tf.constant(True)
         )
-        return position, (i, example, end, ok)
+        return position, (i, example, ok)
 
-    def stop_unless(i, example, end, ok):
+    def keep(i, example, ok):
         # Outside the scan, whose state must move on even past a failure
         # (tf.data may read ahead of the element that stopped the stream).
         with tf.control_dependencies([tf.debugging.Assert(ok, [_STOP])]):
-            return tf.identity(i), example, end
+            return i >= 0
 
-    ds = ds.scan(tf.constant(-1, tf.int64), gaps).map(stop_unless)
-    return ds.filter(lambda i, example, end: tf.logical_not(end)).map(
-        lambda i, example, end: (i, example)
-    )
+    ds = ds.scan(tf.constant(-1, tf.int64), gaps).filter(keep)
+    return ds.map(lambda i, example, ok: (i, example))
 
 
 def _unreported(missing, indices, lost):
