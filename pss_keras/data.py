@@ -21,6 +21,12 @@ folder, TFRecord shards of a TFDS dataset; `SplitRecords`) through the
 shuffle buffer, so consecutive epochs are not correlated. Augmentation uses
 stateless random ops keyed by (seed, epoch, example): a resumed run sees
 exactly the batches the interrupted one would have.
+
+An image that fails to decode (garbage, empty, truncated, unreadable; a TFDS
+record whose image does not decode) is named, by file or by TFDS shard and
+record (`decode_checked`), and handled by ``DataConfig.bad_images``: ``fail``
+stops with one line naming it, ``skip`` drops it, the same record every
+epoch (`Pipelines`).
 """
 
 from __future__ import annotations
