@@ -5,22 +5,22 @@
     python benchmarks/benchmark_serving_soak.py --server_binary=/usr/bin/tensorflow_model_server
 
 Starts the server in its own process on 127.0.0.1 (tensorflow_model_server
-when on PATH or given by --server_binary, else the stand-in
-``python -m pss_keras.model_server``), then sends --requests requests over
+when on PATH, named by TF_MODEL_SERVER or given by --server_binary, else the
+stand-in, `pss_keras.model_server`), then sends --requests requests over
 gRPC and as many over REST from --clients threads, every request on the
 next tier in turn (one image of the export's input size). Prints, per
 transport and tier, requests, errors, p50 and p99 latency (ms, as the
 client sees it), with the server and, under the table, the machine
 (`pss_keras.timing.write_benchmark`); writes JSON. Without
---export_dir it exports a tiny supernet with random weights first (no
-training, no download). Measured on 2 CPU cores with the tiny export: about
+--export_dir it exports a tiny supernet with random weights first
+(`pss_keras.synthetic_job`: MobileNetV1 at width 0.25, 16..32 px, 3 tiers;
+no training, no download). Measured on 2 CPU cores with the tiny export: about
 65 s in all (30 s of it the export), zero errors; it exits with an error if
 any request failed or the time limit cut a transport short.
 """
 
 import json
 import os
-import shutil
 import sys
 import tempfile
 
@@ -42,14 +42,10 @@ F = flags.FLAGS
 
 def main(argv):
     del argv
-    from pss_keras import soak, timing
+    from pss_keras import export, soak, synthetic_job, timing
     from pss_keras.model_server import version_dir
 
-    binary = (
-        F.server_binary
-        or os.environ.get("TF_MODEL_SERVER")
-        or shutil.which("tensorflow_model_server")
-    )
+    binary = F.server_binary or soak.server_binary()
     if F.server == "binary" and not binary:
         sys.exit("error: --server=binary but no tensorflow_model_server (--server_binary).")
     binary = binary if F.server != "standin" else None
@@ -59,7 +55,9 @@ def main(argv):
         if export_dir is None:
             export_dir = os.path.join(tmp, F.model_name)
             print("exporting a tiny supernet with random weights ...", flush=True)
-            soak.random_export(export_dir)
+            job_dir = os.path.join(tmp, "job")
+            synthetic_job.write(job_dir)
+            export.export(job_dir, export_dir, latency_repeats=3)
         with open(os.path.join(version_dir(export_dir)[0], "assets.extra", "tiers.json")) as f:
             exported = json.load(f)
         tiers = [t["name"] for t in exported["tiers"]]

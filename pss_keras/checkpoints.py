@@ -149,12 +149,15 @@ class Checkpointer:
         with disk_full_guard(final, left, lambda: needed):
             require_free_space(self.directory, needed)  # before HDF5 can meet a full disk
             self._write(epoch, final)
-            try:
-                atomic_write_text(os.path.join(self.directory, LATEST), name + "\n")
-            except BaseException:
-                if final != previous:  # whole but unnamed: take it back out
-                    shutil.rmtree(final, ignore_errors=True)
-                raise
+            # Re-saving the epoch `latest` names (e.g. after a resume): it
+            # already names the new folder, and rewriting it could fail
+            # after the previous folder was replaced, making `left` untrue.
+            if final != previous:
+                try:
+                    atomic_write_text(os.path.join(self.directory, LATEST), name + "\n")
+                except BaseException:
+                    shutil.rmtree(final, ignore_errors=True)  # whole but unnamed: take it out
+                    raise
         self._prune(name)
         return final
 

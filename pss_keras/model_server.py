@@ -22,13 +22,15 @@ Serving's status codes and messages for an unknown model (NOT_FOUND / HTTP
 INVALID_ARGUMENT, HTTP 400) and bad inputs (INVALID_ARGUMENT / HTTP 400).
 
 It serves one model; it does not poll for new versions, batch requests or
-run Classify / Regress. It imports no training module. As its own process::
+run Classify / Regress. It imports no training module and reads no flags:
+its command line is ``scripts/model_server.py``::
 
-    python -m pss_keras.model_server --model_dir=saved_models/quickstart \\
+    python scripts/model_server.py --model_dir=saved_models/quickstart \\
         --model_name=quickstart --port=8500 --rest_api_port=8501 --threads=2
 
 which prints the ports it serves on (useful with ``--port=0``) once the
-model has loaded and warmed up.
+model has loaded and warmed up. `serve_json` is the same for a process
+started without the script (``pss_keras.soak.ServerProcess``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import dataclasses
 import json
 import os
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -89,6 +92,13 @@ class RequestError(Exception):
 class ModelRefused(RuntimeError):
     """The model cannot be served (not a SavedModel, or its warm-up failed);
     TF Serving would not make the version available."""
+
+
+def standin_label(threads: int | None) -> str:
+    """What serves the requests when the stand-in does, for benchmark tables."""
+    return (
+        f"stand-in (tf.compat.v1 Session), {f'{threads} threads' if threads else 'default threads'}"
+    )
 
 
 def free_port() -> int:
@@ -284,14 +294,14 @@ class ServedModel:
                         f"(signature {request.model_spec.signature_name or DEFAULT_SIGNATURE!r}) "
                         f"failed: {e.code}: {e}"
                     ) from None
-        except ModelRefused:
-            self.session.close()
-            raise
         except (tf.errors.OpError, ValueError) as e:  # a truncated or corrupt record
             self.session.close()
             raise ModelRefused(
                 f"Refused {self.model_dir}: cannot read warm-up record {count + 1} of {path}: {e}"
             ) from None
+        except BaseException:  # ModelRefused, or anything unforeseen: no session left open
+            self.session.close()
+            raise
         return count
 
     def metadata(self) -> get_model_metadata_pb2.SignatureDefMap:
@@ -335,8 +345,7 @@ class ModelServer:
     @property
     def label(self) -> str:
         """What serves the requests, for benchmark tables."""
-        threads = f"{self.model.threads} threads" if self.model.threads else "default threads"
-        return f"stand-in (tf.compat.v1 Session), {threads}"
+        return standin_label(self.model.threads)
 
     # -- the shared request path -------------------------------------------
     def run(self, name: str, signature: str, inputs: dict) -> dict:
@@ -357,7 +366,7 @@ class ModelServer:
                     )
                 except RequestError as e:
                     context.abort(getattr(grpc.StatusCode, e.code), str(e))
-                except TypeError as e:  # a TensorProto make_ndarray cannot read
+                except (TypeError, ValueError) as e:  # a TensorProto make_ndarray cannot read
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
                 response = predict_pb2.PredictResponse()
                 response.model_spec.CopyFrom(request.model_spec)
@@ -528,17 +537,27 @@ def _rest_request(model: ServedModel, body: dict) -> tuple[str, dict]:
         raw = {next(iter(sig.inputs), ""): raw}
     inputs = {}
     for alias, value in raw.items():
-        array = np.asarray(value)
+        try:
+            array = np.asarray(value)
+        except ValueError:  # numpy refuses ragged nesting
+            raise RequestError(
+                "INVALID_ARGUMENT", f"input {alias}: lists of unequal lengths (not a tensor)"
+            ) from None
         dtype = model._dtypes[signature].get(alias)
         if dtype is None:
             inputs[alias] = array
             continue
-        if array.dtype.kind == "f" and not dtype.is_floating:
+        if array.size and array.dtype.kind == "f" and not dtype.is_floating:
             raise RequestError(  # util/json_tensor.cc TypeError
                 "INVALID_ARGUMENT",
                 f"JSON Value: {array.flat[0]} Type: Number is not of expected type: {dtype.name}",
             )
-        inputs[alias] = array.astype(object if dtype == tf.string else dtype.as_numpy_dtype)
+        try:
+            inputs[alias] = array.astype(object if dtype == tf.string else dtype.as_numpy_dtype)
+        except (TypeError, ValueError, OverflowError) as e:  # e.g. text for a uint8 input
+            raise RequestError(
+                "INVALID_ARGUMENT", f"input {alias} is not of expected type {dtype.name}: {e}"
+            ) from None
     return signature, inputs
 
 
@@ -565,7 +584,11 @@ def serve(config: ServeConfig, ready=print) -> ModelServer:
     server = ModelServer(
         config.model_dir, config.model_name, config.threads, config.request_workers
     )
-    server.start(config.host, config.port, config.rest_api_port)
+    try:
+        server.start(config.host, config.port, config.rest_api_port)
+    except BaseException:
+        server.model.close()
+        raise
     ready(
         f"Serving {config.model_name} version {server.version} ({server.model_dir}; "
         f"{server.model.warmup_requests} warm-up requests replayed) with {server.label}"
@@ -575,39 +598,34 @@ def serve(config: ServeConfig, ready=print) -> ModelServer:
     return server
 
 
-def main(argv=None):
-    """``python -m pss_keras.model_server --model_dir=... --model_name=...``:
-    serves until interrupted. Flags are defined here, never on import."""
-    from absl import app, flags
+def serve_until_stopped(config: ServeConfig) -> None:
+    """Serves ``config``'s model until interrupted (Ctrl-C), printing where
+    it listens as `serve` does; then stops the server.
 
-    flags.DEFINE_string("model_dir", None, "SavedModel version, or base path (latest version).")
-    flags.DEFINE_string("model_name", None, "Model name the requests use.")
-    flags.DEFINE_string("host", "127.0.0.1", "Address to bind (0.0.0.0: every interface).")
-    flags.DEFINE_integer("port", 8500, "gRPC port (0: any free port, printed).", lower_bound=0)
-    flags.DEFINE_integer("rest_api_port", 8501, "REST port (0: any free port).", lower_bound=0)
-    flags.DEFINE_integer("threads", None, "Session intra/inter-op threads.", lower_bound=1)
-    flags.DEFINE_integer("request_workers", 16, "Concurrent requests.", lower_bound=1)
-    flags.mark_flags_as_required(["model_dir", "model_name"])
-    F = flags.FLAGS
-
-    def run(argv):
-        del argv
-        config = ServeConfig(
-            F.model_dir, F.model_name, F.host, F.port, F.rest_api_port, F.threads, F.request_workers
-        )
-        try:
-            server = serve(config, ready=lambda line: print(line, flush=True))
-        except (ModelRefused, OSError) as e:
-            raise SystemExit(f"error: {e}") from None
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.stop()
-
-    app.run(run, argv=argv)
+    Raises:
+        ModelRefused: as `ServedModel`.
+        OSError: if a port cannot be bound.
+    """
+    server = serve(config, ready=lambda line: print(line, flush=True))
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
-if __name__ == "__main__":
-    main()
+def serve_json(config_json: str) -> None:
+    """The entry point of a stand-in process started without the script:
+    ``python -c "from pss_keras import model_server;
+    model_server.serve_json(sys.argv[1])" '<ServeConfig as JSON>'``.
+
+    Exits with ``error: <reason>`` on stderr if the model is refused or a
+    port is taken, as ``scripts/model_server.py`` does.
+    """
+    config = ServeConfig(**json.loads(config_json))
+    try:
+        serve_until_stopped(config)
+    except (ModelRefused, OSError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

@@ -520,12 +520,16 @@ class AdaptiveTierPolicy:
         return outputs, tier, latency
 
 
+PROTOCOLS = ("grpc", "rest")
+
+
 def connect(
     server: str, model_name: str, protocol: str = "grpc", timeout: float = 30.0
 ) -> PSSClient:
-    """A `PSSClient` for ``server`` (``host:port``) over ``grpc`` or ``rest``."""
+    """A `PSSClient` for ``server`` (``host:port``) over ``grpc`` or ``rest``
+    (`PROTOCOLS`)."""
     if protocol == "grpc":
         return PSSClient(GrpcTransport(server, model_name, timeout))
     if protocol == "rest":
         return PSSClient(RestTransport(server, model_name, timeout))
-    raise ValueError(f"protocol {protocol!r} is unknown; use grpc or rest.")
+    raise ValueError(f"protocol {protocol!r} is unknown; use one of {PROTOCOLS}.")

@@ -5,11 +5,9 @@ REST) from concurrent client threads, each request on the next tier of a
 mixed rotation, bounded by a request count and a wall-clock limit. It counts
 errors and reports latency percentiles per tier. `ServerProcess` runs the
 server in a process of its own on 127.0.0.1 (the stand-in,
-``python -m pss_keras.model_server``, or tensorflow_model_server), so that
-the clients' threads do not share its interpreter. `random_export` writes a
-tiny export with random weights (no training, no download), so the soak can
-run anywhere; its latencies describe serving that tiny model, not a trained
-MobileNet.
+`pss_keras.model_server`, or tensorflow_model_server), so that the clients'
+threads do not share its interpreter. A model to soak without training
+comes from `pss_keras.synthetic_job` (benchmarks/benchmark_serving_soak.py).
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ import dataclasses
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,22 +59,40 @@ def run_soak(
     goes to ``tiers[i % len(tiers)]`` with one random uint8 image of
     ``image_size`` pixels; each client thread has its own `PSSClient` (a
     gRPC channel; REST opens a connection per request, as urllib does).
-    Any failure, a refusal or a malformed answer, counts as an error.
-    Clients stop taking requests after ``max_seconds``.
+    Any failure, a refusal or a malformed answer, counts as an error; so
+    does a client that cannot connect (``connect_errors``; the other
+    clients send its requests). Clients stop taking requests after
+    ``max_seconds``.
 
     Returns:
-        ``{"protocol", "requests", "errors", "seconds", "first_errors",
-        "tiers": {name: {"requests", "errors", "p50_ms", "p99_ms"}}}``;
-        ``requests`` below the asked count means the time limit was hit.
+        ``{"protocol", "clients", "requests", "errors", "connect_errors",
+        "seconds", "first_errors", "tiers": {name: {"requests", "errors",
+        "p50_ms", "p99_ms"}}}``; ``requests`` below the asked count means the
+        time limit was hit (or no client could connect).
+
+    Raises:
+        ValueError: for a protocol other than ``grpc`` or ``rest`` (before
+            any client starts).
     """
+    if protocol not in serving.PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r} is unknown; use one of {serving.PROTOCOLS}.")
     stats = {name: TierStats() for name in tiers}
     lock, counter, first_errors = threading.Lock(), iter(range(requests)), []
+    connect_errors = 0
     images = np.random.default_rng(seed).integers(0, 256, (8, 1, image_size, image_size, 3))
     images = images.astype(np.uint8)
     deadline = time.monotonic() + max_seconds
 
     def client_loop():
-        client = serving.connect(address, model_name, protocol, timeout)
+        nonlocal connect_errors
+        try:
+            client = serving.connect(address, model_name, protocol, timeout)
+        except Exception as e:  # this client sends nothing; the others take its share
+            with lock:
+                connect_errors += 1
+                if len(first_errors) < 5:
+                    first_errors.append(f"connect: {e!r}")
+            return
         try:
             while time.monotonic() < deadline:
                 with lock:
@@ -114,7 +131,8 @@ def run_soak(
         "protocol": protocol,
         "clients": clients,
         "requests": sum(s.requests for s in stats.values()),
-        "errors": sum(s.errors for s in stats.values()),
+        "errors": connect_errors + sum(s.errors for s in stats.values()),
+        "connect_errors": connect_errors,
         "seconds": seconds,
         "first_errors": first_errors,
         "tiers": {
@@ -153,84 +171,29 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def random_export(export_dir: str, tiers: int = 3, seed: int = 0) -> dict:
-    """Exports a tiny supernet with random weights as `pss_keras.export` does.
-
-    A job directory is written (MobileNetV1 at width 0.25, 16..32 px, 10
-    classes; ``tiers`` subnets from the smallest to the largest, each with
-    unit batch-norm statistics and made-up accuracy) and exported in
-    ``shared`` mode to ``<export_dir>/<version>/``. For soak tests and
-    demos only: the predictions are meaningless.
-
-    Returns:
-        `pss_keras.export.export`'s summary.
-    """
-    import keras
-
-    from pss_keras import export, flops, jobs, specs
-    from pss_keras.run_config import DataConfig, TrainConfig
-    from pss_keras.supernet import Supernet
-
-    keras.utils.set_random_seed(seed)
-    space = specs.SearchSpace("mobilenet_v1", (16, 32), 8, (0.75, 1.0), 0.25, 10)
-    with tempfile.TemporaryDirectory() as job_dir:
-        config = TrainConfig(
-            job_dir=job_dir,
-            data=DataConfig(image_size=32),
-            width_scale=0.25,
-            resolution_range=(16, 32),
-        )
-        jobs.write_run_config(job_dir, config)
-        jobs.write_classes(job_dir, [f"class_{i}" for i in range(10)])
-        net = Supernet(**config.supernet_kwargs(10))
-        net.save_weights(os.path.join(job_dir, jobs.WEIGHTS))
-        retained = []
-        for i in range(tiers):
-            fraction = i / max(1, tiers - 1)
-            resolution = (
-                space.resolution_range[0]
-                + round(fraction * (space.resolution_range[1] - space.resolution_range[0]) / 8) * 8
-            )
-            mult = 0.75 + 0.25 * fraction
-            subnet = specs.SubnetConfig("mobilenet_v1", resolution, (mult,) * space.num_stages)
-            mflops = flops.count_mflops(subnet, 10, 0.25)
-            name = f"flops_{round(mflops, 2):g}m".replace(".", "p")
-            stats = {
-                layer: (np.zeros(c, np.float32), np.ones(c, np.float32))
-                for layer, c in net.bn_channels(subnet).items()
-            }
-            retained.append(
-                jobs.RetainedTier(
-                    name=name,
-                    config=subnet,
-                    metric_type="flops",
-                    target=round(mflops, 2),
-                    mflops=mflops,
-                    params=flops.count_params(subnet, 10, 0.25),
-                    top1=0.1 + 0.1 * i,
-                    top5=0.5,
-                    minival_top1=0.1 + 0.1 * i,
-                    pool_score=0.0,
-                    bn_stats=jobs.save_bn_stats(job_dir, name, stats),
-                )
-            )
-        jobs.write_retained(job_dir, retained)
-        return export.export(job_dir, export_dir, latency_repeats=3)
+def server_binary() -> str | None:
+    """tensorflow_model_server as named by ``TF_MODEL_SERVER``, else from
+    PATH; None when neither has it (then the stand-in serves)."""
+    return os.environ.get("TF_MODEL_SERVER") or shutil.which("tensorflow_model_server")
 
 
 class ServerProcess:
     """A model server in its own process, on 127.0.0.1 only.
 
-    The stand-in (``binary=None``) is started with ``--port=0`` and
-    reports the ports it bound (no race with other processes);
-    tensorflow_model_server must be told its ports, which come from
-    `pss_keras.model_server.free_port` and are retried if taken meanwhile.
+    The stand-in (``binary=None``) is `pss_keras.model_server.serve_json`
+    in a fresh interpreter, on ports 0: it reports the ports it bound (no
+    race with other processes). tensorflow_model_server must be told its
+    ports, which come from `pss_keras.model_server.free_port` and are
+    retried if taken meanwhile (a port taken by a process that also sets
+    SO_REUSEPORT, or an HTTP server on the REST port that answers the
+    readiness probe, would go unnoticed: a residual race).
 
     Args:
         model_dir: the model's base path (versions inside) or, for the
             stand-in only, one version.
         model_name: the name requests use.
-        binary: path of tensorflow_model_server (None: the stand-in).
+        binary: path of tensorflow_model_server (None: the stand-in; see
+            `server_binary`).
         threads: TensorFlow intra- and inter-op threads of the server
             (None: its default).
         wait_s: how long loading and warm-up may take.
@@ -249,6 +212,7 @@ class ServerProcess:
         wait_s: float = 300.0,
     ):
         self.model_name, self.binary, self.threads = model_name, binary, threads
+        self.proc = self._reader = None
         self._log = tempfile.TemporaryFile()
         if binary:
             self._start_binary(os.path.abspath(model_dir), wait_s)
@@ -258,9 +222,11 @@ class ServerProcess:
     @property
     def label(self) -> str:
         """What serves the requests, for benchmark tables."""
-        threads = f"{self.threads} threads" if self.threads else "default threads"
+        from pss_keras.model_server import standin_label
+
         if not self.binary:
-            return f"stand-in (tf.compat.v1 Session), {threads}"
+            return standin_label(self.threads)
+        threads = f"{self.threads} threads" if self.threads else "default threads"
         version = subprocess.run(
             [self.binary, "--version"], capture_output=True, text=True, timeout=60
         )
@@ -268,21 +234,25 @@ class ServerProcess:
         return f"{text[0] if text else 'tensorflow_model_server'}, {threads}"
 
     def _start_standin(self, model_dir, wait_s):
-        args = [
-            sys.executable, "-m", "pss_keras.model_server", f"--model_dir={model_dir}",
-            f"--model_name={self.model_name}", "--port=0", "--rest_api_port=0",
-        ]  # fmt: skip
-        if self.threads:
-            args.append(f"--threads={self.threads}")
+        from pss_keras.model_server import ServeConfig
+
+        config = ServeConfig(model_dir, self.model_name, port=0, rest_api_port=0)
+        config = dataclasses.replace(config, threads=self.threads)
+        code = (
+            "import sys; from pss_keras import model_server; model_server.serve_json(sys.argv[1])"
+        )
+        args = [sys.executable, "-c", code, json.dumps(dataclasses.asdict(config))]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log, env=env)
         lines = queue.Queue()
-        threading.Thread(
-            target=lambda: (
-                [lines.put(line.decode()) for line in self.proc.stdout] + [lines.put("")]
-            ),
-            daemon=True,
-        ).start()
+
+        def read():
+            for line in self.proc.stdout:
+                lines.put(line.decode())
+            lines.put("")
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
         grpc_address = rest_address = None
         deadline = time.monotonic() + wait_s
         while grpc_address is None or rest_address is None:
@@ -291,8 +261,10 @@ class ServerProcess:
             except queue.Empty:
                 line = ""
             if not line or time.monotonic() > deadline:
+                self._terminate()  # its log is complete once it has exited
+                tail = self._log_tail()
                 self.stop()
-                raise RuntimeError(f"The stand-in did not start: {self._log_tail()}")
+                raise RuntimeError(f"The stand-in did not start: {tail}")
             if line.startswith("Running gRPC ModelServer at "):
                 grpc_address = line.split(" at ", 1)[1].split()[0]
             elif line.startswith("Exporting HTTP/REST API at:"):
@@ -319,10 +291,12 @@ class ServerProcess:
             state = self._wait_until_available(wait_s)
             if state == "available":
                 return
-            self.stop()
+            self._terminate()
             if state == "timeout":
                 break
-        raise RuntimeError(f"tensorflow_model_server did not start: {self._log_tail()}")
+        tail = self._log_tail()
+        self.stop()
+        raise RuntimeError(f"tensorflow_model_server did not start: {tail}")
 
     def _wait_until_available(self, wait_s):
         deadline = time.monotonic() + wait_s
@@ -348,7 +322,10 @@ class ServerProcess:
         lines = [line for line in log.splitlines() if line.strip()]
         return f"{lines[-1] if lines else '(no output)'}\n{log[-2000:]}"
 
-    def stop(self):
+    def _terminate(self):
+        """Ends the server process (if running) and closes its output pipe."""
+        if self.proc is None:
+            return
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -356,3 +333,12 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(10)  # it ends at the pipe's end, once the process is gone
+        if self.proc.stdout is not None and (self._reader is None or not self._reader.is_alive()):
+            self.proc.stdout.close()
+
+    def stop(self):
+        """Stops the server and closes its log (safe to call twice)."""
+        self._terminate()
+        self._log.close()

@@ -168,8 +168,9 @@ def convert(
         # The temporary folder lives inside output_dir so that the final moves
         # are renames on one file system.
         os.makedirs(output_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-tflite-", dir=output_dir)
+        tmp = None
         try:
+            tmp = tempfile.mkdtemp(prefix=".tmp-tflite-", dir=output_dir)
             rows, runners = _convert_tiers(job, entries, config, pipelines, tmp, progress)
             if references is not None:
                 accuracy = tflite_verification.verify(
@@ -181,8 +182,9 @@ def convert(
             manifest = tflite_manifest.build(job, config, pipelines, reference_name, rows)
             tflite_manifest.move_in(tmp, output_dir, rows, manifest)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if created and not os.listdir(output_dir):
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if created and not os.listdir(output_dir):  # "was not created" stays true
                 os.rmdir(output_dir)
             raise
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,5 +1,6 @@
 """The job directory's contract (pss_keras.jobs) and what deployment imports."""
 
+import ast
 import dataclasses
 import json
 import os
@@ -53,16 +54,56 @@ def test_a_finished_job_is_required(tmp_path):
         jobs.read_run_config(str(tmp_path))
 
 
+TRAINING = {
+    "training", "trainer", "callbacks", "selection", "sampling", "pools", "checkpoints",
+    "evaluation", "synthetic_job",
+}  # fmt: skip
+# What serves a model needs no model building either (export and TFLite do).
+SERVING_ONLY = TRAINING | {"supernet", "run_config", "flops", "extraction", "export"}
+
+
+def _pss_imports(module: str) -> set[str]:
+    """Every pss_keras module ``pss_keras/<module>.py`` imports, at the top
+    or inside a function (so also what its functions load when called)."""
+    with open(os.path.join(ROOT, "pss_keras", f"{module}.py")) as f:
+        tree = ast.parse(f.read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module == "pss_keras":
+            names |= {f"pss_keras.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return {n.split(".")[1] for n in names if n.startswith("pss_keras.")}
+
+
+@pytest.mark.parametrize(
+    "module, forbidden",
+    [
+        ("serving", SERVING_ONLY),
+        ("model_server", SERVING_ONLY),
+        ("soak", SERVING_ONLY),
+        ("export", TRAINING),
+        ("tflite", TRAINING),
+    ],
+)
+def test_deployment_functions_import_no_training_code(module, forbidden):
+    """Also the imports inside functions, which importing the module alone
+    does not run (a soak helper once built a training job that way)."""
+    assert not _pss_imports(module) & forbidden
+    assert {"jobs", "supernet"} <= _pss_imports("export")  # the parser sees imports
+
+
 def test_deployment_imports_no_training_code():
     """Export, TFLite, the stand-in model server and the client load no
     training module; the client no TF."""
     code = (
+        f"training = {sorted(TRAINING)!r}\n"
         "import sys\n"
         "import pss_keras.serving\n"
         "assert 'tensorflow' not in sys.modules, 'serving imported TensorFlow'\n"
         "import pss_keras.export, pss_keras.tflite, pss_keras.model_server, pss_keras.soak\n"
-        "training = ['training', 'trainer', 'callbacks', 'selection', 'sampling', 'pools',\n"
-        "            'checkpoints', 'evaluation']\n"
         "loaded = [m for m in training if f'pss_keras.{m}' in sys.modules]\n"
         "assert not loaded, loaded\n"
     )

@@ -20,81 +20,21 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from pss_keras import export, serving
-from pss_keras.model_server import ModelRefused, ModelServer, free_port
+from pss_keras import export, model_server, serving, soak
+from pss_keras.model_server import ModelRefused, ModelServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "pss"
 
 
-def _real_server_binary():
-    return os.environ.get("TF_MODEL_SERVER") or shutil.which("tensorflow_model_server")
-
-
-class RealServer:
-    """tensorflow_model_server as a subprocess (used when it is installed).
-
-    Its ports must be given on the command line, so they come from
-    `free_port()`, which releases them before the server binds them: another
-    process can take one in between. The server then fails to bind and exits,
-    and we retry with new ports (up to ``attempts`` times). A port taken by a
-    process that also sets SO_REUSEPORT, or an HTTP server on the REST port
-    that answers the readiness probe, would go unnoticed: a residual race.
-    """
-
-    label = "tensorflow_model_server"
-
-    def __init__(self, binary, base_path, attempts=3):
-        for _ in range(attempts):
-            self.grpc_port, self.rest_port = free_port(), free_port()
-            self.proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--port={self.grpc_port}",
-                    f"--rest_api_port={self.rest_port}",
-                    f"--model_name={MODEL}",
-                    f"--model_base_path={base_path}",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            state = self._wait_until_available()
-            if state == "available":
-                return
-            self.stop()
-            if state == "timeout":
-                raise RuntimeError("tensorflow_model_server did not load the model in 60 s")
-        raise RuntimeError(f"tensorflow_model_server exited at start {attempts} times")
-
-    def _wait_until_available(self, wait_s=60):
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return "exited"  # most likely a port taken since free_port()
-            try:
-                url = f"{self.rest_address}/v1/models/{MODEL}"
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    status = json.loads(response.read())
-                if any(v["state"] == "AVAILABLE" for v in status["model_version_status"]):
-                    return "available"
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.2)
-        return "timeout"
-
-    grpc_address = property(lambda self: f"127.0.0.1:{self.grpc_port}")
-    rest_address = property(lambda self: f"http://127.0.0.1:{self.rest_port}")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 def _start_server(base_path):
-    """tensorflow_model_server on ``base_path`` when installed, else the
-    stand-in (which loads the latest version as it does)."""
-    binary = _real_server_binary()
-    return RealServer(binary, base_path) if binary else ModelServer(base_path, MODEL).start()
+    """tensorflow_model_server on ``base_path`` when on PATH or named by
+    TF_MODEL_SERVER (in its own process, `soak.ServerProcess`), else the
+    stand-in in this process (which loads the latest version as it does)."""
+    binary = soak.server_binary()
+    if binary:
+        return soak.ServerProcess(base_path, MODEL, binary, wait_s=60)
+    return ModelServer(base_path, MODEL).start()
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +185,46 @@ def test_stand_in_refuses_a_corrupt_warm_up_file(served, tmp_path):
         ModelServer(path, MODEL)
     with pytest.raises(ModelRefused, match="neither a SavedModel nor a base path"):
         ModelServer(str(tmp_path / "nothing"), MODEL)
+
+
+@pytest.fixture
+def closed_sessions(monkeypatch):
+    """The tf.compat.v1 Sessions closed during the test."""
+    closed, close = [], tf.compat.v1.Session.close
+
+    def record(session):
+        closed.append(session)
+        close(session)
+
+    monkeypatch.setattr(tf.compat.v1.Session, "close", record)
+    return closed
+
+
+def test_stand_in_closes_its_session_when_the_warm_up_breaks(served, monkeypatch, closed_sessions):
+    """Not only a refused request: any failure of the warm-up closes the
+    session it loaded."""
+    _, summary, _ = served
+
+    def broken(self, signature, inputs):
+        raise KeyError("broken")
+
+    monkeypatch.setattr(model_server.ServedModel, "predict", broken)
+    with pytest.raises(KeyError, match="broken"):
+        model_server.ServedModel(summary["path"])
+    assert len(closed_sessions) == 1
+
+
+def test_serve_closes_the_model_when_a_port_is_taken(served, closed_sessions):
+    _, summary, _ = served
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = model_server.ServeConfig(
+            summary["path"], MODEL, port=0, rest_api_port=taken.getsockname()[1]
+        )
+        with pytest.raises(OSError):
+            model_server.serve(config, ready=lambda line: None)
+    assert len(closed_sessions) == 1
 
 
 # -- tiers without the tiers signature: GetModelMetadata ----------------------
@@ -618,6 +598,57 @@ def test_server_rejections_carry_the_status_through_the_transport(client, served
             other.tiers()
     finally:
         other.close()
+
+
+def _post(url, body):
+    """(HTTP status, JSON body) of a POST with ``body`` as raw JSON text."""
+    request = urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        ("[[[[1, 2, 3]]], [[[1, 2]]]]", "input images: lists of unequal lengths"),
+        ("[]", r"input images has shape \[0\]"),
+    ],
+    ids=["ragged", "empty"],
+)
+def test_malformed_rest_inputs_get_http_400_with_a_message(served, images, message):
+    """Nested lists numpy cannot make a tensor of, and an empty list, are
+    the client's mistake: HTTP 400 and why, not a dropped connection."""
+    server, summary, _ = served
+    url = f"{server.rest_address}/v1/models/{MODEL}:predict"
+    body = (
+        f'{{"signature_name": "{summary["tiers"][0]["name"]}", "inputs": {{"images": {images}}}}}'
+    )
+    status, answer = _post(url, body)
+    assert status == 400 and answer["error"]
+    if isinstance(server, ModelServer):
+        assert re.search(message, answer["error"])
+
+
+def test_unreadable_grpc_tensor_is_invalid_argument(served):
+    """A TensorProto whose bytes do not fill its shape (make_ndarray's
+    ValueError) is INVALID_ARGUMENT, as TF Serving answers it."""
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    server, summary, _ = served
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.signature_name = summary["tiers"][0]["name"]
+    tensor = tf.make_tensor_proto(np.zeros((1, 2, 2, 3), np.uint8))
+    tensor.tensor_content = tensor.tensor_content[:5]
+    request.inputs["images"].CopyFrom(tensor)
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(request, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 class _RpcError(grpc.RpcError):
@@ -1079,11 +1110,9 @@ def test_query_script_prints_top5_from_the_right_tier(served, tmp_path):
 
 
 def test_stand_in_runs_as_its_own_process_and_soaks_without_errors(served):
-    """``python -m pss_keras.model_server`` on the export's base path (ports
+    """The stand-in in its own process on the export's base path (ports
     chosen by the OS and reported), soaked over both transports; a tier the
     model lacks is counted as an error, not a crash."""
-    from pss_keras import soak
-
     _, summary, _ = served
     base = os.path.dirname(summary["path"])
     names = [t["name"] for t in summary["tiers"]]
@@ -1098,10 +1127,10 @@ def test_stand_in_runs_as_its_own_process_and_soaks_without_errors(served):
     finally:
         server.stop()
     assert server.proc.returncode is not None
+    assert server.proc.stdout.closed and server._log.closed
     for r in results:
         assert (r["requests"], r["errors"], r["first_errors"]) == (8 * len(names), 0, [])
         assert {n: t["requests"] for n, t in r["tiers"].items()} == dict.fromkeys(names, 8)
-        assert all(0 < t["p50_ms"] <= t["p99_ms"] for t in r["tiers"].values())
     assert (bad["requests"], bad["errors"], bad["tiers"]["flops_1m"]["errors"]) == (6, 3, 3)
     assert 'Serving signature key "flops_1m" not found' in bad["first_errors"][0]
     table = soak.format_table(results).splitlines()
@@ -1110,8 +1139,6 @@ def test_stand_in_runs_as_its_own_process_and_soaks_without_errors(served):
 
 
 def test_stand_in_process_reports_a_refused_model(served, tmp_path):
-    from pss_keras import soak
-
     _, summary, _ = served
     path = _with_warmup(summary["path"], tmp_path, _rename_signature)
     with pytest.raises(
@@ -1119,3 +1146,69 @@ def test_stand_in_process_reports_a_refused_model(served, tmp_path):
         match=r"^The stand-in did not start: error: Refused .* FAILED_PRECONDITION: Serving ",
     ):
         soak.ServerProcess(path, MODEL)
+
+
+# -- the soak's accounting, with fake clients ---------------------------------
+
+
+class _FakeClient:
+    """What `serving.connect` returns, answering every request at once, or,
+    given ``clock`` and ``ms``, after ``ms[tier]``'s next value of that clock."""
+
+    def __init__(self, clock=None, ms=None):
+        self.transport, self.clock, self.ms = self, clock, ms
+        self.closed = False
+
+    def predict(self, tier, inputs):
+        if self.clock is not None:
+            self.clock[0] += self.ms[tier].pop(0) / 1000
+        return {"logits": np.zeros((1, 10), np.float32)}
+
+    def close(self):
+        self.closed = True
+
+
+def test_soak_refuses_an_unknown_protocol_before_any_client(monkeypatch):
+    connected = []
+    monkeypatch.setattr(serving, "connect", lambda *args: connected.append(args))
+    with pytest.raises(
+        ValueError, match=r"protocol 'http' is unknown; use one of \('grpc', 'rest'\)"
+    ):
+        soak.run_soak("127.0.0.1:1", MODEL, "http", ["a"], requests=4, clients=2)
+    assert connected == []
+
+
+def test_soak_counts_a_client_that_cannot_connect(monkeypatch):
+    """The failed client is an error; the others send every request."""
+    calls, clients = [], []
+
+    def connect(address, model_name, protocol, timeout):
+        calls.append(address)
+        if len(calls) == 1:
+            raise ConnectionError("no route")
+        clients.append(_FakeClient())
+        return clients[-1]
+
+    monkeypatch.setattr(serving, "connect", connect)
+    r = soak.run_soak("127.0.0.1:1", MODEL, "grpc", ["a", "b"], requests=12, clients=3)
+    assert (r["requests"], r["errors"], r["connect_errors"]) == (12, 1, 1)
+    assert r["first_errors"] == ["connect: ConnectionError('no route')"]
+    assert {n: (t["requests"], t["errors"]) for n, t in r["tiers"].items()} == {
+        "a": (6, 0),
+        "b": (6, 0),
+    }
+    assert len(calls) == 3 and all(c.closed for c in clients)
+
+
+def test_soak_percentiles_are_those_of_each_tiers_latencies(monkeypatch):
+    clock = [0.0]
+    ms = {"a": [1.0, 3.0, 5.0], "b": [2.0, 4.0, 100.0]}
+    monkeypatch.setattr(soak.time, "perf_counter", lambda: clock[0])
+    fake = _FakeClient(clock, {k: list(v) for k, v in ms.items()})
+    monkeypatch.setattr(serving, "connect", lambda *args: fake)
+    r = soak.run_soak("127.0.0.1:1", MODEL, "rest", ["a", "b"], requests=6, clients=1)
+    assert r["tiers"]["a"]["p50_ms"] == pytest.approx(3.0)
+    assert r["tiers"]["a"]["p99_ms"] == pytest.approx(4.96)  # 3 + 0.98 * (5 - 3)
+    assert r["tiers"]["b"]["p50_ms"] == pytest.approx(4.0)
+    assert r["tiers"]["b"]["p99_ms"] == pytest.approx(98.08)  # 4 + 0.98 * (100 - 4)
+    assert r["seconds"] == pytest.approx(0.115)

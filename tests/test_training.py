@@ -279,6 +279,26 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, disk_full, monkeypa
     assert second == str(tmp_path / "epoch-0002") and ckpt.latest() == second
 
 
+def test_re_saving_the_latest_epoch_leaves_its_pointer_alone(tmp_path, disk_full):
+    """Re-saving the epoch `latest` names (a resume saving the same epoch)
+    replaces that folder; `latest` already names it and is not rewritten,
+    so a full disk there cannot fail the save after the previous folder was
+    replaced (the message said it was intact)."""
+    ckpt = _tiny_checkpointer(tmp_path)
+    first = ckpt.save(1)
+    state = tmp_path / "epoch-0001" / "pss_state.json"
+    before = json.loads(state.read_text())["files"]
+    variable = ckpt.supernet.weights[0]
+    variable.assign(variable + 1.0)
+    failed = disk_full("latest", after=0)
+    assert ckpt.save(1) == first and failed == []
+    assert (tmp_path / "latest").read_text() == "epoch-0001\n"
+    assert sorted(os.listdir(tmp_path)) == ["epoch-0001", "latest"]
+    after = json.loads(state.read_text())["files"]
+    assert after["supernet.weights.h5"]["sha256"] != before["supernet.weights.h5"]["sha256"]
+    assert ckpt.damage(first) is None
+
+
 def test_a_checkpoint_that_would_not_fit_is_refused_before_hdf5_writes(tmp_path, monkeypatch):
     """HDF5 can crash the process after a write fails with ENOSPC
     (h5py/h5py#914): a checkpoint larger than the free space is refused first."""

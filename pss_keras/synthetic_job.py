@@ -1,0 +1,125 @@
+"""A job directory with random weights and N tiers across the FLOPs range,
+for benchmarks and tests that need no training.
+
+`write` builds what a finished training leaves (`pss_keras.jobs`' layout:
+run config, classes, supernet weights, retained tiers with their batch-norm
+statistics) without training or data: the supernet keeps its random
+initial weights, every tier unit batch-norm statistics and made-up
+accuracy. `pss_keras.export` and `pss_keras.tflite` take it as they take a
+trained job, so serving and conversion can be measured anywhere; the
+predictions are meaningless, and latencies describe a model of that size,
+not a trained one.
+
+This is training-side code (it builds a `Supernet` and a `TrainConfig`):
+deployment modules never import it; benchmarks and tests call it, then
+deploy the job.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+
+from pss_keras import flops, jobs, specs
+from pss_keras.run_config import DataConfig, TrainConfig
+from pss_keras.supernet import Supernet
+
+
+def write(
+    job_dir: str,
+    model_name: str = "mobilenet_v1",
+    width_scale: float = 0.25,
+    resolution_range: tuple[int, int] = (16, 32),
+    tiers: int = 3,
+    num_classes: int = 10,
+    seed: int = 0,
+) -> list[jobs.RetainedTier]:
+    """Writes a finished-looking job with random weights into ``job_dir``.
+
+    Tier ``i`` of ``tiers`` is the subnet at fraction ``i / (tiers - 1)`` of
+    the search space: resolution from the smallest to the largest on the
+    grid (step 8), every stage width multiplier from 0.75 to 1.0, so the
+    tiers span the FLOPs range from the smallest subnet to the largest.
+    Each is named by its MFLOPs (``flops_12p34m``) and gets a made-up
+    top-1 from 0.1 (smallest) to 0.9 (largest).
+
+    Args:
+        job_dir: the job directory (created; must not hold a job).
+        model_name: ``mobilenet_v1`` or ``mobilenet_v2``.
+        width_scale: the supernet's global width scale (1.0: MobileNet).
+        resolution_range: (min, max) input resolution, a multiple of 8 apart;
+            the export's input size is the max.
+        tiers: how many tiers (at least 1).
+        num_classes: classifier outputs (classes ``class_0`` ...).
+        seed: Keras's random seed for the weights.
+
+    Returns:
+        The retained tiers written, smallest first.
+
+    Raises:
+        ValueError: for a bad setting, or tiers so close that two share a
+            name (fewer tiers, or a wider range).
+    """
+    if tiers < 1:
+        raise ValueError(f"tiers={tiers} must be at least 1.")
+    if os.path.exists(os.path.join(job_dir, jobs.RETAINED)):
+        raise ValueError(f"{job_dir} already holds a job; give an empty directory.")
+    keras.utils.set_random_seed(seed)
+    config = TrainConfig(
+        job_dir=job_dir,
+        data=DataConfig(image_size=int(resolution_range[1])),
+        model_name=model_name,
+        width_scale=width_scale,
+        resolution_range=tuple(int(r) for r in resolution_range),
+    )
+    space = specs.SearchSpace(
+        model_name, config.resolution_range, config.resolution_step, config.width_range,
+        width_scale, num_classes,
+    )  # fmt: skip
+    os.makedirs(job_dir, exist_ok=True)
+    jobs.write_run_config(job_dir, config)
+    jobs.write_classes(job_dir, [f"class_{i}" for i in range(num_classes)])
+    net = Supernet(**config.supernet_kwargs(num_classes))
+    net.save_weights(os.path.join(job_dir, jobs.WEIGHTS))
+    (r_min, r_max), (w_min, w_max), step = (
+        space.resolution_range,
+        space.width_range,
+        space.resolution_step,
+    )
+    retained = []
+    for i in range(tiers):
+        fraction = i / max(1, tiers - 1)
+        resolution = r_min + round(fraction * (r_max - r_min) / step) * step
+        mult = round(w_min + (w_max - w_min) * fraction, specs.MULT_DECIMALS)
+        subnet = space.validate(
+            specs.SubnetConfig(model_name, resolution, (mult,) * space.num_stages)
+        )
+        mflops = flops.count_mflops(subnet, num_classes, width_scale)
+        name = f"flops_{round(mflops, 2):g}m".replace(".", "p")
+        if any(t.name == name for t in retained):
+            raise ValueError(
+                f"tiers={tiers} puts two tiers at {name}; use fewer tiers or a wider range."
+            )
+        stats = {
+            layer: (np.zeros(c, np.float32), np.ones(c, np.float32))
+            for layer, c in net.bn_channels(subnet).items()
+        }
+        retained.append(
+            jobs.RetainedTier(
+                name=name,
+                config=subnet,
+                metric_type="flops",
+                target=round(mflops, 2),
+                mflops=mflops,
+                params=flops.count_params(subnet, num_classes, width_scale),
+                top1=0.1 + 0.8 * fraction,
+                top5=0.5,
+                minival_top1=0.1 + 0.8 * fraction,
+                pool_score=0.0,
+                bn_stats=jobs.save_bn_stats(job_dir, name, stats),
+            )
+        )
+    jobs.write_retained(job_dir, retained)
+    return retained
