@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -36,6 +35,7 @@ from pss_keras.fileio import (
     fsync_dir,
     fsync_tree,
     require_free_space,
+    weights_file_bytes,
 )
 
 WEIGHTS = "supernet.weights.h5"
@@ -162,11 +162,10 @@ class Checkpointer:
         return final
 
     def _needed_bytes(self) -> int:
-        """About the size of a checkpoint, rounded up: the variables' bytes,
-        HDF5's header per variable (about 1.2 kB measured) and the state."""
+        """About the size of a checkpoint, rounded up: the variables' files
+        (`weights_file_bytes`) and the state."""
         variables = [*self.supernet.weights, *(self.optimizer.variables if self.optimizer else [])]
-        raw = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables)
-        return int(1.05 * raw) + 2048 * len(variables) + (64 << 10)
+        return weights_file_bytes(variables) + (64 << 10)
 
     def _write(self, epoch: int, final: str) -> None:
         """Writes the checkpoint into a hidden folder and renames it to ``final``."""

@@ -80,7 +80,9 @@ class BadImageError(DatasetError):
     names them and says how to go on."""
 
 
-def decode_checked(records: SplitRecords, indexed: tf.data.Dataset, report, expected=None):
+def decode_checked(
+    records: SplitRecords, indexed: tf.data.Dataset, report, expected=None, stop: str = ""
+):
     """``(index, raw)`` records decoded to ``(index, (image, label))``; a
     record that fails to decode is dropped and reported, never an error.
 
@@ -100,6 +102,7 @@ def decode_checked(records: SplitRecords, indexed: tf.data.Dataset, report, expe
             fixed-order ``indices`` of up to `_NAMED` of them, ``lost``
             records that were not read at all. False stops the stream.
         expected: how many records ``indexed`` holds (None: not checked).
+        stop: the message of the error that stops the stream (`_stop`).
     """
     no_index = tf.constant(-1, tf.int64)  # the closing record's index
     end_raw = tf.nest.map_structure(
@@ -139,7 +142,7 @@ def decode_checked(records: SplitRecords, indexed: tf.data.Dataset, report, expe
     def keep(i, example, ok):
         # Outside the scan, whose state must move on even past a failure
         # (tf.data may read ahead of the element that stopped the stream).
-        with tf.control_dependencies([tf.debugging.Assert(ok, [_STOP])]):
+        with tf.control_dependencies([tf.debugging.Assert(ok, [stop or _stop()])]):
             return i >= 0
 
     ds = ds.scan(tf.constant(-1, tf.int64), gaps).filter(keep)
@@ -151,9 +154,20 @@ def _unreported(missing, indices, lost):
     return tf.constant(True)
 
 
-# The assertion that stops a stream at a bad image (its message is the
-# report's, kept by `_BadImages`; the TF error only says where to look).
-_STOP = "pss_keras: unreadable image, see the error logged by pss_keras.data"
+def _stop(split: str = "") -> str:
+    """The message of the assertion that stops a stream of ``split`` at a bad
+    image: the report's message is kept by `_BadImages` (the TF error only
+    says where to look), and `Pipelines.bad_image_errors` finds the split by it."""
+    return (
+        f"pss_keras: an unreadable image stopped the {split or 'data'} stream, see the error "
+        "logged by pss_keras.data"
+    )
+
+
+# What a bad-image message suggests besides removing or replacing the files,
+# unless the caller knows better (scripts/train.py: its flag; a job's
+# evaluation or conversion: the job's run_config.json).
+SKIP_HINT = "set bad_images to skip (DataConfig) to go on without them"
 
 
 class _BadImages:
@@ -161,11 +175,14 @@ class _BadImages:
     about them (``policy``): ``fail`` stops, ``skip`` drops them and logs
     each name once."""
 
-    def __init__(self, policy: str, split_records: dict):
+    def __init__(self, policy: str, split_records: dict, skip_hint: str = SKIP_HINT):
         self.policy = policy
         self.split_records = split_records
+        self.skip_hint = skip_hint
         self.found = {split: {} for split in split_records}  # split -> {index: name}
-        self.failure = None  # the message that stopped a stream
+        # split -> the message of the first report that stopped one of its
+        # streams (`Pipelines.bad_image_errors` clears them).
+        self.failures = {}
 
     def reporter(self, split: str):
         """A `decode_checked` ``report`` for a stream of ``split``."""
@@ -177,9 +194,9 @@ class _BadImages:
             self.found[split].update(names)
             unnamed = int(missing) - len(names) + int(lost)
             if self.policy == "fail":
-                if self.failure is None:  # the first report stopped the stream
-                    self.failure = self.message(split, list(names.values()), unnamed)
-                    logging.error("%s", self.failure)
+                if split not in self.failures:  # the first report stops the stream
+                    self.failures[split] = self.message(split, list(names.values()), unnamed)
+                    logging.error("%s", self.failures[split])
                 return False
             if new or unnamed:
                 logging.warning(
@@ -192,11 +209,10 @@ class _BadImages:
             record, [missing, indices, lost], tf.bool
         )
 
-    @staticmethod
-    def message(split: str, names: list, unnamed: int = 0) -> str:
+    def message(self, split: str, names: list, unnamed: int = 0) -> str:
         return (
             f"Cannot decode {len(names) + unnamed} {split} image(s): {_listed(names, unnamed)}. "
-            "Remove or replace them, or pass --bad_images=skip to train without them."
+            f"Remove or replace them, or {self.skip_hint}."
         )
 
     def conclude(self, split: str, bad: list) -> None:
@@ -314,9 +330,13 @@ def _folder_records(builder, split: str) -> SplitRecords | None:
     examples = getattr(builder, "_split_examples", {}).get(split)
     if examples is None:
         logging.warning(
-            "This TFDS version does not list ImageFolder's files; a streamed training set is "
-            "read in its fixed order through the shuffle buffer."
-        )
+            "This TFDS version does not list ImageFolder's %s files: an unreadable %s image is "
+            "named by its record index, not its file%s.",
+            split, split,
+            "; a streamed training set is read in its fixed order through the shuffle buffer"
+            if split == "train"
+            else "",
+        )  # fmt: skip
         return None
     features = builder.info.features
     names = [os.fspath(e.image_path) for e in examples]
@@ -579,20 +599,35 @@ class Pipelines:
     """The train / minival / validation pipelines of one `DataConfig`.
 
     Images that fail to decode are handled by ``config.bad_images``. A
-    training set cached in memory is checked whole here, as it is decoded
-    into the cache (no extra work): ``fail`` raises naming every bad file
-    before training, ``skip`` leaves them out of the counts. A streamed set
-    is checked as it is read: ``fail`` stops at the first bad image, naming
-    it; ``skip`` drops it (every epoch the same records), and each epoch is
-    topped up from its own start so it keeps ``steps_per_epoch`` batches.
-    `check_validation` checks the validation split up front.
+    training set cached in memory is checked whole as it is decoded into
+    the cache (no extra work), on first use of the training data or by
+    `check_training`: ``fail`` raises naming every bad file, ``skip`` leaves
+    them out of the counts. A streamed set is checked as it is read: ``fail``
+    stops at the first bad image, naming it; ``skip`` drops it (every epoch
+    the same records). `check_validation` checks the validation split.
+
+    A streamed epoch decodes only the ``steps_per_epoch * batch_size``
+    records it trains on, the first ones of its shuffled order; the rest
+    (fewer than a batch) is not decoded that epoch, so a bad image there
+    neither stops nor is named then: an epoch whose order puts it among its
+    batches does (the same epoch every run, the order being a function of
+    (seed, epoch)). Under ``skip`` an epoch short of images keeps its
+    batches: what is missing is filled from its first batch.
+
+    Args:
+        config: the data settings.
+        source: the dataset (default: `load_source`).
+        skip_hint: what a bad-image message suggests besides removing or
+            replacing the files, e.g. "pass --bad_images=skip to train
+            without them".
 
     Raises:
         DatasetError: a dataset that cannot be used as configured.
-        BadImageError: a cached training set with bad images, under ``fail``.
     """
 
-    def __init__(self, config: DataConfig, source: DatasetSource | None = None):
+    def __init__(
+        self, config: DataConfig, source: DatasetSource | None = None, skip_hint: str = SKIP_HINT
+    ):
         self.config = config
         if config.bad_images not in BAD_IMAGES:
             raise ValueError(f"bad_images={config.bad_images!r} must be one of {BAD_IMAGES}.")
@@ -606,12 +641,38 @@ class Pipelines:
         self.bad_images = _BadImages(
             config.bad_images,
             {"train": self.source.train_records, "validation": self.source.validation_records},
+            skip_hint,
         )
         self.minival_stride = max(2, n // max(1, config.minival_examples))
-        self._streamed_examples = n - len(range(0, n, self.minival_stride))
-        # (index in the fixed order, (image, label)): minival, representative
-        # images, and the training set itself when it is cached.
-        records = self.source.train_records
+        # Training records (minival excluded), bad images included: known
+        # without reading the split.
+        self.num_train_records = n - len(range(0, n, self.minival_stride))
+        self._require_batch(self.num_train_records)  # bad images may leave fewer (check_training)
+        self._training = None  # (indexed, num_train, num_minival) once checked
+
+    def _require_batch(self, num_train: int) -> None:
+        if num_train < self.config.batch_size:
+            raise DatasetError(
+                f"batch_size={self.config.batch_size} is larger than the {num_train} "
+                "training examples; lower it."
+            )
+
+    def check_training(self) -> None:
+        """Checks and counts the training split, once; the first use of
+        the training data (batches, minival, counts) runs it too.
+
+        A cached set is decoded whole into the cache, which is the check:
+        under ``fail`` every bad file is named before training; under
+        ``skip`` the counts leave them out. A streamed set is checked as
+        each epoch reads it (nothing is read here).
+
+        Raises:
+            BadImageError: a cached training set with bad images, under ``fail``.
+            DatasetError: fewer training examples than ``batch_size``.
+        """
+        if self._training is not None:
+            return
+        n, records = self.source.num_train, self.source.train_records
         bad = set()
         if self.should_cache(n):
             logging.info("Caching %d decoded training examples in memory.", n)
@@ -620,19 +681,37 @@ class Pipelines:
             indexed = decode_checked(records, records.fixed_raw(), _unreported, n).cache()
             bad = self._check("train", indexed, n)
         else:
-            indexed = decode_checked(records, records.fixed_raw(), self._reporter("train"), n)
-        self._indexed_train = indexed
-        self.num_minival = sum(1 for i in range(0, n, self.minival_stride) if i not in bad)
-        self.num_train = n - len(bad) - self.num_minival
-        if self.num_train < config.batch_size:
-            raise DatasetError(
-                f"batch_size={config.batch_size} is larger than the {self.num_train} "
-                "training examples; lower it."
-            )
-        self.steps_per_epoch = self.num_train // config.batch_size
+            indexed = self._checked("train", records.fixed_raw(), n)
+        num_minival = sum(1 for i in range(0, n, self.minival_stride) if i not in bad)
+        num_train = n - len(bad) - num_minival
+        self._require_batch(num_train)
+        self._training = (indexed, num_train, num_minival)
 
-    def _reporter(self, split):
-        return self.bad_images.reporter(split)
+    @property
+    def num_train(self) -> int:
+        """Training examples (minival and, in a cached set, bad images excluded)."""
+        self.check_training()
+        return self._training[1]
+
+    @property
+    def num_minival(self) -> int:
+        self.check_training()
+        return self._training[2]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_train // self.config.batch_size
+
+    def _indexed_train(self) -> tf.data.Dataset:
+        """``(index, (image, label))`` of the whole training split, fixed order."""
+        self.check_training()
+        return self._training[0]
+
+    def _checked(self, split: str, indexed: tf.data.Dataset, expected: int) -> tf.data.Dataset:
+        """``indexed`` records of ``split`` decoded, bad ones reported (`decode_checked`)."""
+        records = self.source.train_records if split == "train" else self.source.validation_records
+        report = self.bad_images.reporter(split)
+        return decode_checked(records, indexed, report, expected, _stop(split))
 
     def _check(self, split: str, checked: tf.data.Dataset, count: int) -> set:
         """Reads all of ``checked`` (a `decode_checked` split of ``count``
@@ -660,13 +739,19 @@ class Pipelines:
 
     @contextlib.contextmanager
     def bad_image_errors(self):
-        """Turns a stream stopped at a bad image (``fail``) into a
-        `BadImageError` naming it: one line instead of TF's stack trace."""
+        """Turns a stream stopped at a bad image (``fail``) inside the block
+        into a `BadImageError` naming it: one line instead of TF's stack
+        trace. Other errors pass unchanged; reports from before the block
+        (e.g. a stream read ahead past where its reader stopped) are
+        forgotten on entry."""
+        self.bad_images.failures.clear()
         try:
             yield
-        except tf.errors.OpError:
-            if self.bad_images.failure:
-                raise BadImageError(self.bad_images.failure) from None
+        except tf.errors.OpError as e:
+            failures = self.bad_images.failures
+            split = next((s for s in failures if _stop(s) in (e.message or "")), None)
+            if split is not None:
+                raise BadImageError(failures[split]) from None
             raise
 
     @property
@@ -692,9 +777,10 @@ class Pipelines:
             return self.num_train
         return min(self.config.shuffle_buffer, self.num_train)
 
-    def _train_examples(self):
+    def _train_examples(self, indexed: tf.data.Dataset | None = None):
         stride = self.minival_stride
-        return self._indexed_train.filter(lambda i, example: i % stride != 0)
+        indexed = self._indexed_train() if indexed is None else indexed
+        return indexed.filter(lambda i, example: i % stride != 0)
 
     def train_epoch(self, epoch: int) -> tf.data.Dataset:
         """Epoch ``epoch``'s augmented training batches (``steps_per_epoch``
@@ -706,6 +792,7 @@ class Pipelines:
         """Epochs ``first .. stop - 1`` back to back: the batches of
         `train_epoch` for each, in order, as one dataset (one ``fit()`` per
         run, its step counter continuous across epochs)."""
+        self.check_training()  # here, not inside flat_map's trace
         epochs = tf.data.Dataset.range(int(first), int(stop))
         return epochs.flat_map(self._epoch_batches).prefetch(tf.data.AUTOTUNE)
 
@@ -720,6 +807,7 @@ class Pipelines:
         """One epoch's ``steps_per_epoch`` batches; ``epoch`` is an int64
         scalar tensor."""
         c = self.config
+        steps = self.steps_per_epoch
         shuffle_seed = (c.seed * 1_000_003 + epoch) % (2**31 - 1)
 
         def augment(i, example):
@@ -731,20 +819,22 @@ class Pipelines:
             ds = self._train_examples().shuffle(
                 self.shuffle_buffer_size, seed=shuffle_seed, reshuffle_each_iteration=False
             )
-        else:
-            records, stride = self.source.train_records, self.minival_stride
-            ds = records.read(self.chunk_order(epoch), _READ_CYCLE)
-            ds = ds.filter(lambda i, raw: i % stride != 0)
-            ds = ds.shuffle(
-                self.shuffle_buffer_size, seed=shuffle_seed, reshuffle_each_iteration=False
-            )
-            ds = decode_checked(records, ds, self._reporter("train"), self._streamed_examples)
-            if c.bad_images == "skip":
-                # Skipped images would shorten the epoch: its first examples
-                # (the same ones every time) fill its last batch.
-                ds = ds.repeat(2)
+            ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            return ds.batch(c.batch_size, drop_remainder=True).take(steps)
+        records, stride = self.source.train_records, self.minival_stride
+        ds = records.read(self.chunk_order(epoch), _READ_CYCLE)
+        ds = ds.filter(lambda i, raw: i % stride != 0)
+        ds = ds.shuffle(self.shuffle_buffer_size, seed=shuffle_seed, reshuffle_each_iteration=False)
+        # Only the records the epoch's batches hold are decoded and checked:
+        # a bad one among them is always seen before the last batch is out
+        # (a batch short of it reads the stream's closing record), never
+        # only when tf.data happens to read ahead.
+        used = steps * c.batch_size
+        ds = self._checked("train", ds.take(used), used)
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(c.batch_size, drop_remainder=True).take(self.steps_per_epoch)
+        if c.bad_images == "skip":
+            return _topped_up(ds.batch(c.batch_size), steps, c.batch_size)
+        return ds.batch(c.batch_size, drop_remainder=True).take(steps)
 
     def _eval(self, ds, count):
         size = self.config.image_size
@@ -766,11 +856,18 @@ class Pipelines:
     def representative(self, count: int) -> tf.data.Dataset:
         """``count`` training examples (minival excluded, fixed order) with
         the evaluation transform, unbatched: calibration data for
-        post-training quantization, which must look like inference inputs."""
+        post-training quantization, which must look like inference inputs.
+        Reads only as far as it needs (a cached set not yet checked is not
+        decoded whole for it)."""
         if count < 1:
             raise ValueError(f"The representative set needs at least 1 image, got {count}.")
         size = self.config.image_size
-        examples = self._train_examples().take(count)
+        if self._training is None:
+            records = self.source.train_records
+            indexed = self._checked("train", records.fixed_raw(), self.source.num_train)
+        else:
+            indexed = self._indexed_train()
+        examples = self._train_examples(indexed).take(count)
         return examples.map(
             lambda i, example: (eval_transform(example[0], size), tf.cast(example[1], tf.int32)),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -780,21 +877,65 @@ class Pipelines:
     def minival(self) -> tf.data.Dataset:
         """The held-out training examples, with the evaluation transform."""
         stride = self.minival_stride
-        held_out = self._indexed_train.filter(lambda i, example: i % stride == 0)
+        held_out = self._indexed_train().filter(lambda i, example: i % stride == 0)
         return self._eval(held_out.map(lambda i, example: example), self.num_minival)
 
     def validation_examples(self) -> tf.data.Dataset:
         """The validation split decoded, ``(image, label)`` in its fixed
         order, its bad images handled by ``bad_images``."""
         records = self.source.validation_records
-        examples = decode_checked(
-            records,
-            records.fixed_raw(),
-            self._reporter("validation"),
-            self.source.num_validation,
-        )
+        examples = self._checked("validation", records.fixed_raw(), self.source.num_validation)
         return examples.map(lambda i, example: example)
 
     def validation(self) -> tf.data.Dataset:
         """The validation split, with the evaluation transform."""
         return self._eval(self.validation_examples(), self.source.num_validation)
+
+
+def _topped_up(batches: tf.data.Dataset, steps: int, batch_size: int) -> tf.data.Dataset:
+    """``steps`` batches of ``batch_size`` from ``batches`` (full ones, then
+    maybe a partial one: an epoch short of the images it skipped): its full
+    batches, then its partial batch and what is missing taken from its first
+    batch (in order, from its start again if more than a batch is missing).
+
+    The first batch is held, not read again: no second pass over the
+    epoch's records (nor its shuffle buffer), and nothing more is read when
+    nothing is missing. Each epoch is the same for the same records.
+    """
+    spec = batches.element_spec
+    empty = tf.nest.map_structure(lambda s: tf.zeros([0, *s.shape[1:]], s.dtype), spec)
+    end = tf.data.Dataset.from_tensors(empty)  # marks the end of the batches
+
+    def size(batch):
+        return tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0]
+
+    def stacked(batch):  # [n * batch_size, ...] -> [n, batch_size, ...]
+        return tf.nest.map_structure(lambda t: tf.reshape(t, [-1, batch_size, *t.shape[1:]]), batch)
+
+    def step(state, batch):
+        first, partial, full = state
+        n = size(batch)
+        first = tf.cond(size(first) > 0, lambda: first, lambda: batch)
+
+        def closing():
+            f = size(first)
+            missing = tf.where(f > 0, tf.maximum(steps - full, 0), 0)
+            fill = tf.maximum(missing * batch_size - size(partial), 0)
+            taken = tf.range(fill) % tf.maximum(f, 1)
+            return tf.nest.map_structure(
+                lambda p, b: tf.concat([p, tf.gather(b, taken)], 0)[: missing * batch_size],
+                partial,
+                first,
+            )
+
+        out = tf.cond(
+            n == batch_size,
+            lambda: batch,
+            lambda: tf.cond(n == 0, closing, lambda: empty),
+        )
+        partial = tf.cond((n > 0) & (n < batch_size), lambda: batch, lambda: partial)
+        full += tf.cast(n == batch_size, tf.int64)
+        return (first, partial, full), stacked(out)
+
+    ds = batches.concatenate(end).scan((empty, empty, tf.constant(0, tf.int64)), step)
+    return ds.flat_map(lambda *batch: tf.data.Dataset.from_tensor_slices(batch)).take(steps)

@@ -19,11 +19,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Callable
+
+import numpy as np
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -107,6 +110,15 @@ def require_free_space(folder: str, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise OSError(errno.ENOSPC, f"{needed:,} bytes needed, {free:,} free", folder)
+
+
+def weights_file_bytes(variables) -> int:
+    """About the size of a Keras ``.weights.h5`` file of ``variables``,
+    rounded up: their bytes and HDF5's header per variable (about 1.2 kB
+    measured). What `require_free_space` asks for before such a write."""
+    variables = list(variables)
+    raw = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables)
+    return int(1.05 * raw) + 2048 * len(variables)
 
 
 @contextlib.contextmanager

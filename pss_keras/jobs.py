@@ -238,6 +238,13 @@ def write_run_config(job_dir: str, config: TrainConfig) -> None:
     atomic_write_json(path, json.loads(json.dumps(config.to_dict())))
 
 
+def skip_bad_images_hint(job_dir: str) -> str:
+    """What a bad-image message suggests to a job's evaluation or conversion,
+    which take the data settings from the job's run_config.json."""
+    path = os.path.join(job_dir, RUN_CONFIG)
+    return f'set "bad_images": "skip" in the "data" section of {path} to go on without them'
+
+
 def read_run_config(job_dir: str) -> TrainConfig:
     """The run's settings.
 

@@ -33,6 +33,7 @@ what is written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -171,13 +172,15 @@ def convert(
         tmp = None
         try:
             tmp = tempfile.mkdtemp(prefix=".tmp-tflite-", dir=output_dir)
-            rows, runners = _convert_tiers(job, entries, config, pipelines, tmp, progress)
-            if references is not None:
-                accuracy = tflite_verification.verify(
-                    job, entries, runners, references, pipelines, config, progress
-                )
-                for row in rows:
-                    row["verification"] = accuracy[row["name"]]
+            # A bad image met by calibration, QAT or verification: one line naming it.
+            with pipelines.bad_image_errors() if pipelines else contextlib.nullcontext():
+                rows, runners = _convert_tiers(job, entries, config, pipelines, tmp, progress)
+                if references is not None:
+                    accuracy = tflite_verification.verify(
+                        job, entries, runners, references, pipelines, config, progress
+                    )
+                    for row in rows:
+                        row["verification"] = accuracy[row["name"]]
             _measure_latency(rows, runners, config.latency_repeats)
             manifest = tflite_manifest.build(job, config, pipelines, reference_name, rows)
             tflite_manifest.move_in(tmp, output_dir, rows, manifest)
@@ -199,7 +202,9 @@ def _pipelines(job, config: ConvertConfig):
     if config.data_dir:
         data_config = dataclasses.replace(data_config, data_dir=config.data_dir)
     try:
-        return data_lib.Pipelines(data_config)
+        return data_lib.Pipelines(data_config, skip_hint=jobs.skip_bad_images_hint(job.job_dir))
+    except data_lib.BadImageError:
+        raise  # the dataset is there: the message names the files and says what to do
     except data_lib.DatasetError as e:
         why = (
             "int8 quantization needs training images for its representative set"

@@ -41,7 +41,7 @@ def build(job, config, pipelines, reference_name, rows) -> dict:
         "mode": config.mode_name,
         "io_dtype": config.io_dtype if config.quantize == "int8" else "float32",
         "representative_images": (
-            min(config.representative_images, pipelines.num_train)
+            min(config.representative_images, pipelines.num_train_records)
             if config.quantize == "int8"
             else 0
         ),

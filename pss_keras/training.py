@@ -25,7 +25,7 @@ from pss_keras import data as data_lib
 from pss_keras import distribution, jobs, latency, sampling, specs
 from pss_keras.callbacks import ContinuedTensorBoard, PSSCallback, ValidationCallback
 from pss_keras.checkpoints import Checkpointer
-from pss_keras.fileio import atomic_file
+from pss_keras.fileio import atomic_file, disk_full_guard, require_free_space, weights_file_bytes
 from pss_keras.loop import check_workers_agree, fit_distributed
 from pss_keras.pools import TargetGrid
 from pss_keras.run_config import TrainConfig
@@ -48,6 +48,8 @@ __all__ = [
     "train",
 ]
 RETAINED = jobs.RETAINED
+# What a bad-image message suggests besides removing or replacing the files.
+_TRAIN_SKIP_HINT = "pass --bad_images=skip to train without them"
 
 
 def load_latency_tables(config: TrainConfig, space: specs.SearchSpace, job_dir=None) -> dict:
@@ -147,7 +149,7 @@ def evaluate_job(
             config, data=dataclasses.replace(config.data, data_dir=data_dir)
         )
     _seed_run(config.seed)
-    pipelines = data_lib.Pipelines(config.data)
+    pipelines = data_lib.Pipelines(config.data, skip_hint=jobs.skip_bad_images_hint(job_dir))
     supernet = build_supernet(config, pipelines.num_classes)
     tables = load_latency_tables(config, supernet.space, job_dir=job_dir)
     sampler = build_samplers(config, supernet.space, tables)
@@ -209,8 +211,11 @@ def train(config: TrainConfig) -> dict:
         )
     space = specs.SearchSpace(**config.supernet_kwargs(1))
     tables = load_latency_tables(config, space)  # before the data: fails fast
-    pipelines = data_lib.Pipelines(config.data)  # fails before anything is written
-    pipelines.check_validation()  # a bad validation image fails now, not after training
+    pipelines = data_lib.Pipelines(config.data, skip_hint=_TRAIN_SKIP_HINT)
+    # Before anything is written: a cached training set names every bad
+    # image now, and a bad validation image fails now, not after training.
+    pipelines.check_training()
+    pipelines.check_validation()
     if chief:
         os.makedirs(config.job_dir, exist_ok=True)
         jobs.write_run_config(config.job_dir, config)
@@ -274,8 +279,7 @@ def train(config: TrainConfig) -> dict:
     logging.info("Final sampler state digest %s (equal on every worker).", state_digest)
     retained = None
     if chief:
-        with atomic_file(os.path.join(config.job_dir, jobs.WEIGHTS)) as tmp:
-            supernet.save_weights(tmp)  # never a half-written file in place
+        _save_weights(supernet, config.job_dir)
         with pipelines.bad_image_errors():
             retained = retain_subnets(
                 supernet,
@@ -296,6 +300,25 @@ def train(config: TrainConfig) -> dict:
         "retained": retained,
         "sampler_digest": state_digest,
     }
+
+
+def _save_weights(supernet: Supernet, job_dir: str) -> None:
+    """Writes the trained supernet's weights file, never half-written in place.
+
+    Raises:
+        DiskFullError: if it would not fit (checked first: HDF5 can crash
+            the process on a full disk, h5py/h5py#914) or the disk fills up.
+    """
+    path = os.path.join(job_dir, jobs.WEIGHTS)
+    needed = weights_file_bytes(supernet.weights)
+    left = (
+        f"{path} is as it was; training is complete in the last checkpoint, so the re-run "
+        "only writes the weights and retains the subnets"
+    )
+    with disk_full_guard(path, left, lambda: needed):
+        require_free_space(job_dir, needed)
+        with atomic_file(path) as tmp:
+            supernet.save_weights(tmp)
 
 
 @contextlib.contextmanager

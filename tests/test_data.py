@@ -441,10 +441,6 @@ def test_tensorflow_rejects_truncated_jpegs():
             tf.io.decode_image(cut, channels=3)
 
 
-def _indices_of_batches(p, epoch):
-    return np.concatenate([x.numpy().ravel() for x, _ in p.train_epoch(epoch)]).astype(int)
-
-
 @pytest.mark.parametrize("cache", ["true", "false"])
 def test_bad_images_fail_names_the_files(bad_folders, cache):
     """Issue #14: a garbage and a truncated .jpg stopped training with TF's
@@ -455,7 +451,7 @@ def test_bad_images_fail_names_the_files(bad_folders, cache):
     names = [os.path.join(bad, _GARBAGE), os.path.join(bad, _TRUNCATED)]
     if cache == "true":
         with pytest.raises(data.BadImageError) as error:
-            data.Pipelines(_config(bad, cache=cache))
+            data.Pipelines(_config(bad, cache=cache)).check_training()
         message = str(error.value)
         assert all(name in message for name in names), message
         assert message.startswith("Cannot decode 2 train image(s)")
@@ -466,7 +462,8 @@ def test_bad_images_fail_names_the_files(bad_folders, cache):
         message = str(error.value)
         assert message.startswith("Cannot decode 1 train image(s)")
         assert sum(name in message for name in names) == 1, message
-    assert "\n" not in message and "--bad_images=skip" in message
+    assert "\n" not in message
+    assert message.endswith("Remove or replace them, or " + data.SKIP_HINT + ".")
 
 
 @pytest.mark.parametrize("cache", ["true", "false"])
@@ -493,25 +490,25 @@ def test_bad_images_skip_drops_exactly_them(bad_folders, cache, monkeypatch, cap
     assert len(dropped) == 2 and n == ref.source.num_train == 162
     good = [i for i in range(n) if i % p.minival_stride and i not in dropped]
 
-    epochs = [_indices_of_batches(p, e) for e in (0, 1)]
+    epochs = [_streamed_indices(p, e) for e in (0, 1)]
     assert len(epochs[0]) == len(epochs[1]) == p.steps_per_epoch * 16 == 128
     for epoch in epochs:
         assert not set(epoch) & dropped and set(epoch) <= set(good)
-    np.testing.assert_array_equal(epochs[0], _indices_of_batches(p, 0))  # resume: same batches
+    np.testing.assert_array_equal(epochs[0], _streamed_indices(p, 0))  # resume: same batches
     fresh = data.Pipelines(_config(bad, cache=cache, bad_images="skip"))
-    np.testing.assert_array_equal(epochs[1], _indices_of_batches(fresh, 1))
+    np.testing.assert_array_equal(epochs[1], _streamed_indices(fresh, 1))
     if cache == "true":  # checked whole: the counts are exact
         assert p.num_train == len(good) == 139 and p.num_minival == n - 139 - 2
         assert set(p.bad_images.found["train"]) == dropped
     else:  # the repaired folder's order, less the two
-        expected = [i for i in _indices_of_batches(ref, 0) if i not in dropped]
+        expected = [i for i in _streamed_indices(ref, 0) if i not in dropped]
         np.testing.assert_array_equal(epochs[0][: len(expected)], expected)
         # 3 batches of 47 are all 141 records: without the two, the epoch's
         # first two examples fill its last batch.
         whole = data.Pipelines(_config(bad, cache=cache, bad_images="skip", batch_size=47))
         full = data.Pipelines(_config(repaired, cache=cache, batch_size=47))
-        epoch = _indices_of_batches(whole, 2)
-        expected = [i for i in _indices_of_batches(full, 2) if i not in dropped]
+        epoch = _streamed_indices(whole, 2)
+        expected = [i for i in _streamed_indices(full, 2) if i not in dropped]
         assert len(epoch) == 141 and len(expected) == 139
         np.testing.assert_array_equal(epoch, expected + expected[:2])
 
@@ -597,8 +594,143 @@ def test_bad_tfds_records_are_named_by_shard_and_record(tiny_tfds, tmp_path, mon
     )
     skip = data.Pipelines(dataclasses.replace(config, bad_images="skip"))
     clean = data.Pipelines(dataclasses.replace(config, data_dir=clean))
-    epoch = _indices_of_batches(skip, 0)
-    expected = [i for i in _indices_of_batches(clean, 0) if i != bad]
+    epoch = _streamed_indices(skip, 0)
+    expected = [i for i in _streamed_indices(clean, 0) if i != bad]
     assert len(epoch) == 128 and bad not in epoch
     np.testing.assert_array_equal(epoch[: len(expected)], expected)
     assert skip.bad_images.found["train"] == {bad: described}
+
+
+def _counting_decodes(p):
+    """Counts the training records ``p`` decodes from now on (each attempt,
+    good or bad): a list that grows by one per decode."""
+    records = p.source.train_records
+    calls = []
+
+    def decode(raw):
+        counted = tf.py_function(lambda: calls.append(1) or 0, [], tf.int64)
+        with tf.control_dependencies([counted]):
+            return records.decode(tf.nest.map_structure(tf.identity, raw))
+
+    p.source.train_records = dataclasses.replace(records, decode=decode)
+    return calls
+
+
+def _index_as_image(monkeypatch):
+    """Training images become their record index (`_streamed_indices`)."""
+    monkeypatch.setattr(
+        data, "train_transform", lambda image, seed, config: tf.cast(seed[1:], tf.float32)
+    )
+
+
+def test_a_bad_image_after_an_epochs_batches_is_not_read(tiny_image_folder, tmp_path, monkeypatch):
+    """Review of #14: a streamed epoch ends at steps_per_epoch batches, so a
+    bad image in the records after them (fewer than a batch) was decoded
+    only when tf.data read ahead: then logged as an error and kept, though
+    nothing stopped, and a later unrelated error was turned into a
+    BadImageError naming it. Now an epoch decodes exactly the records of its
+    batches: such an image is not read that epoch (an epoch whose batches
+    hold it stops); a stop is reported for its own split only, and only
+    inside the `bad_image_errors` block it happened in."""
+    _index_as_image(monkeypatch)
+    bad = _with_images(
+        tiny_image_folder,
+        tmp_path / "bad",
+        {_GARBAGE: b"<html></html>", "val/ring/zz_empty.jpg": b""},
+    )
+    repaired = _with_images(
+        tiny_image_folder, tmp_path / "repaired", {_GARBAGE: _jpeg(2), "val/ring/zz_empty.jpg": b""}
+    )
+    p = data.Pipelines(_config(bad, cache="false", batch_size=140))
+    path = os.path.join(bad, _GARBAGE)
+    (index,) = [i for i in range(p.source.num_train) if p.source.train_records.describe(i) == path]
+    # Each epoch's whole order (140 records, one batch), from the good folder.
+    whole = data.Pipelines(_config(repaired, cache="false", batch_size=140))
+    assert whole.num_train == p.num_train == 140 and whole.steps_per_epoch == 1
+    orders = (list(_streamed_indices(whole, e)) for e in range(20))
+    epoch, order = next((e, o) for e, o in enumerate(orders) if o.index(index) > 70)
+    position = order.index(index)
+    # Batches of `position` images: the bad one is the first record after
+    # the epoch's one batch; with one more, the last record of that batch.
+    after = data.Pipelines(_config(bad, cache="false", batch_size=position))
+    decoded = _counting_decodes(after)
+    assert list(_streamed_indices(after, epoch)) == order[:position]
+    assert len(decoded) == position
+    assert after.bad_images.found["train"] == {} and after.bad_images.failures == {}
+
+    last = data.Pipelines(_config(bad, cache="false", batch_size=position + 1))
+    with pytest.raises(data.BadImageError) as error, last.bad_image_errors():
+        list(last.train_epoch(epoch))
+    assert str(error.value) == (
+        f"Cannot decode 1 train image(s): {path}. Remove or replace them, or {data.SKIP_HINT}."
+    )
+    # Later, the validation split's own bad image names itself, and an error
+    # that is no bad image passes unchanged.
+    with pytest.raises(data.BadImageError, match=r"^Cannot decode 1 validation image\(s\): "):
+        with last.bad_image_errors():
+            list(last.validation())
+    with pytest.raises(tf.errors.InvalidArgumentError), last.bad_image_errors():
+        tf.io.decode_image(b"not an image")
+    hinted = data.Pipelines(_config(bad), skip_hint="do something else")
+    with pytest.raises(data.BadImageError, match=r"zz_empty.jpg. Remove or replace them, or do "
+                       r"something else\.$"):  # fmt: skip
+        hinted.check_validation()
+
+
+def test_skip_tops_up_an_epoch_without_reading_it_again(bad_folders, monkeypatch):
+    """Review of #14: under skip a streamed epoch was read twice over
+    (repeat(2): its shuffle buffer refilled, its start decoded again by the
+    readers ahead), even when nothing was missing. Now it decodes exactly
+    the records of its batches, and fills what is missing from its first
+    batch."""
+    _index_as_image(monkeypatch)
+    bad, repaired = bad_folders
+    # One batch of 71 an epoch: 70 of the 141 records are not in it.
+    p = data.Pipelines(_config(bad, cache="false", bad_images="skip", batch_size=71))
+    ref = data.Pipelines(_config(repaired, cache="false", batch_size=71))
+    describe = p.source.train_records.describe
+    dropped = {i for i in range(p.source.num_train) if "zz_" in describe(i)}
+    assert len(dropped) == 2 and p.steps_per_epoch == 1
+    orders = {e: _streamed_indices(ref, e) for e in range(20)}
+    without = next(e for e, order in orders.items() if not set(order) & dropped)
+    within = next(e for e, order in orders.items() if set(order) & dropped)
+    for epoch in (without, within):
+        decoded = _counting_decodes(p)
+        indices = _streamed_indices(p, epoch)
+        expected = [i for i in orders[epoch] if i not in dropped]
+        expected += expected[: 71 - len(expected)]
+        assert len(decoded) == 71 and len(indices) == 71
+        np.testing.assert_array_equal(indices, expected)
+
+
+def test_the_training_set_is_checked_on_first_use(bad_folders):
+    """Review of #14: a cached training set was decoded whole when the
+    pipelines were made, also for a conversion that needs 200
+    representative images or the validation split only. Now it is checked
+    on first use of the training data (train() calls `check_training`
+    before it writes anything)."""
+    bad, _ = bad_folders
+    p = data.Pipelines(_config(bad, cache="true"))
+    records = p.source.train_records
+    first_bad = min(i for i in range(p.source.num_train) if "zz_" in records.describe(i))
+    good_before = sum(1 for i in range(first_bad) if i % p.minival_stride)
+    assert good_before >= 1
+    assert len(list(p.representative(good_before))) == good_before
+    assert sum(int(y.shape[0]) for _, y in p.validation()) == 60
+    assert p.num_train_records == 141
+    for use in (p.check_training, lambda: p.steps_per_epoch, lambda: p.train_epoch(0)):
+        with pytest.raises(data.BadImageError, match=r"^Cannot decode 2 train image\(s\)"):
+            use()
+
+
+def test_folder_records_warning_names_the_split(caplog):
+    """A TFDS without ImageFolder's file list: the warning names the split it
+    is about (it said "a streamed training set" for the validation split)."""
+    import types
+
+    caplog.set_level("WARNING")
+    assert data._folder_records(types.SimpleNamespace(), "val") is None
+    assert "val" in caplog.text and "training" not in caplog.text
+    caplog.clear()
+    assert data._folder_records(types.SimpleNamespace(), "train") is None
+    assert "train files" in caplog.text and "shuffle buffer" in caplog.text

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pss_keras import export, extraction, fileio, jobs, tflite
+from pss_keras import data, export, extraction, fileio, jobs, tflite
 
 
 def _convert(trained_job, out, **kwargs):
@@ -234,6 +234,39 @@ def test_int8_without_the_training_data(trained_job, tmp_path):
     )
     assert manifest["reference"] is None
     assert all("verification" not in t for t in manifest["tiers"])
+
+
+def test_a_bad_validation_image_is_named_with_the_jobs_setting(trained_job, tmp_path):
+    """Review of #14: a bad validation image met by verification showed
+    TensorFlow's trace (outside any bad-image handling), and the message
+    suggested train.py's --bad_images=skip, a flag convert_tflite.py lacks:
+    its data settings are the job's run_config.json."""
+    config, _ = trained_job
+    job = tmp_path / "job"
+    shutil.copytree(config.job_dir, job, ignore=shutil.ignore_patterns("checkpoints"))
+    folder = tmp_path / "images"
+    shutil.copytree(config.data.dataset, folder)
+    (folder / "val" / "ring" / "zz_empty.jpg").write_bytes(b"")
+    run = json.loads((job / "run_config.json").read_text())
+    run["data"]["dataset"] = str(folder)
+    (job / "run_config.json").write_text(json.dumps(run))
+    tier = json.loads((job / "retained_subnets.json").read_text())[0]["name"]
+    with pytest.raises(data.BadImageError) as caught:
+        tflite.convert(
+            str(job), str(tmp_path / "out"), tflite.ConvertConfig(latency_repeats=1), [tier],
+            progress=False,
+        )  # fmt: skip
+    assert str(caught.value) == (
+        f"Cannot decode 1 validation image(s): {folder / 'val' / 'ring' / 'zz_empty.jpg'}. "
+        'Remove or replace them, or set "bad_images": "skip" in the "data" section of '
+        f"{job / 'run_config.json'} to go on without them."
+    )
+    assert not (tmp_path / "out").exists()
+    # Doing what it says works.
+    run["data"]["bad_images"] = "skip"
+    (job / "run_config.json").write_text(json.dumps(run))
+    pipelines = tflite._pipelines(jobs.Job(str(job)), tflite.ConvertConfig())
+    assert sum(1 for _ in pipelines.validation_examples()) == 60
 
 
 def test_a_failed_conversion_leaves_the_output_as_it_was(trained_job, tmp_path, monkeypatch):

@@ -317,6 +317,33 @@ def test_a_checkpoint_that_would_not_fit_is_refused_before_hdf5_writes(tmp_path,
     assert writes == [] and sorted(os.listdir(tmp_path)) == ["epoch-0001", "latest"]
 
 
+def test_final_weights_that_would_not_fit_are_refused_before_hdf5_writes(job_copy, monkeypatch):
+    """Review of #14: the checkpoints checked the free space first (h5py/h5py#914:
+    HDF5 can crash the process on a full disk), the final supernet.weights.h5
+    did not. Now it does, with the checkpoints' estimate, and a re-run of
+    the finished job (every epoch done) only writes it and selects."""
+    config, _ = job_copy
+    weights = os.path.join(config.job_dir, jobs.WEIGHTS)
+    net = training.build_supernet(config, 10)
+    net.load_weights(weights)
+    size = os.path.getsize(weights)
+    assert size <= fileio.weights_file_bytes(net.weights) <= 1.5 * size
+    os.remove(weights)
+    usage = shutil.disk_usage(config.job_dir)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=size // 2))
+    writes = []
+    monkeypatch.setattr(Supernet, "save_weights", lambda self, path: writes.append(path))
+    with pytest.raises(fileio.DiskFullError) as caught:
+        training.train(config)
+    assert writes == [] and not os.path.exists(weights)
+    assert re.fullmatch(
+        rf"Out of disk space writing {re.escape(weights)} \([\d.]+ kB free on .*, about [\d.]+ "
+        r"[kM]B needed\): free space on .* and re-run; .* is as it was; training is complete in "
+        r"the last checkpoint, so the re-run only writes the weights and retains the subnets\.",
+        str(caught.value),
+    )
+
+
 def test_train_writes_retained_subnets(trained_job):
     config, summary = trained_job
     job = config.job_dir
