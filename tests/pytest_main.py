@@ -5,4 +5,6 @@ import sys
 import pytest
 
 if __name__ == "__main__":
-    sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *sys.argv[1:]]))
+    # One file per Bazel target, and Bazel runs targets in parallel: no
+    # xdist workers on top (pytest.ini asks for 2).
+    sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-n", "0", *sys.argv[1:]]))
