@@ -12,13 +12,18 @@ signature takes raw pixels and does the whole preprocessing inside:
     -> logits [batch, classes], probabilities [batch, classes],
        top5_indices int32 [batch, 5], top5_classes string [batch, 5]
 
-Modes:
-* ``shared``: the supernet's weights are stored once; each signature slices
-  them to its subnet and carries its own calibrated BN statistics as small
-  constants. Smallest file, one copy in server memory.
+Modes (figures: docs/serving_speed.md):
+* ``shared`` (default): the supernet's weights are stored once on disk;
+  each tier's BN-folded kernels are built from them when the model loads
+  (`tier_graph.FoldedKernel`) and kept in memory, so every tier runs at
+  standalone speed. Memory per tier is what a standalone copy costs.
+* ``shared_lowmem``: weights stored once on disk and held once in memory;
+  each request slices its tier's kernels and folds BN into them. Memory
+  stays one copy for any number of tiers; small tiers at batch 1 pay for
+  the fold on every request.
 * ``standalone``: each tier is its extracted subnet with BN folded into the
-  convolutions (fixed shapes, fastest), at the cost of one weight copy per
-  tier.
+  convolutions (a Keras model per tier), one weight copy per tier on disk
+  and in memory.
 
 The export is written into a hidden temporary directory beside the target
 and renamed to ``<export_dir>/<version>/`` (a new integer version, never
@@ -39,13 +44,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pss_keras import extraction, timing
+from pss_keras import extraction, tier_graph, timing
 from pss_keras.fileio import disk_full_guard, fsync_dir, fsync_tree, tree_bytes
 from pss_keras.jobs import TIER_TABLE, TIERS_SIGNATURE, Job
 from pss_keras.preprocessing import preprocess
 from pss_keras.supernet import resize_to
 
-MODES = ("shared", "standalone")
+MODES = ("shared", "shared_lowmem", "standalone")
 WARMUP_FILE = "tf_serving_warmup_requests"
 
 
@@ -68,22 +73,21 @@ def tier_functions(job: Job, entries, mode: str) -> dict:
     fns = {}
     for tier in entries:
         config, stats = job.tier(tier)
-        if mode == "shared":
-            fns[tier.name] = _shared_fn(job, config, stats)
+        if mode in ("shared", "shared_lowmem"):
+            fns[tier.name] = _shared_fn(job, config, stats, tier.name, mode == "shared")
         else:
             fns[tier.name] = _standalone_fn(job, config, stats, tier.name)
     return fns
 
 
-def _shared_fn(job, config, stats):
-    code = tf.constant(job.supernet.space.encode(config))
-    constants = {k: (tf.constant(m), tf.constant(v)) for k, (m, v) in stats.items()}
-    supernet, size, names = job.supernet, job.image_size, job.class_names
+def _shared_fn(job, config, stats, name, materialize):
+    graph = tier_graph.TierGraph(job.supernet, config, stats, materialize, name)
+    size, names = job.image_size, job.class_names
 
     def fn(images):
-        logits = supernet(preprocess(images, size), training=False, subnet=code, bn_stats=constants)
-        return _outputs(logits, names)
+        return _outputs(graph(preprocess(images, size)), names)
 
+    fn.graph = graph  # tracked by the archive (its materialized kernels)
     return fn
 
 
@@ -196,8 +200,16 @@ def _archive(fns, default: str, table) -> keras.export.ExportArchive:
     archive = keras.export.ExportArchive()
     # No archive.track(): endpoints track the variables they use, and track()
     # would write every weight twice (keras-team/keras#23553).
+    sources = {}
     for name, fn in fns.items():
+        if hasattr(fn, "graph"):
+            archive.track(fn.graph)  # its materialized kernels (resources)
+            sources.update((id(v), v) for v in fn.graph.sources)
         archive.add_endpoint(name, fn, input_signature=signature)
+    if sources:
+        # The weights the kernels are built from at load: an endpoint that
+        # reads only materialized kernels does not track them itself.
+        archive.add_variable_collection("shared_weights", list(sources.values()))
     archive.add_endpoint("serving_default", fns[default], input_signature=signature)
 
     def tiers_fn():

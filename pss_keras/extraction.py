@@ -69,9 +69,9 @@ def extract_subnet(
             ``bn_stats`` misses a layer or has the wrong widths.
     """
     supernet.space.validate(config)
-    bn_stats = _checked_bn_stats(supernet, config, bn_stats)
+    bn_stats = checked_bn_stats(supernet, config, bn_stats)
     K = keras_module
-    widths = _layer_widths(supernet, config)
+    widths = layer_widths(supernet, config)
     inputs = K.Input((config.resolution, config.resolution, 3), name="images")
     x = _pixel_normalization(K, inputs) if pixel_input else inputs
     for block in blocks.plan(config.model_name):
@@ -90,14 +90,14 @@ def extract_subnet(
     return K.Model(inputs, x, name=model_name)
 
 
-def _layer_widths(supernet, config):
+def layer_widths(supernet, config):
     """``{layer_name: (c_in, c_out)}`` of every layer of the plan in ``config``."""
     channels = blocks.stage_channels(config, supernet.width_scale)
     rows = blocks.walk(config.model_name, config.resolution, channels, supernet.num_classes)
     return {spec.name: (c_in, c_out) for spec, _, _, c_in, c_out in rows}
 
 
-def _checked_bn_stats(supernet, config, bn_stats):
+def checked_bn_stats(supernet, config, bn_stats):
     """``bn_stats``, or the supernet's sliced to ``config``; checks the widths."""
     widths = supernet.bn_channels(config)
     if bn_stats is None:
