@@ -4,7 +4,8 @@ for benchmarks and tests that need no training.
 `write` builds what a finished training leaves (`pss_keras.jobs`' layout:
 run config, classes, supernet weights, retained tiers with their batch-norm
 statistics) without training or data: the supernet keeps its random
-initial weights, every tier unit batch-norm statistics and made-up
+initial weights, every tier random batch-norm statistics (so that folding
+them into the convolutions is real work, as after calibration) and made-up
 accuracy. `pss_keras.export` and `pss_keras.tflite` take it as they take a
 trained job, so serving and conversion can be measured anywhere; the
 predictions are meaningless, and latencies describe a model of that size,
@@ -38,12 +39,13 @@ def write(
 ) -> list[jobs.RetainedTier]:
     """Writes a finished-looking job with random weights into ``job_dir``.
 
-    Tier ``i`` of ``tiers`` is the subnet at fraction ``i / (tiers - 1)`` of
-    the search space: resolution from the smallest to the largest on the
-    grid (step 8), every stage width multiplier from 0.75 to 1.0, so the
-    tiers span the FLOPs range from the smallest subnet to the largest.
-    Each is named by its MFLOPs (``flops_12p34m``) and gets a made-up
-    top-1 from 0.1 (smallest) to 0.9 (largest).
+    The tiers span the FLOPs range from the smallest subnet to the largest:
+    along a path through the search space (resolution from the smallest to
+    the largest on the grid, stage width multipliers from the smallest to
+    the largest, earlier or later stages first), the distinct subnets are listed and
+    ``tiers`` of them taken at even steps, the first and the last included.
+    Each is named by its MFLOPs (``flops_12p34m``), gets random batch-norm
+    statistics and a made-up top-1 from 0.1 (smallest) to 0.9 (largest).
 
     Args:
         job_dir: the job directory (created; must not hold a job).
@@ -59,8 +61,9 @@ def write(
         The retained tiers written, smallest first.
 
     Raises:
-        ValueError: for a bad setting, or tiers so close that two share a
-            name (fewer tiers, or a wider range).
+        ValueError: for a bad setting, or more tiers than the path has
+            distinct subnets (fewer tiers, or a wider range); nothing is
+            written then.
     """
     if tiers < 1:
         raise ValueError(f"tiers={tiers} must be at least 1.")
@@ -78,32 +81,21 @@ def write(
         model_name, config.resolution_range, config.resolution_step, config.width_range,
         width_scale, num_classes,
     )  # fmt: skip
+    subnets = _subnets_along_path(space, tiers, num_classes, width_scale)
     os.makedirs(job_dir, exist_ok=True)
     jobs.write_run_config(job_dir, config)
     jobs.write_classes(job_dir, [f"class_{i}" for i in range(num_classes)])
     net = Supernet(**config.supernet_kwargs(num_classes))
     net.save_weights(os.path.join(job_dir, jobs.WEIGHTS))
-    (r_min, r_max), (w_min, w_max), step = (
-        space.resolution_range,
-        space.width_range,
-        space.resolution_step,
-    )
     retained = []
-    for i in range(tiers):
+    for i, (name, subnet, mflops) in enumerate(subnets):
         fraction = i / max(1, tiers - 1)
-        resolution = r_min + round(fraction * (r_max - r_min) / step) * step
-        mult = round(w_min + (w_max - w_min) * fraction, specs.MULT_DECIMALS)
-        subnet = space.validate(
-            specs.SubnetConfig(model_name, resolution, (mult,) * space.num_stages)
-        )
-        mflops = flops.count_mflops(subnet, num_classes, width_scale)
-        name = f"flops_{round(mflops, 2):g}m".replace(".", "p")
-        if any(t.name == name for t in retained):
-            raise ValueError(
-                f"tiers={tiers} puts two tiers at {name}; use fewer tiers or a wider range."
-            )
+        rng = np.random.default_rng([seed, i])
         stats = {
-            layer: (np.zeros(c, np.float32), np.ones(c, np.float32))
+            layer: (
+                rng.normal(0.0, 0.1, c).astype(np.float32),
+                rng.uniform(0.5, 1.5, c).astype(np.float32),
+            )
             for layer, c in net.bn_channels(subnet).items()
         }
         retained.append(
@@ -123,3 +115,39 @@ def write(
         )
     jobs.write_retained(job_dir, retained)
     return retained
+
+
+def _subnets_along_path(space, tiers, num_classes, width_scale):
+    """``tiers`` distinct ``(name, subnet, mflops)``, smallest first."""
+    (r_min, r_max), (w_min, w_max), step = (
+        space.resolution_range,
+        space.width_range,
+        space.resolution_step,
+    )
+    last = max(1, space.num_stages - 1)
+    found = {}
+    grid = np.linspace(0.0, 1.0, 40 * max(1, tiers))
+    for fraction, order in [(f, o) for f in grid for o in (1, -1)]:
+        resolution = r_min + round(fraction * (r_max - r_min) / step) * step
+        # Earlier (or later) stages widen first, so that neighbouring subnets
+        # differ in their channels too (one multiplier for all would round
+        # many neighbours to the same widths).
+        mults = tuple(
+            round(
+                w_min + (w_max - w_min) * min(1.0, max(0.0, 2 * fraction - s / last)),
+                specs.MULT_DECIMALS,
+            )
+            for s in range(space.num_stages)[::order]
+        )
+        subnet = space.validate(specs.SubnetConfig(space.model_name, resolution, mults))
+        mflops = flops.count_mflops(subnet, num_classes, width_scale)
+        name = f"flops_{round(mflops, 2):g}m".replace(".", "p")
+        found.setdefault(name, (name, subnet, mflops))
+    distinct = sorted(found.values(), key=lambda t: t[2])
+    if tiers > len(distinct):
+        raise ValueError(
+            f"tiers={tiers}: this search space has {len(distinct)} distinct subnets along the "
+            "path; use fewer tiers or a wider range."
+        )
+    picks = np.round(np.linspace(0, len(distinct) - 1, tiers)).astype(int)
+    return [distinct[i] for i in picks]
