@@ -11,7 +11,9 @@ a fresh process, loads the SavedModel as TF Serving does
 init op, replays the warm-up requests) and measures:
 
 * disk: the version folder's size (``variables/`` beside it);
-* load: seconds until the model answers (restore, init, warm-up);
+* load: seconds until the model answers (restore, init, warm-up), and the
+  warm-up's share (one request per signature: TF Serving builds each
+  signature's executor then, as it would on that signature's first request);
 * RSS: the process's resident-memory growth over the load, and after the
   timed requests;
 * latency: median ms of the largest and the smallest tier at batch 1 and 32
@@ -39,7 +41,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_list("models", ["mobilenet_v1", "mobilenet_v2"], "Architectures.")
-flags.DEFINE_list("tier_counts", ["4", "42"], "Tiers per export (the paper's FLOPs grid keeps ~42).")
+flags.DEFINE_list(
+    "tier_counts", ["4", "42"], "Tiers per export (the paper's FLOPs grid keeps ~42)."
+)
 flags.DEFINE_list("modes", None, "Export modes (default: all).")
 flags.DEFINE_list("batches", ["1", "32"], "Batch sizes timed.")
 flags.DEFINE_integer("repeats", 30, "Timed calls per tier, batch and mode (median; 3 rounds).")
@@ -77,6 +81,16 @@ def measure_load(spec: dict) -> dict:
     """In a fresh process: load one version as TF Serving does."""
     from pss_keras.model_server import ServedModel
 
+    warm_up, warmup_s = ServedModel._warm_up, []
+
+    def timed_warm_up(self):
+        start = time.perf_counter()
+        try:
+            return warm_up(self)
+        finally:
+            warmup_s.append(time.perf_counter() - start)
+
+    ServedModel._warm_up = timed_warm_up
     before = _rss_mb()
     start = time.perf_counter()
     model = ServedModel(spec["path"], threads=spec["threads"] or None)
@@ -86,6 +100,7 @@ def measure_load(spec: dict) -> dict:
         model.predict(tier, {"images": _pixels(max(spec["batches"]), spec["image_size"])})
     return {
         "load_s": load_s,
+        "warmup_s": warmup_s[0],  # of load_s: replaying the warm-up requests
         "rss_after_load_mb": rss,
         "rss_after_requests_mb": _rss_mb() - before,
         "warmup_requests": model.warmup_requests,
@@ -224,7 +239,7 @@ def print_table(result: dict, batches) -> None:
     )
     cols = [(which, b) for which in ("largest", "smallest") for b in batches]
     head = "".join(f"{f'{w} b{b}':>20}" for w, b in cols)
-    print(f"{'mode':<16}{'disk MB':>9}{'load s':>8}{'RSS MB':>8}{head}")
+    print(f"{'mode':<16}{'disk MB':>9}{'load s':>8}{'warm-up s':>10}{'RSS MB':>8}{head}")
     for mode, r in modes.items():
         cells = ""
         for which, b in cols:
@@ -234,8 +249,9 @@ def print_table(result: dict, batches) -> None:
             cells += f"{f'{ms:.2f}{ratio}':>20}"
         disk = f"{r['disk_mb']:.1f}" if "disk_mb" in r else "-"
         load = f"{r['load_s']:.2f}" if "load_s" in r else "-"
+        warm = f"{r['warmup_s']:.2f}" if "warmup_s" in r else "-"
         rss = f"{r['rss_after_load_mb']:.0f}" if "rss_after_load_mb" in r else "-"
-        print(f"{mode:<16}{disk:>9}{load:>8}{rss:>8}{cells}")
+        print(f"{mode:<16}{disk:>9}{load:>8}{warm:>10}{rss:>8}{cells}")
 
 
 def main(argv):

@@ -126,6 +126,10 @@ def _subnets_along_path(space, tiers, num_classes, width_scale):
     )
     last = max(1, space.num_stages - 1)
     found = {}
+    for subnet in (space.smallest(), space.largest()):  # the ends, whatever collides
+        mflops = flops.count_mflops(subnet, num_classes, width_scale)
+        name = f"flops_{round(mflops, 2):g}m".replace(".", "p")
+        found[name] = (name, subnet, mflops)
     grid = np.linspace(0.0, 1.0, 40 * max(1, tiers))
     for fraction, order in [(f, o) for f in grid for o in (1, -1)]:
         resolution = r_min + round(fraction * (r_max - r_min) / step) * step

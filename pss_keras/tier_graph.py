@@ -50,8 +50,10 @@ class FoldedKernel(tf.saved_model.experimental.TrackableResource):
     def __init__(self, compute, shape, name: str):
         self._compute = compute
         self._shape = tf.TensorShape(shape)
-        # Unique per export: two models (or versions) loaded into one process
-        # must not share a handle; in eager mode the handle is anonymous.
+        # Distinct per tier and layer (an empty name would make every kernel
+        # of a graph one variable) and per export (defensive: TF 2.21's
+        # loaders give each model its own resources anyway); in eager mode
+        # the handle is anonymous.
         self._shared_name = f"pss_folded_{name}_{uuid.uuid4().hex}"
         super().__init__()
         if tf.executing_eagerly():
@@ -78,6 +80,13 @@ class _Layer:
     slices: tuple  # static slice of it
     scale: np.ndarray | None  # BN scale per output channel (None: dense)
     bias: object  # folded BN bias (np) or the classifier's bias variable
+
+    @property
+    def shape(self) -> tf.TensorShape:
+        """The folded kernel's static shape (the slice of the full one)."""
+        full = self.kernel.shape.as_list()
+        slices = tuple(self.slices) + (slice(None),) * (len(full) - len(self.slices))
+        return tf.TensorShape([len(range(*s.indices(n))) for s, n in zip(slices, full)])
 
     def folded_kernel(self):
         kernel = tf.convert_to_tensor(self.kernel)[self.slices]
@@ -152,12 +161,8 @@ class TierGraph(tf.Module):
             for _, layers in self._blocks:
                 for layer in layers:
                     if layer.kernel is not None:
-                        shape = tf.TensorShape(layer.kernel.shape)
-                        shape = tf.TensorShape(
-                            [len(range(*s.indices(n))) for s, n in _padded(layer.slices, shape)]
-                        )
                         self.kernels[layer.spec.name] = FoldedKernel(
-                            layer.folded_kernel, shape, f"{name}_{layer.spec.name}"
+                            layer.folded_kernel, layer.shape, f"{name}_{layer.spec.name}"
                         )
 
     def _kernel(self, layer):
@@ -198,9 +203,3 @@ def _tf_variable(variable) -> tf.Variable:
     if not isinstance(value, tf.Variable):
         raise TypeError(f"{variable.path} is not backed by a tf.Variable ({type(value)}).")
     return value
-
-
-def _padded(slices, shape):
-    """Pairs each dimension of ``shape`` with its slice (full when absent)."""
-    full = tuple(slices) + (slice(None),) * (len(shape) - len(slices))
-    return zip(full, shape.as_list())

@@ -16,7 +16,13 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_string("job_dir", "jobs/quickstart", "A finished training job.")
 flags.DEFINE_string("export_dir", None, "Model base path (default saved_models/<job name>).")
 flags.DEFINE_enum(
-    "export_mode", "shared", ["shared", "standalone"], "Weights stored once, or per tier."
+    "export_mode",
+    "shared",
+    ["shared", "shared_lowmem", "standalone"],
+    "shared: weights once on disk, each tier's folded kernels built at load (standalone "
+    "speed, memory per tier); shared_lowmem: weights once on disk and in memory, folded per "
+    "request (slower small tiers at batch 1); standalone: a folded copy per tier on disk and "
+    "in memory. Figures: docs/serving_speed.md.",
 )
 flags.DEFINE_list("tiers", [], "Tiers to export (default: all retained).")
 flags.DEFINE_integer("latency_repeats", 20, "Runs per tier for the recorded batch-1 latency.")

@@ -25,6 +25,7 @@ COSTLIEST_FIRST = (
     "test_latency.py",
     "test_tflite.py",
     "test_export.py",
+    "test_tier_graph.py",
     "test_scripts.py",
 )
 
