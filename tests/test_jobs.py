@@ -59,7 +59,9 @@ TRAINING = {
     "evaluation", "synthetic_job",
 }  # fmt: skip
 # What serves a model needs no model building either (export and TFLite do).
-SERVING_ONLY = TRAINING | {"supernet", "run_config", "flops", "extraction", "export"}
+SERVING_ONLY = TRAINING | {
+    "supernet", "run_config", "flops", "extraction", "tier_graph", "export",
+}  # fmt: skip
 
 
 def _pss_imports(module: str) -> set[str]:
@@ -85,6 +87,7 @@ def _pss_imports(module: str) -> set[str]:
         ("model_server", SERVING_ONLY),
         ("soak", SERVING_ONLY),
         ("export", TRAINING),
+        ("tier_graph", TRAINING),
         ("tflite", TRAINING),
     ],
 )
