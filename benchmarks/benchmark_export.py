@@ -1,11 +1,12 @@
-"""Compares the two export modes: file size, load time, memory, latency.
+"""Compares the export modes on a trained job: size, load time, memory, latency.
 
     python benchmarks/benchmark_export.py --job_dir=jobs/quickstart
 
-Exports the job in `shared` and `standalone` mode (to a temporary folder),
+Exports the job in every mode (`export.MODES`, to a temporary folder),
 then, each in a fresh process: loads the SavedModel (time, resident-memory
 growth) and times every tier signature at batch 1 and batch 32 (median).
-Prints a table and writes JSON.
+Prints a table and writes JSON. For full-size figures without training,
+see benchmarks/benchmark_serving.py.
 """
 
 import json

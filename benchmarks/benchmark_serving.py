@@ -22,8 +22,10 @@ init op, replays the warm-up requests) and measures:
   drift of the machine's speed does not favour one mode.
 
 The row ``supernet graph`` is the shared mode's graph before issue #15 (the
-supernet's forward with the tier's code and BN statistics as constants,
-traced in-process): the starting point, for the ratios.
+supernet's forward with the tier's code and BN statistics as constants),
+measured only at the smallest tier count and not like the others: a
+`tf.function` in its own process returning logits only, median of
+``--repeats`` calls. Its ratios are indicative: the starting point.
 
 Prints one table per architecture (ratios to standalone) and writes JSON
 with the machine.
@@ -183,7 +185,13 @@ def run_one(work_dir, model_name, n_tiers, modes, batches) -> dict:
     """One synthetic job of ``n_tiers``, exported and measured per mode."""
     from pss_keras import export, jobs, synthetic_job
 
-    job_dir = os.path.join(work_dir, f"{model_name}_{n_tiers}", "job")
+    # Keyed by every setting of the job, so a reused --work_dir never serves
+    # a job written with other flags.
+    key = (
+        f"{model_name}_{n_tiers}_w{F.width_scale:g}_r{'-'.join(F.resolution_range)}"
+        f"_c{F.num_classes}"
+    )
+    job_dir = os.path.join(work_dir, key, "job")
     if not os.path.exists(os.path.join(job_dir, jobs.RETAINED)):
         synthetic_job.write(
             job_dir, model_name, F.width_scale, tuple(int(r) for r in F.resolution_range),
@@ -204,7 +212,7 @@ def run_one(work_dir, model_name, n_tiers, modes, batches) -> dict:
         print(f"{model_name}, {n_tiers} tiers: exporting {mode} ...", flush=True)
         start = time.perf_counter()
         summary = export.export(
-            job_dir, os.path.join(work_dir, f"{model_name}_{n_tiers}", mode), mode,
+            job_dir, os.path.join(work_dir, key, mode), mode,
             latency_repeats=1,
         )  # fmt: skip
         export_s = time.perf_counter() - start
@@ -235,7 +243,7 @@ def print_table(result: dict, batches) -> None:
     print(
         f"\n{result['model']}, {result['tiers']} tiers, {result['image_size']} px input; "
         f"largest {result['largest']['name']}, smallest {result['smallest']['name']}; "
-        f"median of {F.repeats}, ms (x standalone)"
+        f"median of {3 * -(-F.repeats // 3)} (3 rounds), ms (x standalone)"
     )
     cols = [(which, b) for which in ("largest", "smallest") for b in batches]
     head = "".join(f"{f'{w} b{b}':>20}" for w, b in cols)

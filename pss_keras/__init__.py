@@ -6,6 +6,7 @@ The pipeline, one module per concept, in the order data flows:
     preprocessing        the one evaluation transform (training, serving, TFLite)
     specs, blocks, flops the search space, the architecture plan, subnet cost
     latency, latency_measurement  latency look-up tables: predictor (no TF), measurement
+    reference_luts       the reference's .pkl latency tables (the paper's targets)
     layers, supernet     width-switchable layers and the MobileNet supernets
     pretrained           weights from keras.applications
     pools, sampling      subnet pools, conditional and prioritized samplers
@@ -31,6 +32,7 @@ import importlib
 from pss_keras.blocks import make_divisible
 from pss_keras.flops import count_mflops, count_mflops_np, count_params
 from pss_keras.latency import LatencyTable
+from pss_keras.reference_luts import ReferenceLatencyTable, load_reference_table
 from pss_keras.specs import SearchSpace, SubnetConfig
 
 _LAZY = {
@@ -42,6 +44,7 @@ _LAZY = {
 
 __all__ = [
     "LatencyTable",
+    "ReferenceLatencyTable",
     "SearchSpace",
     "SubnetConfig",
     "Supernet",
@@ -51,10 +54,86 @@ __all__ = [
     "count_params",
     "extract_subnet",
     "load_keras_applications_weights",
+    "load_latency_table",
     "make_divisible",
+    "predict_latency_us",
+    "predict_latency_us_np",
 ]
 
 __version__ = "0.1.0"
+
+
+def load_latency_table(path: str) -> LatencyTable | ReferenceLatencyTable:
+    """Reads a latency table of either kind, by its file name.
+
+    Args:
+        path: a ``.pkl`` file is one of the reference's tables (PSS-Net's
+            ``scripts/lut/``, measured on its authors' devices: the paper's
+            latency targets), read safely (`load_reference_table`); any
+            other is the project's own JSON table, measured on your device
+            (``scripts/build_latency_lut.py``; `LatencyTable.load`).
+
+    Returns:
+        A `ReferenceLatencyTable` or a `LatencyTable`.
+
+    Raises:
+        ValueError: one line naming the file if it is missing, unreadable,
+            not a table, or (a pickle) names anything but its records.
+    """
+    if path.lower().endswith(".pkl"):
+        return load_reference_table(path)
+    return LatencyTable.load(path)
+
+
+def _check_table(table) -> None:
+    if not isinstance(table, (LatencyTable, ReferenceLatencyTable)):
+        raise TypeError(
+            f"Expected a latency table (from pss_keras.load_latency_table), got "
+            f"{type(table).__name__}."
+        )
+
+
+def predict_latency_us(table: LatencyTable | ReferenceLatencyTable, config: SubnetConfig) -> float:
+    """A subnet's latency in microseconds as ``table`` predicts it.
+
+    The sum of its blocks' entries (plus the table's per-inference overhead
+    for the project's own tables; the reference's have none).
+
+    Args:
+        table: from `load_latency_table`, of either kind.
+        config: the subnet.
+
+    Returns:
+        Microseconds (float).
+
+    Raises:
+        TypeError: ``table`` is not a latency table.
+        ValueError: one line, if the table is for another architecture or
+            search space, or lacks a block of the subnet.
+    """
+    _check_table(table)
+    return table.predict_us(config)
+
+
+def predict_latency_us_np(
+    table: LatencyTable | ReferenceLatencyTable, model_name: str, resolutions, mults
+):
+    """Vectorized `predict_latency_us` (what the sampler's map uses).
+
+    Args:
+        table: from `load_latency_table`, of either kind.
+        model_name: architecture of every subnet.
+        resolutions: int array [n].
+        mults: float array [n, num_stages].
+
+    Returns:
+        float64 array [n] of microseconds.
+
+    Raises:
+        TypeError, ValueError: as `predict_latency_us`.
+    """
+    _check_table(table)
+    return table.predict_us_np(model_name, resolutions, mults)
 
 
 def __getattr__(name):

@@ -148,7 +148,8 @@ def export(
     Args:
         job_dir: a finished training job.
         export_dir: the model's base path (``saved_models/<name>``).
-        mode: ``shared`` or ``standalone`` (see the module docstring).
+        mode: ``shared``, ``shared_lowmem`` or ``standalone`` (see the
+            module docstring).
         tiers: tier names to export (default: every retained tier).
         latency_repeats: repetitions of the per-tier latency measurement.
 
@@ -198,8 +199,10 @@ def _archive(fns, default: str, table) -> keras.export.ExportArchive:
     """One endpoint per tier, ``serving_default`` and the ``tiers`` table."""
     signature = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
     archive = keras.export.ExportArchive()
-    # No archive.track(): endpoints track the variables they use, and track()
-    # would write every weight twice (keras-team/keras#23553).
+    # No archive.track(model): endpoints track the variables they use, and
+    # tracking a Keras model would write every weight twice
+    # (keras-team/keras#23553). Only the tier graphs are tracked (for their
+    # materialized kernels, resources that no variable list holds).
     sources = {}
     for name, fn in fns.items():
         if hasattr(fn, "graph"):

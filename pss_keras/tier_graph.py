@@ -8,7 +8,7 @@ copies. The per-tier part of a fold is tiny: a scale per output channel
 tier). Each layer is then conv + bias + ReLU6, which Grappler fuses into
 one oneDNN kernel exactly as for a standalone model; the supernet's own
 forward (dynamic widths, BN as separate multiply and add passes) runs
-1.4-1.9x slower (docs/serving_speed.md).
+1.3-2.4x slower (docs/serving_speed.md).
 
 Where a tier's folded kernels come from:
 
@@ -63,6 +63,13 @@ class FoldedKernel(tf.saved_model.experimental.TrackableResource):
         shared_name = context.anonymous_name() if tf.executing_eagerly() else self._shared_name
         return gen_resource_variable_ops.var_handle_op(
             dtype=tf.float32, shape=self._shape, shared_name=shared_name
+        )
+
+    def _destroy_resource(self):
+        # A restored model's kernels are freed with it (the handle is named,
+        # not anonymous, once saved).
+        gen_resource_variable_ops.destroy_resource_op(
+            self.resource_handle, ignore_lookup_error=True
         )
 
     def _initialize(self):
@@ -200,6 +207,12 @@ def _tf_variable(variable) -> tf.Variable:
     """The `tf.Variable` behind a Keras variable: what a graph captures, so
     what a saver must track for the loaded graph to find it restored."""
     value = variable.value if isinstance(variable, keras.Variable) else variable
+    name = getattr(variable, "path", getattr(variable, "name", repr(variable)))
     if not isinstance(value, tf.Variable):
-        raise TypeError(f"{variable.path} is not backed by a tf.Variable ({type(value)}).")
+        raise TypeError(f"{name} is not backed by a tf.Variable ({type(value).__name__}).")
+    if value.dtype != tf.float32:
+        raise TypeError(
+            f"{name} is {value.dtype.name}; shared-weight tiers need float32 variables "
+            "(mixed precision keeps them float32), or export with mode='standalone'."
+        )
     return value

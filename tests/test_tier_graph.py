@@ -62,7 +62,8 @@ def test_materialized_kernels_are_computed_from_the_shared_weights(tmp_path):
     source = job.supernet.get_layer_by_name(layer)
     kernel = graph.kernels[layer].read().numpy()
     _, _, c_in, c_out = kernel.shape
-    assert (c_in, c_out) < tuple(source.kernel.shape[2:])  # a real slice
+    full_in, full_out = source.kernel.shape[2:]
+    assert c_in < full_in and c_out < full_out  # a real slice of both
     bn = job.supernet.get_layer_by_name(f"{layer}_bn")
     mean, variance = stats[f"{layer}_bn"]
     scale = bn.gamma.numpy()[:c_out] / np.sqrt(variance + job.supernet.bn_epsilon)
@@ -101,11 +102,17 @@ def _weight_layers(job):
     ]
 
 
-def test_two_shared_exports_in_one_process_keep_their_own_kernels(tmp_path):
+def test_two_shared_exports_in_one_process_keep_their_own_kernels(tmp_path, monkeypatch):
     """Two models (or two versions) loaded into one process, as TF Serving
-    and tf.saved_model.load do, each answer with their own weights (their
-    materialized kernels are resources of the same tier and layer names)."""
+    and tf.saved_model.load do, each answer with their own weights, even when
+    their materialized kernels carry the same resource names (the per-export
+    uuid in the names is fixed here): the loaders keep them apart."""
+    import uuid
+
     from pss_keras.model_server import ServedModel
+
+    fixed = uuid.UUID(int=0)
+    monkeypatch.setattr(tier_graph.uuid, "uuid4", lambda: fixed)
 
     first, second = _job(tmp_path / "a", seed=0), _job(tmp_path / "b", seed=1)
     paths = [
