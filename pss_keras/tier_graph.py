@@ -45,6 +45,13 @@ class FoldedKernel(tf.saved_model.experimental.TrackableResource):
     ``compute`` (a function of the shared variables) in the SavedModel's
     initializer, which loaders run after restoring the variables (as for a
     lookup table). Created eagerly, it is computed at once.
+
+    No destructor: a restored model's signatures stay usable after the
+    loaded object itself is dropped (``tf.saved_model.load(p).signatures``,
+    as for its variables), at the price that `tf.saved_model.load` of the
+    same model again and again in one Python process keeps each load's
+    kernels (a tier's weights per load). A server that loads into a
+    `tf.compat.v1.Session` (TF Serving, `model_server`) frees them with it.
     """
 
     def __init__(self, compute, shape, name: str):
@@ -63,13 +70,6 @@ class FoldedKernel(tf.saved_model.experimental.TrackableResource):
         shared_name = context.anonymous_name() if tf.executing_eagerly() else self._shared_name
         return gen_resource_variable_ops.var_handle_op(
             dtype=tf.float32, shape=self._shape, shared_name=shared_name
-        )
-
-    def _destroy_resource(self):
-        # A restored model's kernels are freed with it (the handle is named,
-        # not anonymous, once saved).
-        gen_resource_variable_ops.destroy_resource_op(
-            self.resource_handle, ignore_lookup_error=True
         )
 
     def _initialize(self):
