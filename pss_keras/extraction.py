@@ -20,13 +20,20 @@ from pss_keras.preprocessing import MEAN_RGB, STDDEV_RGB
 from pss_keras.supernet import BatchNormStats, Supernet
 
 
-def _fold(kernel, gamma, beta, mean, variance, epsilon, depthwise):
+def bn_scale_bias(gamma, beta, mean, variance, epsilon):
+    """Inference batch norm as ``x * scale + bias`` (what folding multiplies
+    into a kernel and adds after it): float32 ``(scale, bias)``."""
     scale = gamma / np.sqrt(variance + epsilon)
+    return scale.astype(np.float32), (beta - mean * scale).astype(np.float32)
+
+
+def _fold(kernel, gamma, beta, mean, variance, epsilon, depthwise):
+    scale, bias = bn_scale_bias(gamma, beta, mean, variance, epsilon)
     if depthwise:  # [k, k, c, 1]
         kernel = kernel * scale[None, None, :, None]
     else:  # [k, k, c_in, c_out]
         kernel = kernel * scale
-    return kernel.astype(np.float32), (beta - mean * scale).astype(np.float32)
+    return kernel.astype(np.float32), bias
 
 
 def extract_subnet(

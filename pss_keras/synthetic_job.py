@@ -125,11 +125,13 @@ def _subnets_along_path(space, tiers, num_classes, width_scale):
         space.resolution_step,
     )
     last = max(1, space.num_stages - 1)
-    found = {}
-    for subnet in (space.smallest(), space.largest()):  # the ends, whatever collides
+
+    def named(subnet):
         mflops = flops.count_mflops(subnet, num_classes, width_scale)
-        name = f"flops_{round(mflops, 2):g}m".replace(".", "p")
-        found[name] = (name, subnet, mflops)
+        return f"flops_{round(mflops, 2):g}m".replace(".", "p"), subnet, mflops
+
+    # The ends first, so that whatever collides with them keeps them.
+    found = {entry[0]: entry for entry in map(named, (space.smallest(), space.largest()))}
     grid = np.linspace(0.0, 1.0, 40 * max(1, tiers))
     for fraction, order in [(f, o) for f in grid for o in (1, -1)]:
         resolution = r_min + round(fraction * (r_max - r_min) / step) * step
@@ -143,10 +145,8 @@ def _subnets_along_path(space, tiers, num_classes, width_scale):
             )
             for s in range(space.num_stages)[::order]
         )
-        subnet = space.validate(specs.SubnetConfig(space.model_name, resolution, mults))
-        mflops = flops.count_mflops(subnet, num_classes, width_scale)
-        name = f"flops_{round(mflops, 2):g}m".replace(".", "p")
-        found.setdefault(name, (name, subnet, mflops))
+        entry = named(space.validate(specs.SubnetConfig(space.model_name, resolution, mults)))
+        found.setdefault(entry[0], entry)
     distinct = sorted(found.values(), key=lambda t: t[2])
     if tiers > len(distinct):
         raise ValueError(

@@ -124,12 +124,11 @@ def _layers(supernet, config, bn_stats):
             bn = supernet.get_layer_by_name(f"{spec.name}_bn")
             mean, variance = (np.asarray(s, np.float32) for s in bn_stats[f"{spec.name}_bn"])
             gamma, beta = bn.gamma.numpy()[:c_out], bn.beta.numpy()[:c_out]
-            # The same float32 arithmetic as extraction._fold.
-            scale = gamma / np.sqrt(variance + supernet.bn_epsilon)
-            bias = (beta - mean * scale).astype(np.float32)
+            # The same float32 arithmetic as the standalone subnet's fold.
+            scale, bias = extraction.bn_scale_bias(gamma, beta, mean, variance, supernet.bn_epsilon)
             c_last = slice(None) if spec.kind == "depthwise" else slice(0, c_out)
             slices = (slice(None), slice(None), slice(0, c_in), c_last)
-            layers.append(_Layer(spec, kernel, slices, scale.astype(np.float32), bias))
+            layers.append(_Layer(spec, kernel, slices, scale, bias))
         out.append((block.residual, layers))
     return out
 
