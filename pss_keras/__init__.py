@@ -29,6 +29,7 @@ FLOPs or sampling configs does not pay for importing TensorFlow.
 
 import importlib
 
+from pss_keras import latency
 from pss_keras.blocks import make_divisible
 from pss_keras.flops import count_mflops, count_mflops_np, count_params
 from pss_keras.latency import LatencyTable
@@ -40,6 +41,7 @@ _LAZY = {
     "build_supernet": "pss_keras.supernet",
     "extract_subnet": "pss_keras.extraction",
     "load_keras_applications_weights": "pss_keras.pretrained",
+    "initialize_supernet": "pss_keras.pretrained",
 }
 
 __all__ = [
@@ -53,8 +55,10 @@ __all__ = [
     "count_mflops_np",
     "count_params",
     "extract_subnet",
+    "initialize_supernet",
     "load_keras_applications_weights",
     "load_latency_table",
+    "load_reference_table",
     "make_divisible",
     "predict_latency_us",
     "predict_latency_us_np",
@@ -69,9 +73,10 @@ def load_latency_table(path: str) -> LatencyTable | ReferenceLatencyTable:
     Args:
         path: a ``.pkl`` file is one of the reference's tables (PSS-Net's
             ``scripts/lut/``, measured on its authors' devices: the paper's
-            latency targets), read safely (`load_reference_table`); any
-            other is the project's own JSON table, measured on your device
-            (``scripts/build_latency_lut.py``; `LatencyTable.load`).
+            latency targets), read safely (`load_reference_table`); a JSON
+            file is the project's own table, measured on your device
+            (``scripts/build_latency_lut.py``; `LatencyTable.load`), or a
+            job's copy of a reference table (``latency_tables/<type>.json``).
 
     Returns:
         A `ReferenceLatencyTable` or a `LatencyTable`.
@@ -80,9 +85,7 @@ def load_latency_table(path: str) -> LatencyTable | ReferenceLatencyTable:
         ValueError: one line naming the file if it is missing, unreadable,
             not a table, or (a pickle) names anything but its records.
     """
-    if path.lower().endswith(".pkl"):
-        return load_reference_table(path)
-    return LatencyTable.load(path)
+    return latency.load_table(path)
 
 
 def _check_table(table) -> None:

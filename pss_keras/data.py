@@ -314,6 +314,10 @@ class DatasetSource:
     class_names: list
     train_records: SplitRecords | None = None
     validation_records: SplitRecords | None = None
+    # A train-only folder's split (`split_examples`), which a job saves.
+    split: dict | None = None
+    # Training images per class (image folders; None where unknown unread).
+    train_class_counts: dict | None = None
 
     def __post_init__(self):
         if self.train_records is None:
@@ -338,7 +342,11 @@ def _folder_records(builder, split: str) -> SplitRecords | None:
             else "",
         )  # fmt: skip
         return None
-    features = builder.info.features
+    return _example_records(examples, builder.info.features)
+
+
+def _example_records(examples, features) -> SplitRecords:
+    """ImageFolder examples (``image_path``, ``label`` name) as one-file chunks, in order."""
     names = [os.fspath(e.image_path) for e in examples]
     paths = tf.constant(names, tf.string)
     labels = tf.constant([features["label"].str2int(e.label) for e in examples], tf.int64)
@@ -468,32 +476,186 @@ def interleave_positions(lengths, cycle_length: int, block_length: int) -> np.nd
     return positions
 
 
-def _folder_source(path: str) -> DatasetSource:
+# A class with fewer training images than this fraction of the median class's is named in a warning.
+SMALL_CLASS_FRACTION = 0.2
+
+
+def class_counts(builder, split: str) -> dict | None:
+    """``{class name: images}`` of an ImageFolder split, every class of the
+    folder included (None if this TFDS version does not list its files)."""
+    examples = getattr(builder, "_split_examples", {}).get(split)
+    if examples is None:
+        return None
+    counts = {name: 0 for name in builder.info.features["label"].names}
+    for example in examples:
+        counts[example.label] += 1
+    return counts
+
+
+def check_folder_classes(path: str, builder, val_split: str | None) -> None:
+    """The class structure of an image folder, checked before training.
+
+    TFDS's ImageFolder takes the classes from every split's sub-folders, so
+    an empty training class or a class only in the validation split would
+    become a class the model never learns.
+
+    Raises:
+        DatasetError: one line naming the class(es): fewer than 2 classes with
+            training images, a class without training images, or validation
+            classes that are not training classes.
+    """
+    train = class_counts(builder, "train")
+    if train is None:
+        return
+    val = (class_counts(builder, val_split) or {}) if val_split else {}
+    trained = [c for c, n in train.items() if n]
+    # An empty class folder in train/ (TFDS still makes it a class).
+    empty = sorted(
+        c for c, n in train.items() if not n and os.path.isdir(os.path.join(path, "train", c))
+    )
+    if empty:
+        raise DatasetError(
+            f"Image folder {path}: class(es) {', '.join(empty)} have no training images "
+            f"({path}/train/<class> is empty); add images or remove the class folder from "
+            "every split."
+        )
+    val_only = sorted(c for c, n in val.items() if n and not train.get(c))
+    if val_only:
+        raise DatasetError(
+            f"Image folder {path}: class(es) {', '.join(val_only)} have images in {val_split}/ "
+            f"but none in train/; every validation class must be a training class: add training "
+            f"images to {path}/train/<class> or remove them from {val_split}/."
+        )
+    if len(trained) < 2:
+        raise DatasetError(
+            f"Image folder {path}/train has {len(trained)} class(es) with images "
+            f"({', '.join(trained) or 'none'}); a classifier needs at least 2 class folders "
+            "of images in train/."
+        )
+    median = float(np.median(list(train.values())))
+    small = sorted(c for c, n in train.items() if n < SMALL_CLASS_FRACTION * median)
+    if small:
+        logging.warning(
+            "Image folder %s: class(es) %s have fewer than %g of the median class's %d training "
+            "images (%s); the model will see them rarely.",
+            path, ", ".join(small), SMALL_CLASS_FRACTION, int(median),
+            ", ".join(f"{c}: {train[c]}" for c in small),
+        )  # fmt: skip
+
+
+def _folder_source(
+    path: str, val_fraction: float = 0.0, seed: int = 0, split: dict | None = None
+) -> DatasetSource:
+    """An image folder: ``train/`` and ``val/`` (or ``validation/`` or
+    ``test/``) of class folders, or ``train/`` alone, whose images are then
+    split (`split_examples`: ``val_fraction`` of every class, a function of
+    ``seed``; or the saved ``split`` of an earlier run)."""
     import tensorflow_datasets as tfds
 
     splits = [s for s in os.listdir(path) if os.path.isdir(os.path.join(path, s))]
     val_split = next((s for s in ("val", "validation", "test") if s in splits), None)
-    if "train" not in splits or val_split is None:
+    if "train" not in splits or (val_split is None and not (val_fraction or split)):
         raise DatasetError(
             f"Image folder {path} needs train/ and val/ (or validation/ or test/) "
-            f"sub-folders with one folder per class; found {sorted(splits)}."
+            f"sub-folders with one folder per class, or train/ alone with --val_fraction > 0 "
+            f"to split it; found {sorted(splits)}."
         )
     builder = tfds.folder_dataset.ImageFolder(path)
     counts = {name: info.num_examples for name, info in builder.info.splits.items()}
     if not counts.get("train"):
         raise DatasetError(f"Image folder {path}/train holds no images (.jpg/.jpeg/.png).")
+    name = os.path.basename(os.path.normpath(path))
+    if val_split is not None:
+        check_folder_classes(path, builder, val_split)
+        return DatasetSource(
+            name=name,
+            train=builder.as_dataset(split="train", as_supervised=True, shuffle_files=False),
+            validation=builder.as_dataset(split=val_split, as_supervised=True, shuffle_files=False),
+            num_train=counts["train"],
+            num_validation=counts.get(val_split, 0),
+            class_names=list(builder.info.features["label"].names),
+            train_class_counts=class_counts(builder, "train"),
+            train_records=_folder_records(builder, "train") or _undecoded_records(builder, "train"),
+            validation_records=(
+                _folder_records(builder, val_split) or _undecoded_records(builder, val_split)
+            ),
+        )
+    check_folder_classes(path, builder, None)
+    examples = builder._split_examples["train"]  # noqa: SLF001 (TFDS keeps its order there)
+    if split is None:
+        split = split_examples(path, examples, val_fraction, seed)
+    train, validation = _apply_split(path, examples, split)
+    features = builder.info.features
+    train_records = _example_records(train, features)
+    validation_records = _example_records(validation, features)
     return DatasetSource(
-        name=os.path.basename(os.path.normpath(path)),
-        train=builder.as_dataset(split="train", as_supervised=True, shuffle_files=False),
-        validation=builder.as_dataset(split=val_split, as_supervised=True, shuffle_files=False),
-        num_train=counts["train"],
-        num_validation=counts.get(val_split, 0),
-        class_names=list(builder.info.features["label"].names),
-        train_records=_folder_records(builder, "train") or _undecoded_records(builder, "train"),
-        validation_records=(
-            _folder_records(builder, val_split) or _undecoded_records(builder, val_split)
-        ),
+        name=name,
+        train=train_records.fixed_order().map(lambda i, example: example),
+        validation=validation_records.fixed_order().map(lambda i, example: example),
+        num_train=len(train),
+        num_validation=len(validation),
+        class_names=list(features["label"].names),
+        train_records=train_records,
+        validation_records=validation_records,
+        split=split,
+        train_class_counts={c: sum(e.label == c for e in train) for c in features["label"].names},
     )
+
+
+def split_examples(path: str, examples, val_fraction: float, seed: int) -> dict:
+    """A train-only folder's validation split: ``val_fraction`` of every
+    class (rounded, at least one image of a class with two or more), drawn
+    with ``seed``.
+
+    Returns:
+        ``{"train": [...], "validation": [...]}``: image paths relative to
+        ``path``, in the folder's order (what a job saves, so that its
+        evaluation and export see the same split whatever is added later).
+
+    Raises:
+        DatasetError: a fraction outside (0, 1).
+    """
+    if not 0 < val_fraction < 1:
+        raise DatasetError(f"val_fraction={val_fraction} must be between 0 and 1.")
+    by_class = {}
+    for i, example in enumerate(examples):
+        by_class.setdefault(example.label, []).append(i)
+    rng = np.random.default_rng(seed)
+    held = set()
+    for label in sorted(by_class):
+        indices = by_class[label]
+        k = int(round(val_fraction * len(indices)))
+        k = min(max(k, 1 if len(indices) >= 2 else 0), len(indices) - 1)
+        held.update(int(j) for j in rng.choice(indices, size=k, replace=False))
+    relative = [os.path.relpath(os.fspath(e.image_path), path) for e in examples]
+    return {
+        "train": [r for i, r in enumerate(relative) if i not in held],
+        "validation": [r for i, r in enumerate(relative) if i in held],
+    }
+
+
+def _apply_split(path: str, examples, split: dict) -> tuple[list, list]:
+    """The folder's examples in the saved ``split`` (paths relative to ``path``).
+
+    Raises:
+        DatasetError: images of the saved split that are gone (named).
+    """
+    by_path = {os.path.relpath(os.fspath(e.image_path), path): e for e in examples}
+    missing = [r for part in ("train", "validation") for r in split[part] if r not in by_path]
+    if missing:
+        raise DatasetError(
+            f"Image folder {path} lacks {len(missing)} image(s) of the run's saved train/"
+            f"validation split (e.g. {', '.join(missing[:3])}); restore them, or train a new "
+            "--job_dir to split the folder afresh."
+        )
+    listed = set(split["train"]) | set(split["validation"])
+    new = len(by_path) - len(listed)
+    if new:
+        logging.warning(
+            "Image folder %s has %d image(s) that the run's saved split does not list; they are "
+            "not used (a new --job_dir splits the folder afresh).", path, new,
+        )  # fmt: skip
+    return [by_path[r] for r in split["train"]], [by_path[r] for r in split["validation"]]
 
 
 def _tfds_source(name: str, data_dir: str | None, manual_dir: str | None) -> DatasetSource:
@@ -543,8 +705,14 @@ def _tfds_source(name: str, data_dir: str | None, manual_dir: str | None) -> Dat
     )
 
 
-def load_source(config: DataConfig) -> DatasetSource:
+def load_source(config: DataConfig, split: dict | None = None) -> DatasetSource:
     """Finds (and for ``synthetic_shapes`` builds) the dataset.
+
+    Args:
+        config: the data settings.
+        split: a train-only image folder's saved split (`split_examples`;
+            a job's, so that its evaluation sees its split); None splits it
+            afresh with ``config.val_fraction`` and ``config.seed``.
 
     Raises:
         DatasetError: with one line that says what is missing and how to
@@ -559,7 +727,7 @@ def load_source(config: DataConfig) -> DatasetSource:
     if os.path.sep in dataset or os.path.isdir(dataset):
         if not os.path.isdir(dataset):
             raise DatasetError(f"Image folder {dataset} does not exist.")
-        return _folder_source(dataset)
+        return _folder_source(dataset, config.val_fraction, config.seed, split)
     return _tfds_source(dataset, config.data_dir, config.manual_dir)
 
 
@@ -620,18 +788,23 @@ class Pipelines:
         skip_hint: what a bad-image message suggests besides removing or
             replacing the files, e.g. "pass --bad_images=skip to train
             without them".
+        split: a train-only image folder's saved split (`load_source`).
 
     Raises:
         DatasetError: a dataset that cannot be used as configured.
     """
 
     def __init__(
-        self, config: DataConfig, source: DatasetSource | None = None, skip_hint: str = SKIP_HINT
+        self,
+        config: DataConfig,
+        source: DatasetSource | None = None,
+        skip_hint: str = SKIP_HINT,
+        split: dict | None = None,
     ):
         self.config = config
         if config.bad_images not in BAD_IMAGES:
             raise ValueError(f"bad_images={config.bad_images!r} must be one of {BAD_IMAGES}.")
-        self.source = source or load_source(config)
+        self.source = source or load_source(config, split)
         n = self.source.num_train
         if config.minival_examples >= n:
             raise DatasetError(

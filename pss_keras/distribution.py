@@ -82,6 +82,45 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(devices)
 
 
+def planned_strategy(name: str = "auto") -> tuple[str, int]:
+    """The strategy `make_strategy` would make and its replicas, without
+    making it (a dry run must not start the collective ops).
+
+    Returns:
+        ``(strategy class name, replicas in sync)``; under multi-worker
+        training the replicas are the tasks times this host's devices (the
+        other hosts are assumed alike).
+
+    Raises:
+        ValueError: as `make_strategy`.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy={name!r} is unknown; use one of {STRATEGIES}.")
+    tasks = cluster_size() if name in ("auto", "multi_worker") else 0
+    if name == "multi_worker" or (name == "auto" and tasks > 1):
+        if tasks < 1:
+            make_strategy("multi_worker")  # raises its message
+        gpus = len(tf.config.list_logical_devices("GPU"))
+        return "MultiWorkerMirroredStrategy", tasks * max(1, gpus)
+    devices = _replica_devices()
+    if name == "auto":
+        name = "mirrored" if len(devices) > 1 else "default"
+    if name == "default":
+        return "default strategy", 1
+    if len(devices) < 2:
+        make_strategy("mirrored")  # raises its message
+    return "MirroredStrategy", len(devices)
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """``MirroredStrategy``, ``MultiWorkerMirroredStrategy`` or ``default strategy``."""
+    if isinstance(
+        strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+    ):
+        return type(strategy).__name__
+    return "default strategy"
+
+
 def cluster_size() -> int:
     """Number of tasks (chief and workers) that ``TF_CONFIG`` names; 0 if unset.
 

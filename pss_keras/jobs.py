@@ -4,10 +4,12 @@ A training run writes ``<job_dir>/``::
 
     run_config.json          the run's `TrainConfig` (to resume or reuse it)
     classes.json             class names, in label order
+    data_split.json          a train-only image folder's train/validation split
     supernet.weights.h5      the trained supernet (Keras weights)
     retained_subnets.json    the retained tiers (`RetainedTier` records)
     bn_stats/<tier>.npz      each tier's calibrated batch-norm statistics
-    latency_tables/<type>.json  the run's latency look-up tables (a copy)
+    latency_tables/<type>.json  the run's latency look-up tables (a copy; JSON
+                                also for a reference .pkl table)
     checkpoints/             resumable checkpoints (`pss_keras.checkpoints`)
     logs/                    TensorBoard
 
@@ -37,6 +39,7 @@ BN_STATS = "bn_stats"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 LATENCY_TABLES = "latency_tables"
+DATA_SPLIT = "data_split.json"
 # The SavedModel signature that describes the served tiers.
 TIERS_SIGNATURE = "tiers"
 
@@ -226,6 +229,17 @@ def write_run_config(job_dir: str, config: TrainConfig) -> None:
     Raises:
         ValueError: naming the settings that differ from the saved run's.
     """
+    check_resume(job_dir, config)
+    atomic_write_json(os.path.join(job_dir, RUN_CONFIG), json.loads(json.dumps(config.to_dict())))
+
+
+def check_resume(job_dir: str, config: TrainConfig) -> None:
+    """Refuses to run ``config`` in a job directory that holds a run with
+    other settings (nothing there: nothing to check).
+
+    Raises:
+        ValueError: naming the settings that differ from the saved run's.
+    """
     path = os.path.join(job_dir, RUN_CONFIG)
     if os.path.exists(path):
         with open(path) as f:
@@ -235,7 +249,6 @@ def write_run_config(job_dir: str, config: TrainConfig) -> None:
                 f"{job_dir} holds a run with other settings ({', '.join(conflicts)}); "
                 "resume with the same flags or use a new --job_dir."
             )
-    atomic_write_json(path, json.loads(json.dumps(config.to_dict())))
 
 
 def skip_bad_images_hint(job_dir: str) -> str:
@@ -259,6 +272,35 @@ def read_run_config(job_dir: str) -> TrainConfig:
         )
     with open(path) as f:
         return TrainConfig.from_dict(json.load(f))
+
+
+def write_split(job_dir: str, split: dict) -> None:
+    """Records a train-only image folder's train/validation split (paths
+    relative to the folder), so that a resume, evaluation and TFLite
+    calibration read the same images."""
+    atomic_write_json(os.path.join(job_dir, DATA_SPLIT), split)
+
+
+def read_split(job_dir: str) -> dict | None:
+    """The job's saved split (`write_split`), or None if it has none.
+
+    Raises:
+        ValueError: a damaged split file, naming it.
+    """
+    path = os.path.join(job_dir, DATA_SPLIT)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            split = json.load(f)
+        if not all(isinstance(split.get(k), list) for k in ("train", "validation")):
+            raise ValueError("no train and validation lists")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(
+            f"{path} is damaged ({e}); restore it, or train a new --job_dir to split the "
+            "folder afresh."
+        ) from None
+    return split
 
 
 def latency_table_path(job_dir: str, metric_type: str) -> str:
@@ -360,15 +402,16 @@ class Job:
         return net
 
     def latency_tables(self) -> dict:
-        """The run's latency tables ``{metric_type: LatencyTable}`` (the
-        job's copies; empty for a FLOPs-only run)."""
-        from pss_keras.latency import LatencyTable
+        """The run's latency tables ``{metric_type: table}`` (the job's
+        copies, of either kind: `pss_keras.latency.load_table`; empty for a
+        FLOPs-only run)."""
+        from pss_keras.latency import load_table
 
         tables = {}
         for metric_type, _, _ in self.config.target_ranges():
             path = latency_table_path(self.job_dir, metric_type)
             if metric_type != "flops" and os.path.exists(path):
-                tables[metric_type] = LatencyTable.load(path)
+                tables[metric_type] = load_table(path)
         return tables
 
     def tier(self, tier: RetainedTier) -> tuple[specs.SubnetConfig, dict]:

@@ -386,3 +386,42 @@ def mape(predicted, measured) -> float:
     """Mean absolute percentage error, as a fraction of the measured value."""
     predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
     return float(np.mean(np.abs(predicted - measured) / measured))
+
+
+def load_table(path: str):
+    """Reads a latency table of either kind.
+
+    Args:
+        path: a ``.pkl`` file is one of the reference's tables (PSS-Net's
+            ``scripts/lut/``, measured on its authors' devices: the paper's
+            latency targets), read safely
+            (`pss_keras.reference_luts.load_reference_table`); a JSON file
+            is the project's own table, measured on your device
+            (``scripts/build_latency_lut.py``), or a job's JSON copy of a
+            reference table.
+
+    Returns:
+        A `LatencyTable` or a `pss_keras.reference_luts.ReferenceLatencyTable`.
+
+    Raises:
+        ValueError: one line naming the file if it is missing, unreadable,
+            not a table, or (a pickle) names anything but its records.
+    """
+    from pss_keras import reference_luts  # it needs nothing from here
+
+    if path.lower().endswith(".pkl"):
+        return reference_luts.load_reference_table(path)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(
+            f"Latency table {path} does not exist; build one with "
+            "scripts/build_latency_lut.py --output=FILE.json, or give one of the reference's "
+            ".pkl tables."
+        ) from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"Latency table {path} is not readable JSON ({e}).") from None
+    if isinstance(data, dict) and data.get("format") == reference_luts.FORMAT:
+        return reference_luts.ReferenceLatencyTable.from_dict(data, path)
+    return LatencyTable.from_dict(data, path)

@@ -61,6 +61,7 @@ import pickle
 import numpy as np
 
 from pss_keras import blocks, specs
+from pss_keras.fileio import atomic_write_json
 
 BlockCfg = collections.namedtuple(
     "BlockCfg",
@@ -73,6 +74,10 @@ Equal to, and hashed as, the plain tuple of its fields, as the reference's
 own namedtuple is: a table's keys are looked up by value.
 """
 
+# The JSON form of a table (a job's copy: `ReferenceLatencyTable.save`).
+FORMAT = "pss_keras.reference_latency_table/1"
+# `ReferenceLatencyTable.runtime`: what a served tier says of its prediction.
+RUNTIME = "reference (PSS-Net authors' device)"
 # The classifier's outputs in every key (quirk 2 of the module docstring).
 REFERENCE_NUM_CLASSES = 1000
 # The reference's record type of each architecture's table blocks.
@@ -242,10 +247,72 @@ class ReferenceLatencyTable:
         """``PSS-Net reference table mbv1_cpu (20480 entries)``: what it is."""
         return f"PSS-Net reference table {self.name} ({len(self)} entries)"
 
+    @property
+    def runtime(self) -> str:
+        """Where its entries were measured: the reference's authors' device
+        with an unstated runtime (the project's own tables say ``tflite`` or
+        ``tensorflow``)."""
+        return RUNTIME
+
     def digest(self) -> str:
-        """A content digest of the entries, to tell tables apart."""
+        """A content digest of the entries, to tell tables apart (equal for
+        a ``.pkl`` file and the JSON copy `save` writes of it)."""
         rows = sorted((tuple(map(repr, key)), repr(us)) for key, us in self.entries.items())
         return hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
+
+    # -- the job's copy ------------------------------------------------------
+    def to_dict(self) -> dict:
+        """The table as JSON data (`from_dict` reads it back, exactly)."""
+        rows = sorted(
+            ([*key, us] for key, us in self.entries.items()), key=lambda r: tuple(map(repr, r))
+        )
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "entry_fields": [*_FIELDS, "us"],
+            "entries": rows,
+        }
+
+    def save(self, path: str) -> None:
+        """Writes the table as JSON (atomically), not as a pickle: a job's
+        copy is read without unpickling anything."""
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict, path: str | None = None) -> ReferenceLatencyTable:
+        """Reads what `to_dict` wrote.
+
+        Raises:
+            ValueError: one line naming ``path`` if the data is not such a table.
+        """
+        where = path or "the reference latency table"
+        try:
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format is {data.get('format')!r}, not {FORMAT!r}")
+            entries = {}
+            for row in data["entries"]:
+                if len(row) != len(_FIELDS) + 1:
+                    raise ValueError(f"an entry has {len(row)} fields, not {len(_FIELDS) + 1}")
+                key, us = BlockCfg(*row[:-1]), row[-1]
+                why = _bad_key(key)
+                if why:
+                    raise ValueError(why)
+                if (
+                    not isinstance(us, (int, float))
+                    or isinstance(us, bool)
+                    or not math.isfinite(us)
+                ):
+                    raise ValueError(f"{key!r} maps to {us!r:.80}")
+                entries[key] = float(us)
+            if not entries:
+                raise ValueError("no entries")
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"{where} is damaged ({e}); copy the run's .pkl table again."
+            ) from None
+        table = cls(entries, path)
+        table.name = str(data.get("name") or table.name)
+        return table
 
 
 def load_reference_table(path: str) -> ReferenceLatencyTable:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 from pss_keras import specs
 
@@ -48,6 +49,9 @@ class DataConfig:
             unreadable files; TFDS records whose image fails to decode):
             ``fail`` stops with one line naming them, ``skip`` drops them
             (the same ones every epoch) and logs their names and count.
+        val_fraction: of an image folder with ``train/`` alone, the share of
+            every class held out as its validation split (drawn with
+            ``seed``; the job saves the split).
     """
 
     dataset: str = SYNTHETIC
@@ -65,6 +69,13 @@ class DataConfig:
     shuffle_buffer: int = 10_000
     seed: int = 0
     bad_images: str = "fail"
+    val_fraction: float = 0.1
+
+
+# What `TrainConfig.to_dict` records besides the settings.
+DERIVED = ("lr_in_use", "warmup_epochs_in_use")
+# The linear rule's warm-up when it scales the rate up (Goyal et al.: 5 epochs).
+AUTO_WARMUP_EPOCHS = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +87,13 @@ class TrainConfig:
     ``flops`` uses ``flops_targets`` (MFLOPs); each latency type, in order,
     one ``latency_targets`` range (start, stop, step in microseconds) and
     one ``lut_paths`` table (`pss_keras.latency`).
+
+    The learning rate follows the global batch (Goyal et al.'s linear rule):
+    ``lr`` is the peak rate for a global batch of ``lr_batch_size``, and the
+    rate in use is ``lr * batch_size / lr_batch_size`` (`lr_in_use`);
+    ``lr_batch_size=0`` takes ``lr`` as given. ``warmup_epochs=None`` is
+    the rule's default warm-up: `AUTO_WARMUP_EPOCHS` (at most half the run)
+    when the rule scales the rate up, else none.
     """
 
     job_dir: str
@@ -96,10 +114,11 @@ class TrainConfig:
     temperature: tuple[float, float] = (1.0, 0.01)
     epochs: int = 250
     lr: float = 0.3
+    lr_batch_size: int = 0
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
-    warmup_epochs: float = 0.0
+    warmup_epochs: float | None = 0.0
     calib_batches: int = 8
     topk: int = 5
     seed: int = 0
@@ -110,6 +129,31 @@ class TrainConfig:
     mixed_precision: str = "none"
     selection: str = "minival"
     validate_every: int = 0
+
+    @property
+    def lr_in_use(self) -> float:
+        """The peak learning rate of the run (`lr` scaled to the global batch)."""
+        if not self.lr_batch_size:
+            return float(self.lr)
+        return float(self.lr) * self.data.batch_size / self.lr_batch_size
+
+    @property
+    def warmup_in_use(self) -> float:
+        """Linear warm-up epochs of the run (`warmup_epochs`, or the rule's default)."""
+        if self.warmup_epochs is not None:
+            return float(self.warmup_epochs)
+        if self.lr_in_use > self.lr:
+            return min(AUTO_WARMUP_EPOCHS, 0.5 * self.epochs)
+        return 0.0
+
+    def describe_lr(self) -> str:
+        """``0.3 for a batch of 1024 -> 0.009375 at the global batch 32 (linear rule)``."""
+        if not self.lr_batch_size:
+            return f"{self.lr:g} as given (--lr_batch_size=0: not scaled to the batch)"
+        return (
+            f"{self.lr:g} for a batch of {self.lr_batch_size:,} -> {self.lr_in_use:.6g} at the "
+            f"global batch {self.data.batch_size:,} (linear rule)"
+        )
 
     def validate(self) -> None:
         """Raises ValueError with one clear message for a bad setting."""
@@ -150,7 +194,11 @@ class TrainConfig:
                 all(v > 0 for v in self.p_space + self.temperature),
                 "p_space and temperature schedule ends must be positive.",
             ),
-            (0 <= self.warmup_epochs < self.epochs, "warmup_epochs must be in [0, epochs)."),
+            (self.lr_batch_size >= 0, f"lr_batch_size={self.lr_batch_size} must be 0 or more."),
+            (
+                0 <= self.warmup_in_use < self.epochs,
+                f"warmup_epochs={self.warmup_in_use:g} must be in [0, epochs={self.epochs}).",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -195,11 +243,18 @@ class TrainConfig:
         return out
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings, and the rates they resolve to (``lr_in_use``,
+        ``warmup_epochs_in_use``: a record for the reader; `from_dict`
+        recomputes them)."""
+        return {
+            **dataclasses.asdict(self),
+            "lr_in_use": self.lr_in_use,
+            "warmup_epochs_in_use": self.warmup_in_use,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        data = dict(data)
+        data = {k: v for k, v in data.items() if k not in DERIVED}
         data_config = dict(data.pop("data", {}))
         data_config["crop_scale"] = tuple(data_config.get("crop_scale", (0.25, 1.0)))
         for key in (
@@ -236,6 +291,9 @@ class TrainConfig:
             "strategy", "selection", "validate_every",
             # Tables may move; the job keeps a copy and compares contents.
             "lut_paths",
+            # Compared as the rates in use (below): the same rate may be
+            # spelled with or without the batch rule.
+            "lr", "lr_batch_size", "warmup_epochs", *DERIVED,
         }  # fmt: skip
         # A setting added after the saved run was written had its default then.
         defaults = {
@@ -250,12 +308,23 @@ class TrainConfig:
         # bad_images only decides what a damaged file does: with none, fail
         # and skip read the same batches, and a run stopped by one may go
         # on with --bad_images=skip.
+        saved_data = {
+            **json_round_trip(dataclasses.asdict(DataConfig(dataset=self.data.dataset))),
+            **saved.get("data", {}),
+        }
         data_changed = sorted(
             k
             for k in current["data"]
             if k not in ("data_dir", "manual_dir", "bad_images")
-            and saved.get("data", {}).get(k) != current["data"][k]
+            and saved_data.get(k) != current["data"][k]
         )
+        before = TrainConfig.from_dict({**saved, "job_dir": self.job_dir})
+        for name, was, now in (
+            ("lr in use", before.lr_in_use, self.lr_in_use),
+            ("warm-up epochs", before.warmup_in_use, self.warmup_in_use),
+        ):
+            if not math.isclose(was, now, rel_tol=1e-9, abs_tol=1e-12):
+                changed.append(f"{name} {was:.6g} -> {now:.6g}")
         return changed + data_changed
 
 

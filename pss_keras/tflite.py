@@ -202,7 +202,11 @@ def _pipelines(job, config: ConvertConfig):
     if config.data_dir:
         data_config = dataclasses.replace(data_config, data_dir=config.data_dir)
     try:
-        return data_lib.Pipelines(data_config, skip_hint=jobs.skip_bad_images_hint(job.job_dir))
+        return data_lib.Pipelines(
+            data_config,
+            skip_hint=jobs.skip_bad_images_hint(job.job_dir),
+            split=jobs.read_split(job.job_dir),
+        )
     except data_lib.BadImageError:
         raise  # the dataset is there: the message names the files and says what to do
     except data_lib.DatasetError as e:

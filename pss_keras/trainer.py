@@ -106,6 +106,9 @@ class PSSTrainer(keras.Model):
             if scale is not None:  # the decay term is scaled like the loss's gradients
                 decay = decay * tf.cast(scale, tf.float32)
             grads = [g + decay * v if self.decayed(v) else g for g, v in zip(grads, variables)]
+        # The rate this step's update uses (read before apply() advances the
+        # step counter the schedule is evaluated at).
+        lr = tf.convert_to_tensor(self.optimizer.learning_rate)
         self.optimizer.apply(grads, variables)
         # The candidate's score: negative CE of the same forward pass (BN in
         # training mode, weights before the update), i.e. the no-gradient
@@ -133,27 +136,31 @@ class PSSTrainer(keras.Model):
             "candidate_score": scores[0],
             "largest_score": scores[1],
             "smallest_score": scores[2],
-            "lr": tf.convert_to_tensor(self.optimizer.learning_rate),
+            "lr": lr,
         }
 
 
 def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """SGD with Nesterov momentum and per-step cosine decay (optional warm-up).
+    """SGD with Nesterov momentum and per-step cosine decay (optional warm-up)
+    from the run's peak rate (`TrainConfig.lr_in_use`: ``lr`` scaled to the
+    global batch when ``lr_batch_size`` is set).
 
     Weight decay is not the optimizer's (Keras's is decoupled); the trainer
     adds the reference's L2 term to the gradients.
     """
     total = config.epochs * steps_per_epoch
-    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    warmup = int(round(config.warmup_in_use * steps_per_epoch))
     if warmup:
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0,
             decay_steps=max(1, total - warmup),
-            warmup_target=config.lr,
+            warmup_target=config.lr_in_use,
             warmup_steps=warmup,
         )
     else:
-        schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=max(1, total))
+        schedule = keras.optimizers.schedules.CosineDecay(
+            config.lr_in_use, decay_steps=max(1, total)
+        )
     return keras.optimizers.SGD(
         learning_rate=schedule, momentum=config.momentum, nesterov=config.nesterov
     )

@@ -22,8 +22,14 @@ import numpy as np
 import tensorflow as tf
 
 from pss_keras import data as data_lib
-from pss_keras import distribution, jobs, latency, sampling, specs
-from pss_keras.callbacks import ContinuedTensorBoard, PSSCallback, ValidationCallback
+from pss_keras import distribution, jobs, latency, run_plan, sampling, specs
+from pss_keras.callbacks import (
+    ContinuedTensorBoard,
+    DivergenceError,
+    DivergenceGuard,
+    PSSCallback,
+    ValidationCallback,
+)
 from pss_keras.checkpoints import Checkpointer
 from pss_keras.fileio import atomic_file, disk_full_guard, require_free_space, weights_file_bytes
 from pss_keras.loop import check_workers_agree, fit_distributed
@@ -35,6 +41,7 @@ from pss_keras.trainer import PSSTrainer, build_optimizer
 
 # Re-exported: callers configure and inspect a run through this module.
 __all__ = [
+    "DivergenceError",
     "PSSCallback",
     "PSSTrainer",
     "RETAINED",
@@ -53,8 +60,10 @@ _TRAIN_SKIP_HINT = "pass --bad_images=skip to train without them"
 
 
 def load_latency_tables(config: TrainConfig, space: specs.SearchSpace, job_dir=None) -> dict:
-    """The run's latency tables ``{metric_type: LatencyTable}``, each checked
-    against the search space.
+    """The run's latency tables ``{metric_type: table}``, each checked
+    against the search space: the project's own (`latency.LatencyTable`) or
+    the reference's (`reference_luts.ReferenceLatencyTable`, from a ``.pkl``
+    file; the job keeps a JSON copy of it).
 
     A job directory that already holds a copy of a table (a resumed or
     finished run) must hold the same table: its copy is what the run was
@@ -76,10 +85,10 @@ def load_latency_tables(config: TrainConfig, space: specs.SearchSpace, job_dir=N
                     path, metric_type, copy,
                 )  # fmt: skip
             path = copy
-        table = latency.LatencyTable.load(path)
+        table = latency.load_table(path)
         table.check_space(space)
         if os.path.exists(copy):
-            saved = latency.LatencyTable.load(copy)
+            saved = latency.load_table(copy)
             if saved.digest() != table.digest():
                 raise ValueError(
                     f"{config.job_dir} was trained with another {metric_type} table ({copy}) "
@@ -89,15 +98,16 @@ def load_latency_tables(config: TrainConfig, space: specs.SearchSpace, job_dir=N
     return tables
 
 
-def build_samplers(
-    config: TrainConfig, space: specs.SearchSpace, tables: dict | None = None
-) -> sampling.PrioritizedSampler:
-    """The run's prioritized sampler: one map per metric type (seeded, so a
-    resumed run rebuilds the same ones) and empty pools.
+def build_maps(
+    config: TrainConfig, space: specs.SearchSpace, tables: dict | None = None, log: bool = True
+) -> list[sampling.ConditionalSampler]:
+    """One conditional sampler's map per metric type (seeded, so a resumed
+    run rebuilds the same ones).
 
     Args:
-        tables: ``{metric_type: LatencyTable}`` for the latency types
+        tables: ``{metric_type: table}`` for the latency types
             (`load_latency_tables`).
+        log: log what each map reaches (`sampling.log_map`).
     """
     tables = tables or {}
     conditionals = []
@@ -107,8 +117,19 @@ def build_samplers(
         conditional = sampling.ConditionalSampler.build(
             space, grid, num_samples=config.num_map_samples, seed=config.seed, metric_fn=metric_fn
         )
-        sampling.log_map(conditional)
+        if log:
+            sampling.log_map(conditional)
         conditionals.append(conditional)
+    return conditionals
+
+
+def prioritized_sampler(config: TrainConfig, conditionals) -> sampling.PrioritizedSampler:
+    """The run's prioritized sampler over ``conditionals`` (`build_maps`),
+    with empty pools.
+
+    Raises:
+        ValueError: a map that reaches no target a candidate can be drawn for.
+    """
     return sampling.PrioritizedSampler(
         conditionals,
         pool_size=config.pool_size,
@@ -118,6 +139,19 @@ def build_samplers(
         epochs=config.epochs,
         seed=config.seed,
     )
+
+
+def build_samplers(
+    config: TrainConfig, space: specs.SearchSpace, tables: dict | None = None
+) -> sampling.PrioritizedSampler:
+    """The run's prioritized sampler: one map per metric type (`build_maps`)
+    and empty pools.
+
+    Args:
+        tables: ``{metric_type: table}`` for the latency types
+            (`load_latency_tables`).
+    """
+    return prioritized_sampler(config, build_maps(config, space, tables))
 
 
 def build_supernet(config: TrainConfig, num_classes: int) -> Supernet:
@@ -149,7 +183,9 @@ def evaluate_job(
             config, data=dataclasses.replace(config.data, data_dir=data_dir)
         )
     _seed_run(config.seed)
-    pipelines = data_lib.Pipelines(config.data, skip_hint=jobs.skip_bad_images_hint(job_dir))
+    pipelines = data_lib.Pipelines(
+        config.data, skip_hint=jobs.skip_bad_images_hint(job_dir), split=jobs.read_split(job_dir)
+    )
     supernet = build_supernet(config, pipelines.num_classes)
     tables = load_latency_tables(config, supernet.space, job_dir=job_dir)
     sampler = build_samplers(config, supernet.space, tables)
@@ -211,14 +247,20 @@ def train(config: TrainConfig) -> dict:
         )
     space = specs.SearchSpace(**config.supernet_kwargs(1))
     tables = load_latency_tables(config, space)  # before the data: fails fast
-    pipelines = data_lib.Pipelines(config.data, skip_hint=_TRAIN_SKIP_HINT)
+    # A train-only folder split by an earlier run of this job: the same split.
+    pipelines = data_lib.Pipelines(
+        config.data, skip_hint=_TRAIN_SKIP_HINT, split=jobs.read_split(config.job_dir)
+    )
     # Before anything is written: a cached training set names every bad
     # image now, and a bad validation image fails now, not after training.
     pipelines.check_training()
     pipelines.check_validation()
+    resume = run_plan.resume_state(config.job_dir)  # before this run writes there
     if chief:
         os.makedirs(config.job_dir, exist_ok=True)
         jobs.write_run_config(config.job_dir, config)
+        if pipelines.source.split is not None:
+            jobs.write_split(config.job_dir, pipelines.source.split)
         for metric_type, table in tables.items():
             copy = jobs.latency_table_path(config.job_dir, metric_type)
             if not os.path.exists(copy):
@@ -266,6 +308,19 @@ def train(config: TrainConfig) -> dict:
             "the checkpoint to resume from",
             json.dumps([initial_epoch, sampler.state_dict()], sort_keys=True),
         )
+    plan = run_plan.RunPlan(
+        config=config,
+        strategy=distribution.strategy_name(strategy),
+        replicas=replicas,
+        maps=tuple(
+            run_plan.MapReport.of(c, run_plan.map_source(m, tables), config.num_map_samples)
+            for m, c in sampler.samplers.items()
+        ),
+        data=run_plan.DataCounts.of(pipelines, checked=True),
+        resume=resume,
+    )
+    for line in plan.header():
+        logging.info("%s", line)
     if chief:
         jobs.write_classes(config.job_dir, pipelines.source.class_names)
     with pipelines.bad_image_errors():  # a streamed set's bad image: one line naming it
@@ -298,8 +353,20 @@ def train(config: TrainConfig) -> dict:
         "map_seconds": map_seconds,
         "wall_seconds": time.perf_counter() - start,
         "retained": retained,
+        "num_classes": pipelines.num_classes,
         "sampler_digest": state_digest,
     }
+
+
+# How close to chance (1 / classes) every tier's top-1 must be for a run to count as not learned.
+CHANCE_MARGIN = 0.02
+
+
+def at_chance(retained: list[dict], num_classes: int, margin: float = CHANCE_MARGIN) -> bool:
+    """Whether every retained tier's validation top-1 is within ``margin``
+    of chance (``1 / num_classes``): a run that learned nothing."""
+    chance = 1.0 / max(1, num_classes)
+    return bool(retained) and all(abs(e["top1"] - chance) <= margin for e in retained)
 
 
 def _save_weights(supernet: Supernet, job_dir: str) -> None:
@@ -351,8 +418,21 @@ def _fit_epochs(config, strategy, trainer, sampler, checkpointer, pipelines, ini
         return
     log_dir = os.path.join(config.job_dir, jobs.LOGS)
     chief = checkpointer is not None
+    guard = DivergenceGuard(
+        trainer.supernet.space.num_classes,
+        first_step=initial_epoch * pipelines.steps_per_epoch,
+        steps_per_epoch=pipelines.steps_per_epoch,
+        lr_hint=f"--lr {config.describe_lr()}",
+    )
     callbacks = [
-        PSSCallback(trainer, sampler, checkpointer, os.path.join(log_dir, "pss") if chief else None)
+        guard,  # first: a diverged step raises before anything checkpoints it
+        PSSCallback(
+            trainer,
+            sampler,
+            checkpointer,
+            os.path.join(log_dir, "pss") if chief else None,
+            guard=guard,
+        ),  # fmt: skip
     ]
     if chief and config.validate_every:
         callbacks.append(

@@ -2,9 +2,14 @@
 
     python scripts/train.py --flagfile=quickstart.flags    # minutes, no download
     python scripts/train.py --flagfile=mbv1.flags --dataset_dir=...  # the paper's run
+    python scripts/train.py --flagfile=mbv1_c.flags --lut_dirs=mbv1_cpu.pkl --dry_run  # check it
 
 Flags follow the reference implementation's argument names where it has
 one. Re-running with the same --job_dir resumes from its last checkpoint.
+
+Exit status: 0 done (or a dry run whose settings would start); 1 an error
+(one line: a bad flag or dataset, training that diverged, or every retained
+tier at chance, which still writes the job's results).
 """
 
 import logging
@@ -33,8 +38,8 @@ flags.DEFINE_list(
 )  # fmt: skip
 flags.DEFINE_list(
     "lut_dirs", None,
-    "One per metric type: None for flops, a latency table (scripts/build_latency_lut.py) "
-    "for each latency type.",
+    "One per metric type: None for flops, a latency table for each latency type: your "
+    "own (.json, scripts/build_latency_lut.py) or the reference's (.pkl, the paper's targets).",
 )  # fmt: skip
 flags.DEFINE_list(
     "infer_metric_target_range_starts", ["110"],
@@ -63,10 +68,23 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("epochs", 250, "Training epochs.")
 flags.DEFINE_integer("batch_size", 1024, "Global batch size.")
 flags.DEFINE_integer("eval_batch_size", 256, "Evaluation batch size.")
-flags.DEFINE_float("lr", 0.3, "Peak learning rate (cosine decay per step).")
+flags.DEFINE_float(
+    "lr", 0.3,
+    "Peak learning rate for a global batch of --lr_batch_size (cosine decay per step).",
+)  # fmt: skip
+flags.DEFINE_integer(
+    "lr_batch_size", 1024,
+    "The global batch --lr is for: the rate in use is lr x batch_size / lr_batch_size (the "
+    "linear scaling rule); 0 uses --lr as given.",
+    lower_bound=0,
+)  # fmt: skip
 flags.DEFINE_float("momentum", 0.9, "SGD (Nesterov) momentum.")
 flags.DEFINE_float("weight_decay", 1e-4, "L2 on conv and dense kernels.")
-flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up epochs.")
+flags.DEFINE_float(
+    "warmup_epochs", None,
+    "Linear warm-up epochs. Default: 5 (at most half the run) when the batch rule scales the "
+    "rate up, else 0.",
+)  # fmt: skip
 flags.DEFINE_list("crop_scale", ["0.25", "1.0"], "Random-resized-crop area range.")
 flags.DEFINE_integer("minival_examples", 10000, "Training examples held out to choose subnets.")
 flags.DEFINE_integer("calib_batches", 8, "Batches for post-BN calibration.")
@@ -82,6 +100,11 @@ flags.DEFINE_integer(
     "Validate the largest and smallest subnets (calibrated BN) every N epochs; 0: never.",
     lower_bound=0,
 )  # fmt: skip
+flags.DEFINE_float(
+    "val_fraction", 0.1,
+    "An image folder with train/ only: the share of every class held out for validation "
+    "(drawn with --random_seed; the job saves the split).",
+)  # fmt: skip
 flags.DEFINE_enum("cache", "auto", ["auto", "true", "false"], "Cache decoded images in memory.")
 flags.DEFINE_enum(
     "bad_images", "fail", list(BAD_IMAGES),
@@ -92,6 +115,11 @@ flags.DEFINE_integer("random_seed", 0, "Seed of weights, data order, augmentatio
 flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept in job_dir.")
 flags.DEFINE_integer("tensorboard_update_freq", 50, "Steps between TensorBoard step scalars.")
 flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
+flags.DEFINE_bool(
+    "dry_run", False,
+    "Check every flag, count the data, build the sampler's maps and print the run header and "
+    "every target reached or not; train nothing, write nothing under --job_dir.",
+)  # fmt: skip
 
 
 def _pair(name, cast):
@@ -133,7 +161,12 @@ def _config():
         if (metric_type == "flops") != (lut.lower() == "none"):
             raise ValueError(
                 f"--lut_dirs: {metric_type} needs "
-                + ("None (FLOPs are counted)" if metric_type == "flops" else "a latency table")
+                + (
+                    "None (FLOPs are counted)"
+                    if metric_type == "flops"
+                    else "a latency table (your own .json from scripts/build_latency_lut.py, or "
+                    "the reference's .pkl from PSS-Net's scripts/lut/)"
+                )
                 + f", got {lut}."
             )
     latency_types = [m for m in types if m != "flops"]
@@ -152,6 +185,7 @@ def _config():
             cache=F.cache,
             seed=F.random_seed,
             bad_images=F.bad_images,
+            val_fraction=F.val_fraction,
         ),
         model_name=F.model_name,
         width_scale=F.width_scale,
@@ -169,6 +203,7 @@ def _config():
         temperature=_pair("pool_softmax_t_range", float),
         epochs=F.epochs,
         lr=F.lr,
+        lr_batch_size=F.lr_batch_size,
         momentum=F.momentum,
         weight_decay=F.weight_decay,
         warmup_epochs=F.warmup_epochs,
@@ -185,6 +220,19 @@ def _config():
     )
 
 
+def _dry_run(config):
+    from pss_keras import run_plan
+
+    plan, problem = run_plan.dry_run(config)
+    print("\n".join(plan.dry_run_report()))
+    if problem:
+        raise ValueError(f"this run would not start: {problem}")
+    data = " (its data is not usable here: see the data line)" if plan.data_error else ""
+    print(
+        f"Dry run: the settings would start a run{data}. Nothing was written under {config.job_dir}."
+    )
+
+
 def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
@@ -194,6 +242,9 @@ def main(argv):
         distribution.configure_cpu_replicas(F.cpu_replicas)  # before TF runs anything
         config = _config()
         config.validate()
+        if F.dry_run:
+            _dry_run(config)
+            return
         summary = training.train(config)
     except ValueError as e:  # includes DatasetError: one line, no stack trace
         sys.exit(f"error: {e}")
@@ -213,6 +264,13 @@ def main(argv):
             + "".join(f"{entry['predicted_us'][m]:>16.1f}" for m in latency_types)
         )
     print(f"wall time {summary['wall_seconds']:.0f} s (sampler map {summary['map_seconds']:.2f} s)")
+    if training.at_chance(summary["retained"], summary["num_classes"]):
+        sys.exit(
+            f"error: every retained tier is at chance (top-1 within {training.CHANCE_MARGIN} of "
+            f"1/{summary['num_classes']}): the run learned nothing. Check the data and labels, "
+            "lower --lr or train longer; nothing should be exported from "
+            f"{summary['job_dir']}."
+        )
 
 
 if __name__ == "__main__":

@@ -221,7 +221,9 @@ def test_dataset_errors(tiny_image_folder, tmp_path):
         data.load_source(_config(str(tmp_path / "missing")))
     os.makedirs(tmp_path / "only_train" / "train" / "a")
     with pytest.raises(data.DatasetError, match="needs train/ and val/"):
-        data.load_source(_config(str(tmp_path / "only_train")))
+        data.load_source(_config(str(tmp_path / "only_train"), val_fraction=0.0))
+    with pytest.raises(data.DatasetError, match="only_train/train holds no images"):
+        data.load_source(_config(str(tmp_path / "only_train")))  # split: but nothing to split
     with pytest.raises(data.DatasetError, match="Unknown dataset 'no_such_dataset_xyz'"):
         data.load_source(_config("no_such_dataset_xyz"))
     with pytest.raises(data.DatasetError, match="batch_size=512 is larger"):

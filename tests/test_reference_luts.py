@@ -415,3 +415,209 @@ def test_shipped_tables_predict_the_readmes_figures(shipped_tables, name):
     vectorized = pss_keras.predict_latency_us_np(table, model_name, r, m)
     one_by_one = [table.predict_us(c) for c in specs.arrays_to_configs(model_name, r, m)]
     assert vectorized.tolist() == one_by_one
+
+
+# ----------------------------------------------------------------------------
+# A job's JSON copy of a reference table (`ReferenceLatencyTable.save`).
+
+
+@pytest.mark.parametrize("model_name", sorted(HAND_WRITTEN))
+def test_json_copy_round_trips(tmp_path, monkeypatch, model_name):
+    import json
+
+    pkl = _write_table(tmp_path, _hand_table(model_name), monkeypatch, "ref_cpu.pkl")
+    table = pss_keras.load_latency_table(pkl)
+    path = str(tmp_path / "latency_cpu.json")
+    table.save(path)
+    with open(path) as f:
+        data = json.load(f)  # plain JSON: read without unpickling anything
+    assert data["format"] == R.FORMAT and data["name"] == "ref_cpu"
+
+    copy = pss_keras.load_latency_table(path)
+    assert type(copy) is R.ReferenceLatencyTable
+    assert copy.entries == table.entries
+    assert all(type(key) is R.BlockCfg for key in copy.entries)
+    assert all(type(us) is float for us in copy.entries.values())
+    assert (copy.name, copy.model_name, copy.path) == ("ref_cpu", model_name, path)
+    assert copy.digest() == table.digest()
+    assert (
+        copy.describe()
+        == table.describe()
+        == f"PSS-Net reference table ref_cpu ({len(table)} entries)"
+    )
+    assert copy.runtime == table.runtime == R.RUNTIME
+    configs = [config for config, _ in HAND_WRITTEN[model_name]]
+    assert [copy.predict_us(c) for c in configs] == [table.predict_us(c) for c in configs]
+    r, m = specs.configs_to_arrays(configs)
+    assert copy.predict_us_np(model_name, r, m).tolist() == (
+        table.predict_us_np(model_name, r, m).tolist()
+    )  # fmt: skip
+    # Saved again, the copy is the same file (sorted rows: a stable digest on disk too).
+    copy.save(str(tmp_path / "again.json"))
+    assert (tmp_path / "again.json").read_text() == (tmp_path / "latency_cpu.json").read_text()
+
+
+def _damage_first_row(change):
+    def damage(data):
+        change(data["entries"][0])
+        return data
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (_damage_first_row(lambda row: row.pop()), "an entry has 8 fields, not 9"),
+        (_damage_first_row(lambda row: row.append(1.0)), "an entry has 10 fields, not 9"),
+        (_damage_first_row(lambda row: row.__setitem__(-1, "fast")), "maps to 'fast'"),
+        (_damage_first_row(lambda row: row.__setitem__(-1, None)), "maps to None"),
+        (_damage_first_row(lambda row: row.__setitem__(-1, float("nan"))), "maps to nan"),
+        (_damage_first_row(lambda row: row.__setitem__(-1, [1.0])), r"maps to \[1\.0\]"),
+        (_damage_first_row(lambda row: row.__setitem__(-1, True)), "maps to True"),
+        (_damage_first_row(lambda row: row.__setitem__(1, "224")), "in_size that is not an int"),
+        (_damage_first_row(lambda row: row.__setitem__(0, 7)), "block_type that is not a string"),
+        (lambda data: dict(data, entries=[]), "no entries"),
+        (lambda data: {k: v for k, v in data.items() if k != "entries"}, "'entries'"),
+        (lambda data: dict(data, entries=42), "damaged"),
+        (lambda data: dict(data, entries=[7]), "damaged"),  # a row that is not a list
+    ],
+)
+def test_damaged_json_copy_is_refused_in_one_line(tmp_path, monkeypatch, damage, match):
+    import json
+
+    pkl = _write_table(tmp_path, _hand_table("mobilenet_v1"), monkeypatch, "ref_cpu.pkl")
+    good = R.load_reference_table(pkl).to_dict()
+    path = tmp_path / "latency_cpu.json"
+    path.write_text(json.dumps(damage(json.loads(json.dumps(good)))))
+    with pytest.raises(ValueError, match=match) as error:
+        pss_keras.load_latency_table(str(path))
+    message = str(error.value)
+    assert str(path) in message and len(message.splitlines()) == 1, message
+    with pytest.raises(ValueError, match=match):
+        latency.load_table(str(path))
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [(b"{not json", "is not readable JSON"), (b"", "is not readable JSON")],
+)
+def test_unreadable_json_copy_is_refused_in_one_line(tmp_path, content, match):
+    path = tmp_path / "latency_cpu.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as error:
+        pss_keras.load_latency_table(str(path))
+    assert str(path) in str(error.value) and len(str(error.value).splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------
+# A run trained with a reference .pkl table, end to end.
+
+
+def _covering_reference_entries(space, scale=1.0):
+    """A reference table with a key for every block of every subnet of
+    ``space`` (width scale 1), each with a latency that is a formula of its
+    shape (``scale`` times it).
+
+    A block's key depends on the resolution and on two adjacent stages'
+    widths, so one multiplier per distinct width tuple (the representatives),
+    every ordered pair (a, b) of them alternated over the stages at every
+    resolution, covers every (c_in, c_out) of every block.
+    """
+    w_min, w_max = space.width_range
+    steps = round((w_max - w_min) * 10**specs.MULT_DECIMALS)
+    representatives = {}
+    for i in range(steps + 1):
+        m = round(w_min + i / 10**specs.MULT_DECIMALS, specs.MULT_DECIMALS)
+        widths = tuple(R.reference_channels(space.model_name, (m,) * space.num_stages))
+        representatives.setdefault(widths, m)
+    keys = set(R.reference_keys(space.largest())) | set(R.reference_keys(space.smallest()))
+    for resolution in space.resolutions:
+        for a in representatives.values():
+            for b in representatives.values():
+                mults = tuple(a if s % 2 == 0 else b for s in range(space.num_stages))
+                keys.update(
+                    R.reference_keys(specs.SubnetConfig(space.model_name, resolution, mults))
+                )
+    return {key: scale * (1.0 + key.in_size**2 * (key.cin + key.cout) / 1000.0) for key in keys}
+
+
+@pytest.mark.heavy
+def test_run_trained_with_a_reference_pkl_table(tiny_image_folder, tmp_path, monkeypatch, caplog):
+    import dataclasses
+    import json
+    import logging
+
+    from conftest import tiny_train_config
+
+    from pss_keras import export, jobs, training
+
+    space = specs.SearchSpace("mobilenet_v1", (32, 40), 8, (0.75, 1.0), 1.0, 10)
+    pkl = _write_table(tmp_path, _covering_reference_entries(space), monkeypatch, "ref_cpu.pkl")
+    table = pss_keras.load_latency_table(pkl)
+    # Every random subnet of the space is keyed (a missing key would raise).
+    r, m = space.random_arrays(5000, np.random.default_rng(0))
+    values = np.sort(table.predict_us_np(space.model_name, r, m))
+    lo, hi = values[len(values) // 10], values[-len(values) // 10]
+    step = round((hi - lo) / 2, 1)
+    targets = (round(lo, 1), round(lo + 2 * step, 1), step)
+
+    base = tiny_train_config(tmp_path / "job", tiny_image_folder)
+    config = dataclasses.replace(
+        base,
+        data=dataclasses.replace(base.data, image_size=40),
+        width_scale=1.0,
+        resolution_range=(32, 40),
+        metric_types=("latency_cpu",),
+        latency_targets=(targets,),
+        lut_paths=(pkl,),
+        epochs=1,
+    )
+    with caplog.at_level(logging.INFO):
+        summary = training.train(config)
+    # The run header names the table the map was built with.
+    header = [r.getMessage() for r in caplog.records if r.getMessage().startswith("targets ")]
+    assert len(header) == 1 and header[0].startswith("targets       latency_cpu: "), header
+    assert f"map of 3,000 subnets ({table.describe()})" in header[0]
+    retained = summary["retained"]
+    assert retained and {entry["metric_type"] for entry in retained} == {"latency_cpu"}
+    for entry in retained:
+        subnet = specs.SubnetConfig.from_dict(entry["config"])
+        # The retained record keeps 3 decimals of the table's prediction.
+        assert entry["predicted_us"]["latency_cpu"] == round(table.predict_us(subnet), 3)
+        assert entry["predicted_us"]["latency_cpu"] == pytest.approx(
+            table.predict_us(subnet), abs=5e-4
+        )
+        assert abs(entry["predicted_us"]["latency_cpu"] - entry["target"]) <= step / 2 + 1e-6
+
+    # The job's copy is JSON (no pickle to read back), the same table.
+    copy = jobs.latency_table_path(config.job_dir, "latency_cpu")
+    assert copy.endswith(os.path.join("latency_tables", "latency_cpu.json"))
+    with open(copy) as f:
+        assert json.load(f)["format"] == R.FORMAT
+    saved = latency.load_table(copy)
+    assert type(saved) is R.ReferenceLatencyTable and saved.digest() == table.digest()
+    assert saved.name == "ref_cpu"
+    job_tables = jobs.Job(config.job_dir).latency_tables()
+    assert list(job_tables) == ["latency_cpu"]
+    assert type(job_tables["latency_cpu"]) is R.ReferenceLatencyTable
+    assert job_tables["latency_cpu"].digest() == table.digest()
+
+    # Another .pkl table for the same job is refused (before any data is read).
+    other = _write_table(
+        tmp_path, _covering_reference_entries(space, scale=1.5), monkeypatch, "other_cpu.pkl"
+    )
+    with pytest.raises(ValueError, match="was trained with another latency_cpu table"):
+        training.train(dataclasses.replace(config, lut_paths=(other,)))
+    assert latency.load_table(copy).digest() == table.digest()  # the copy is untouched
+
+    # Exported: every row names the reference table and its runtime.
+    out = export.export(config.job_dir, str(tmp_path / "served"), latency_repeats=2)
+    assert {row["name"] for row in out["tiers"]} == {entry["name"] for entry in retained}
+    for row in out["tiers"]:
+        assert row["latency_table"].startswith("PSS-Net reference table")
+        assert row["latency_table"] == table.describe()
+        assert row["latency_runtime"] == R.RUNTIME
+        assert row["predicted_latency_ms"] == pytest.approx(
+            row["predicted_us"]["latency_cpu"] / 1000.0
+        )

@@ -38,7 +38,9 @@ def _run(*args, timeout=900):
         (["--dataset=no_such_dataset_xyz"], "Unknown dataset 'no_such_dataset_xyz'"),
         (
             ["--infer_metric_types=latency_cpu"],
-            "--lut_dirs: latency_cpu needs a latency table, got None",
+            "--lut_dirs: latency_cpu needs a latency table (your own .json from "
+            "scripts/build_latency_lut.py, or the reference's .pkl from PSS-Net's scripts/lut/), "
+            "got None",
         ),
         (["--resolution_range=32"], "--resolution_range needs two comma-separated values"),
         # Refused before any data is read (it used to fail after caching images).

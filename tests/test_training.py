@@ -606,7 +606,9 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_image_folder, tmp_
 
 def test_resume_with_other_settings_is_refused(job_copy):
     config, _ = job_copy  # write_run_config rewrites run_config.json
-    with pytest.raises(ValueError, match="holds a run with other settings \\(lr\\)"):
+    with pytest.raises(
+        ValueError, match="holds a run with other settings \\(lr in use 0.1 -> 0.5\\)"
+    ):
         training.train(dataclasses.replace(config, lr=0.5))
     with pytest.raises(ValueError, match="other settings \\(batch_size\\)"):
         jobs.write_run_config(
