@@ -1,6 +1,7 @@
 """Atomic, resumable checkpoints of a PSS run.
 
-A checkpoint is a directory ``<job_dir>/checkpoints/epoch-NNNN/`` holding the
+A checkpoint is a directory ``<job_dir>/checkpoints/epoch-NNNN/`` (or, in the
+middle of an epoch, ``epoch-NNNN-step-SSSSSS/``: `checkpoint_name`) holding the
 supernet weights (Keras ``.weights.h5``), the optimizer's variables (``.npz``)
 and the host-side PSS state (pools, sampler random state, epoch; JSON). It is
 written into a hidden temporary directory, flushed, and renamed into place;
@@ -13,7 +14,8 @@ midway has the temporary folder removed, and one `DiskFullError` line names
 the mount to free and the previous checkpoint, which is still the latest.
 
 Each checkpoint's state file records the size and SHA-256 of the weights and
-optimizer files. A checkpoint damaged afterwards (a truncated copy, a bad
+optimizer files, and the step within its epoch (0 at an epoch's end). A
+checkpoint damaged afterwards (a truncated copy, a bad
 disk) is found by `Checkpointer.latest_usable`, reported as damaged, and the
 newest intact one before it is used instead.
 """
@@ -128,8 +130,11 @@ class Checkpointer:
             )
         return None
 
-    def save(self, epoch: int) -> str:
-        """Writes the checkpoint of the state after ``epoch`` completed epochs.
+    def save(self, epoch: int, step: int = 0) -> str:
+        """Writes the checkpoint of the state after ``epoch`` completed
+        epochs and ``step`` steps of the next (a step checkpoint, e.g. at a
+        preemption: ``epoch-NNNN-step-SSSSSS``; it sorts between the epoch
+        checkpoints around it and counts toward ``keep`` as they do).
 
         Raises:
             DiskFullError: if the disk fills up; the checkpoints and the
@@ -137,7 +142,7 @@ class Checkpointer:
         """
         os.makedirs(self.directory, exist_ok=True)
         self._remove_leftovers()  # before the write, which may need their space
-        name = f"epoch-{epoch:04d}"
+        name = checkpoint_name(epoch, step)
         final = os.path.join(self.directory, name)
         previous = self.latest()
         left = (
@@ -148,7 +153,7 @@ class Checkpointer:
         needed = self._needed_bytes()
         with disk_full_guard(final, left, lambda: needed):
             require_free_space(self.directory, needed)  # before HDF5 can meet a full disk
-            self._write(epoch, final)
+            self._write(epoch, final, step)
             # Re-saving the epoch `latest` names (e.g. after a resume): it
             # already names the new folder, and rewriting it could fail
             # after the previous folder was replaced, making `left` untrue.
@@ -167,7 +172,7 @@ class Checkpointer:
         variables = [*self.supernet.weights, *(self.optimizer.variables if self.optimizer else [])]
         return weights_file_bytes(variables) + (64 << 10)
 
-    def _write(self, epoch: int, final: str) -> None:
+    def _write(self, epoch: int, final: str, step: int = 0) -> None:
         """Writes the checkpoint into a hidden folder and renames it to ``final``."""
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}-", dir=self.directory)
         try:
@@ -175,6 +180,7 @@ class Checkpointer:
             np.savez(os.path.join(tmp, OPTIMIZER), **_optimizer_state(self.optimizer))
             state = {
                 "epoch": epoch,
+                "step": int(step),
                 "sampler": self.sampler.state_dict(),
                 "files": {
                     name: _file_record(os.path.join(tmp, name)) for name in (WEIGHTS, OPTIMIZER)
@@ -235,6 +241,12 @@ class Checkpointer:
             state = json.load(f)
         self.sampler.load_state_dict(state["sampler"])
         return state
+
+
+def checkpoint_name(epoch: int, step: int = 0) -> str:
+    """``epoch-0003`` (after 3 epochs) or ``epoch-0003-step-000120`` (120
+    steps into the fourth): names sort in training order."""
+    return f"epoch-{epoch:04d}" if not step else f"epoch-{epoch:04d}-step-{step:06d}"
 
 
 def _file_record(path: str) -> dict:

@@ -961,12 +961,23 @@ class Pipelines:
         the batches the interrupted one would have."""
         return self._epoch_batches(tf.constant(int(epoch), tf.int64)).prefetch(tf.data.AUTOTUNE)
 
-    def train_epochs(self, first: int, stop: int) -> tf.data.Dataset:
+    def train_epochs(self, first: int, stop: int, skip_batches: int = 0) -> tf.data.Dataset:
         """Epochs ``first .. stop - 1`` back to back: the batches of
         `train_epoch` for each, in order, as one dataset (one ``fit()`` per
-        run, its step counter continuous across epochs)."""
+        run, its step counter continuous across epochs).
+
+        Args:
+            skip_batches: batches of epoch ``first`` already trained on (a
+                resume from a checkpoint inside it): that epoch starts after
+                them. They are still read (and augmented) to be skipped, so
+                the rest is exactly the same batches.
+        """
         self.check_training()  # here, not inside flat_map's trace
         epochs = tf.data.Dataset.range(int(first), int(stop))
+        if skip_batches:
+            head = self._epoch_batches(tf.constant(int(first), tf.int64)).skip(int(skip_batches))
+            rest = tf.data.Dataset.range(int(first) + 1, int(stop)).flat_map(self._epoch_batches)
+            return head.concatenate(rest).prefetch(tf.data.AUTOTUNE)
         return epochs.flat_map(self._epoch_batches).prefetch(tf.data.AUTOTUNE)
 
     def chunk_order(self, epoch) -> tf.Tensor:

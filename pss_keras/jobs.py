@@ -5,6 +5,7 @@ A training run writes ``<job_dir>/``::
     run_config.json          the run's `TrainConfig` (to resume or reuse it)
     classes.json             class names, in label order
     data_split.json          a train-only image folder's train/validation split
+    weights_origin.json      where the initial weights came from (--init_from)
     supernet.weights.h5      the trained supernet (Keras weights)
     retained_subnets.json    the retained tiers (`RetainedTier` records)
     bn_stats/<tier>.npz      each tier's calibrated batch-norm statistics
@@ -40,6 +41,7 @@ CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 LATENCY_TABLES = "latency_tables"
 DATA_SPLIT = "data_split.json"
+WEIGHTS_ORIGIN = "weights_origin.json"
 # The SavedModel signature that describes the served tiers.
 TIERS_SIGNATURE = "tiers"
 
@@ -272,6 +274,23 @@ def read_run_config(job_dir: str) -> TrainConfig:
         )
     with open(path) as f:
         return TrainConfig.from_dict(json.load(f))
+
+
+def write_weights_origin(job_dir: str, description: str) -> None:
+    """Records where a run's initial weights came from (``--init_from``)."""
+    atomic_write_json(os.path.join(job_dir, WEIGHTS_ORIGIN), {"init_from": description})
+
+
+def read_weights_origin(job_dir: str) -> str | None:
+    """What `write_weights_origin` recorded, or None (random initialization)."""
+    path = os.path.join(job_dir, WEIGHTS_ORIGIN)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return str(json.load(f)["init_from"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"unknown ({path} is unreadable)"
 
 
 def write_split(job_dir: str, split: dict) -> None:

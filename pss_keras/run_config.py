@@ -94,6 +94,12 @@ class TrainConfig:
     ``lr_batch_size=0`` takes ``lr`` as given. ``warmup_epochs=None`` is
     the rule's default warm-up: `AUTO_WARMUP_EPOCHS` (at most half the run)
     when the rule scales the rate up, else none.
+
+    ``init_from`` (``imagenet``, a keras.applications ``.h5`` file or
+    another run's job directory; "" for random weights) is applied to a new
+    run only (`pss_keras.pretrained.initialize_supernet`);
+    ``checkpoint_every_steps`` adds checkpoints inside epochs (0: at epoch
+    ends and on SIGTERM / SIGINT only).
     """
 
     job_dir: str
@@ -129,6 +135,8 @@ class TrainConfig:
     mixed_precision: str = "none"
     selection: str = "minival"
     validate_every: int = 0
+    init_from: str = ""
+    checkpoint_every_steps: int = 0
 
     @property
     def lr_in_use(self) -> float:
@@ -195,6 +203,10 @@ class TrainConfig:
                 "p_space and temperature schedule ends must be positive.",
             ),
             (self.lr_batch_size >= 0, f"lr_batch_size={self.lr_batch_size} must be 0 or more."),
+            (
+                self.checkpoint_every_steps >= 0,
+                f"checkpoint_every_steps={self.checkpoint_every_steps} must be 0 (never) or more.",
+            ),
             (
                 0 <= self.warmup_in_use < self.epochs,
                 f"warmup_epochs={self.warmup_in_use:g} must be in [0, epochs={self.epochs}).",
@@ -288,7 +300,9 @@ class TrainConfig:
         current = json_round_trip(self.to_dict())
         ignore = {
             "epochs", "verbose", "tensorboard_update_freq", "keep_checkpoints", "job_dir",
-            "strategy", "selection", "validate_every",
+            "strategy", "selection", "validate_every", "checkpoint_every_steps",
+            # A resume never re-imports: its checkpoint holds the weights.
+            "init_from",
             # Tables may move; the job keeps a copy and compares contents.
             "lut_paths",
             # Compared as the rates in use (below): the same rate may be

@@ -28,12 +28,15 @@ from pss_keras.callbacks import (
     DivergenceError,
     DivergenceGuard,
     PSSCallback,
+    StepCheckpoint,
+    TrainingInterrupted,
     ValidationCallback,
 )
 from pss_keras.checkpoints import Checkpointer
 from pss_keras.fileio import atomic_file, disk_full_guard, require_free_space, weights_file_bytes
 from pss_keras.loop import check_workers_agree, fit_distributed
 from pss_keras.pools import TargetGrid
+from pss_keras.pretrained import initialize_supernet
 from pss_keras.run_config import TrainConfig
 from pss_keras.selection import retain_subnets
 from pss_keras.supernet import Supernet
@@ -43,6 +46,7 @@ from pss_keras.trainer import PSSTrainer, build_optimizer
 __all__ = [
     "DivergenceError",
     "PSSCallback",
+    "TrainingInterrupted",
     "PSSTrainer",
     "RETAINED",
     "TrainConfig",
@@ -297,16 +301,32 @@ def train(config: TrainConfig) -> dict:
         sampler,
         keep=config.keep_checkpoints,
     )
-    initial_epoch = 0
+    initial_epoch = initial_step = 0
     latest = checkpointer.latest_usable()  # a damaged latest: the one before, with a warning
     if latest:
-        initial_epoch = checkpointer.restore(latest)["epoch"]
-        logging.info("Resuming from %s (epoch %d of %d).", latest, initial_epoch, config.epochs)
+        state = checkpointer.restore(latest)
+        initial_epoch, initial_step = state["epoch"], int(state.get("step", 0))
+        logging.info(
+            "Resuming from %s (epoch %d of %d%s).",
+            latest, initial_epoch, config.epochs,
+            f", step {initial_step} of {pipelines.steps_per_epoch} of the next" if initial_step
+            else "",
+        )  # fmt: skip
+        weights = jobs.read_weights_origin(config.job_dir) or "random initialization"
+        if config.init_from:
+            logging.info("--init_from is not applied on a resume: the checkpoint has the weights.")
+    elif config.init_from:
+        # Every worker imports the same file; a resume never re-imports.
+        weights = initialize_supernet(supernet, config.init_from)
+        if chief:
+            jobs.write_weights_origin(config.job_dir, weights)
+    else:
+        weights = f"random initialization (seed {config.seed})"
     if distribution.is_multi_worker(strategy):
         check_workers_agree(
             strategy,
             "the checkpoint to resume from",
-            json.dumps([initial_epoch, sampler.state_dict()], sort_keys=True),
+            json.dumps([initial_epoch, initial_step, sampler.state_dict()], sort_keys=True),
         )
     plan = run_plan.RunPlan(
         config=config,
@@ -318,6 +338,7 @@ def train(config: TrainConfig) -> dict:
         ),
         data=run_plan.DataCounts.of(pipelines, checked=True),
         resume=resume,
+        weights=weights if not latest else f"from {latest} (first: {weights})",
     )
     for line in plan.header():
         logging.info("%s", line)
@@ -326,7 +347,7 @@ def train(config: TrainConfig) -> dict:
     with pipelines.bad_image_errors():  # a streamed set's bad image: one line naming it
         _fit_epochs(
             config, strategy, trainer, sampler, checkpointer if chief else None, pipelines,
-            initial_epoch,
+            initial_epoch, initial_step,
         )  # fmt: skip
     state_digest = hashlib.sha256(
         json.dumps(sampler.state_dict(), sort_keys=True).encode()
@@ -404,24 +425,47 @@ def precision_scope(mixed_precision: str):
         keras.config.set_dtype_policy(previous)
 
 
-def _fit_epochs(config, strategy, trainer, sampler, checkpointer, pipelines, initial_epoch):
-    """Trains from ``initial_epoch`` to the end in one ``fit()`` (or, under
-    multi-worker training, `pss_keras.loop.fit_distributed`).
+def _fit_epochs(
+    config, strategy, trainer, sampler, checkpointer, pipelines, initial_epoch, initial_step=0
+):
+    """Trains from ``initial_epoch`` (``initial_step`` steps into it) to the
+    end in one ``fit()`` (or, under multi-worker training,
+    `pss_keras.loop.fit_distributed`); a resume from inside an epoch first
+    finishes that epoch in a fit of its own, so that every later epoch keeps
+    its whole length.
 
     The dataset is the epochs' batches back to back (each epoch seeded by
     its number, so a resume sees the same batches), so the step counter of
     the progress bar and TensorBoard runs on across epochs, and across a
-    resume. PSSCallback checkpoints at every epoch end (``checkpointer`` is
-    None on workers other than the chief, which also write no logs).
+    resume. PSSCallback checkpoints at every epoch end, `StepCheckpoint`
+    inside epochs (``checkpoint_every_steps``, and on SIGTERM / SIGINT,
+    then raises `TrainingInterrupted`); ``checkpointer`` is None on workers
+    other than the chief, which also write no logs.
     """
+    spe = pipelines.steps_per_epoch
+    if initial_step >= spe:  # a step checkpoint at an epoch's very end
+        initial_epoch, initial_step = initial_epoch + 1, 0
     if initial_epoch >= config.epochs:
         return
+    if initial_step:
+        _fit(config, strategy, trainer, sampler, checkpointer, pipelines, initial_epoch,
+             initial_epoch + 1, initial_step)  # fmt: skip
+        initial_epoch += 1
+    if initial_epoch < config.epochs:
+        _fit(config, strategy, trainer, sampler, checkpointer, pipelines, initial_epoch,
+             config.epochs, 0)  # fmt: skip
+
+
+def _fit(config, strategy, trainer, sampler, checkpointer, pipelines, first, stop, skip):
+    """One fit over epochs ``first .. stop - 1``, ``skip`` steps into the first."""
     log_dir = os.path.join(config.job_dir, jobs.LOGS)
     chief = checkpointer is not None
+    spe = pipelines.steps_per_epoch
+    first_step = first * spe + skip  # global steps done before this fit
     guard = DivergenceGuard(
         trainer.supernet.space.num_classes,
-        first_step=initial_epoch * pipelines.steps_per_epoch,
-        steps_per_epoch=pipelines.steps_per_epoch,
+        first_step=first_step,
+        steps_per_epoch=spe,
         lr_hint=f"--lr {config.describe_lr()}",
     )
     callbacks = [
@@ -447,16 +491,31 @@ def _fit_epochs(config, strategy, trainer, sampler, checkpointer, pipelines, ini
     if chief:
         callbacks.append(
             ContinuedTensorBoard(
-                log_dir,
-                first_step=initial_epoch * pipelines.steps_per_epoch,
-                update_freq=config.tensorboard_update_freq,
+                log_dir, first_step=first_step, update_freq=config.tensorboard_update_freq
             )
         )
-    dataset = pipelines.train_epochs(initial_epoch, config.epochs)
+    if chief:
+        # Last: a step's checkpoint holds its pool report (PSSCallback), and
+        # the step is logged (TensorBoard) before a signal stops the run.
+        callbacks.append(
+            StepCheckpoint(
+                checkpointer,
+                spe,
+                first_epoch=first,
+                first_step=skip,
+                every_steps=config.checkpoint_every_steps,
+                guard=guard,
+                # Under multi-worker training a signal reaches one host's
+                # process, and a worker stopping alone would leave the others
+                # waiting in the collectives: no handlers there (see README).
+                handle_signals=not distribution.is_multi_worker(strategy),
+            )
+        )
+    dataset = pipelines.train_epochs(first, stop, skip_batches=skip)
     settings = dict(
-        epochs=config.epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=pipelines.steps_per_epoch,
+        epochs=stop,
+        initial_epoch=first,
+        steps_per_epoch=spe - skip if skip else spe,
         callbacks=callbacks,
         verbose=config.verbose,
     )

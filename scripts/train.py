@@ -9,7 +9,9 @@ one. Re-running with the same --job_dir resumes from its last checkpoint.
 
 Exit status: 0 done (or a dry run whose settings would start); 1 an error
 (one line: a bad flag or dataset, training that diverged, or every retained
-tier at chance, which still writes the job's results).
+tier at chance, which still writes the job's results); 143 (SIGTERM) or 130
+(SIGINT): stopped at a step boundary after writing a checkpoint there; the
+same command resumes.
 """
 
 import logging
@@ -112,7 +114,21 @@ flags.DEFINE_enum(
     "or skip (train without them; their names and count are logged).",
 )  # fmt: skip
 flags.DEFINE_integer("random_seed", 0, "Seed of weights, data order, augmentation, sampling.")
-flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept in job_dir.")
+flags.DEFINE_integer(
+    "keep_checkpoints", 2, "Checkpoints kept in job_dir (epoch and step checkpoints alike)."
+)
+flags.DEFINE_integer(
+    "checkpoint_every_steps", 0,
+    "Also checkpoint every N steps inside an epoch (long epochs, preemptible machines); 0: at "
+    "epoch ends only. SIGTERM / SIGINT always checkpoint at the next step boundary.",
+    lower_bound=0,
+)  # fmt: skip
+flags.DEFINE_string(
+    "init_from", None,
+    "Start a new run from: imagenet (keras.applications' ImageNet weights; Keras's download "
+    "and cache), a keras.applications weights file (.h5), or another run's --job_dir. A "
+    "different class count re-initializes the classifier only; a resume never re-imports.",
+)  # fmt: skip
 flags.DEFINE_integer("tensorboard_update_freq", 50, "Steps between TensorBoard step scalars.")
 flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
 flags.DEFINE_bool(
@@ -211,6 +227,8 @@ def _config():
         topk=F.valid_topk,
         seed=F.random_seed,
         keep_checkpoints=F.keep_checkpoints,
+        checkpoint_every_steps=F.checkpoint_every_steps,
+        init_from=F.init_from or "",
         tensorboard_update_freq=F.tensorboard_update_freq,
         verbose=F.verbose,
         strategy=F.strategy,
@@ -246,6 +264,9 @@ def main(argv):
             _dry_run(config)
             return
         summary = training.train(config)
+    except training.TrainingInterrupted as e:  # SIGTERM / SIGINT: checkpointed, resumable
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_status)
     except ValueError as e:  # includes DatasetError: one line, no stack trace
         sys.exit(f"error: {e}")
     if summary["retained"] is None:  # a multi-worker run's non-chief worker

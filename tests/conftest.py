@@ -27,6 +27,9 @@ COSTLIEST_FIRST = (
     "test_export.py",
     "test_tier_graph.py",
     "test_scripts.py",
+    "test_preemption.py",
+    "test_own_data.py",
+    "test_reference_luts.py",
 )
 
 
