@@ -8,6 +8,7 @@ import logging
 import math
 import signal
 import threading
+import time
 
 import keras
 import numpy as np
@@ -392,3 +393,51 @@ class StepCheckpoint(keras.callbacks.Callback):
             )  # fmt: skip
             return None
         return self.checkpointer.save(epoch, step)
+
+
+class EpochTimeEstimate(keras.callbacks.Callback):
+    """Logs, once, after the first ``steps`` steps of a fit: the time a
+    step takes (the first step, which traces the graph, left out) and what
+    that makes an epoch and the rest of the run.
+
+    Args:
+        steps_per_epoch: steps in an epoch.
+        remaining_steps: steps this fit will run.
+        steps: steps to time (fewer if the fit is shorter).
+    """
+
+    def __init__(self, steps_per_epoch: int, remaining_steps: int, steps: int = 20):
+        super().__init__()
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.remaining_steps = int(remaining_steps)
+        self.steps = max(2, min(int(steps), self.remaining_steps))
+        self.seen = 0
+        self.start = None
+        self.estimate = None  # seconds a step, once logged
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == 1:
+            self.start = time.perf_counter()  # after the tracing step
+            return
+        if self.estimate is not None or self.seen < self.steps:
+            return
+        self.estimate = (time.perf_counter() - self.start) / (self.seen - 1)
+        logging.info(
+            "time         %.3g s a step over steps 2..%d: about %s an epoch (%d steps), %s for "
+            "the %d steps left",
+            self.estimate, self.seen, _duration(self.estimate * self.steps_per_epoch),
+            self.steps_per_epoch, _duration(self.estimate * (self.remaining_steps - self.seen)),
+            self.remaining_steps - self.seen,
+        )  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``7.3 min``, ``5.2 h``, ``3.1 days``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

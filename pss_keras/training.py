@@ -27,6 +27,7 @@ from pss_keras.callbacks import (
     ContinuedTensorBoard,
     DivergenceError,
     DivergenceGuard,
+    EpochTimeEstimate,
     PSSCallback,
     StepCheckpoint,
     TrainingInterrupted,
@@ -469,7 +470,8 @@ def _fit(config, strategy, trainer, sampler, checkpointer, pipelines, first, sto
         lr_hint=f"--lr {config.describe_lr()}",
     )
     callbacks = [
-        guard,  # first: a diverged step raises before anything checkpoints it
+        EpochTimeEstimate(spe, (stop - first) * spe - skip),
+        guard,  # before PSSCallback: a diverged step raises before anything checkpoints it
         PSSCallback(
             trainer,
             sampler,

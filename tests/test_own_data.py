@@ -575,3 +575,20 @@ def test_evaluation_names_an_image_of_the_split_that_is_gone(split_job):
     finally:
         shutil.move(kept, root / gone)
     assert gone in str(info.value)
+
+
+def test_epoch_time_estimate_leaves_out_the_tracing_step(monkeypatch, caplog):
+    from pss_keras import callbacks
+
+    clock = iter([100.0, 102.0, 104.0, 106.0])  # after steps 1, 4 (3 steps of 2 s each)
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    estimate = callbacks.EpochTimeEstimate(steps_per_epoch=300, remaining_steps=600, steps=4)
+    with caplog.at_level(logging.INFO):
+        for batch in range(6):
+            if batch == 3:
+                monkeypatch.setattr(callbacks.time, "perf_counter", lambda: 106.0)
+            estimate.on_train_batch_end(batch)
+    assert estimate.estimate == pytest.approx(2.0)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("time ")]
+    assert "2 s a step over steps 2..4" in line and "about 10.0 min an epoch (300 steps)" in line
+    assert "19.9 min for the 596 steps left" in line

@@ -435,3 +435,48 @@ def test_a_damaged_cached_imagenet_file_is_named(tmp_path, no_network):
     )
     assert message.endswith("; delete it from Keras's cache to download it again.")
     assert no_network == []
+
+
+@pytest.mark.heavy
+def test_a_run_started_from_a_file_has_its_weights_before_the_first_step(
+    mbv1_file, tiny_image_folder, tmp_path, monkeypatch
+):
+    """The issue's done-when: a tiny run with init_from=FILE (the file has
+    1000 classes, the run 10): before the first step every supernet weight
+    but the classifier equals the file's; the run records where they came
+    from, and a resume does not import them again."""
+    from conftest import tiny_train_config
+
+    from pss_keras import jobs, training
+
+    path, weights, _ = mbv1_file
+    config = tiny_train_config(tmp_path / "job", tiny_image_folder, init_from=path, epochs=1)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def before_the_first_step(config_, strategy, trainer, *args, **kwargs):
+        net = trainer.supernet
+        _assert_copied_but_classifier(net, weights)
+        kernel = net.get_layer_by_name("classifier").kernel.numpy()
+        seen["classifier"] = kernel.shape
+        assert np.isfinite(kernel).all() and 0.005 < kernel.std() < 0.02
+        raise Stop
+
+    monkeypatch.setattr(training, "_fit_epochs", before_the_first_step)
+    with pytest.raises(Stop):
+        training.train(config)
+    assert seen["classifier"] == (256, 10)
+    origin = jobs.read_weights_origin(config.job_dir)
+    assert origin == (
+        f"keras.applications MobileNet alpha 0.25 weights from {path}; "
+        "classifier re-initialized (10 classes, file has 1000)"
+    )
+    # A resume takes the checkpoint's weights: initialize_supernet is not called.
+    monkeypatch.undo()
+    training.train(config)  # the one epoch, then a checkpoint
+    calls = []
+    monkeypatch.setattr(training, "initialize_supernet", lambda *a: calls.append(a) or "x")
+    training.train(config)
+    assert calls == [] and jobs.read_weights_origin(config.job_dir) == origin
