@@ -48,10 +48,11 @@ def test_every_tier_equals_the_supernet(trained_job, exports, mode):
         expected = reference(tf.constant(images)).numpy()
         out = loaded.signatures[entry.name](images=tf.constant(images))
         # Every mode folds BN into the convolutions, which changes float32
-        # rounding: equal to 1e-5 relative to the logits' scale (max |logit|;
-        # measured up to 7e-6 of it).
+        # rounding: equal to 5e-5 relative to the logits' scale (max |logit|;
+        # measured up to 7e-6 of it on an AVX-512 EPYC, 1.2e-5 on an
+        # AVX2-only one, whose kernels round differently).
         scale = np.abs(expected).max()
-        np.testing.assert_allclose(out["logits"].numpy(), expected, atol=1e-5 * scale, rtol=0)
+        np.testing.assert_allclose(out["logits"].numpy(), expected, atol=5e-5 * scale, rtol=0)
         np.testing.assert_allclose(out["probabilities"].numpy().sum(-1), 1.0, atol=1e-5)
         top = np.argsort(-expected, axis=-1)[:, :5]
         np.testing.assert_array_equal(out["top5_indices"].numpy(), top)
