@@ -231,7 +231,8 @@ class DivergenceGuard(keras.callbacks.Callback):
             if self.streak >= self.patience:
                 self._stop(
                     step, loss, lr,
-                    f"has been above {self.limit:.3g} (10 x ln(classes)) for {self.streak} steps "
+                    f"has been above {self.limit:.3g} ({self.limit / self.chance:g} x ln(classes)) "
+                    f"for {self.streak} steps "
                     f"in a row, since step {self.suspect_since}",
                 )  # fmt: skip
         else:
@@ -260,7 +261,7 @@ class DivergenceGuard(keras.callbacks.Callback):
             f"{why}, at lr {lr:.4g} in use"
             + (f" ({self.lr_hint})" if self.lr_hint else "")
             + ". Try a lower --lr (or set --lr_batch_size to the batch it was tuned for) or a "
-            "longer --warmup_epochs; a resume starts from the last checkpoint before that step."
+            "longer --warmup_epochs, with a new --job_dir (a resume keeps the job's rate)."
         )
 
 
@@ -342,8 +343,8 @@ class StepCheckpoint(keras.callbacks.Callback):
         del frame
         self.received = signum
         logging.warning(
-            "%s received: checkpointing at the end of this step, then stopping (send it "
-            "again to stop at once).",
+            "%s received: checkpointing at the end of this step (or at the fit's end), then "
+            "stopping (send it again to stop at once).",
             signal.Signals(signum).name,
         )
         self._restore_handlers()  # a second signal: the default action
@@ -356,7 +357,8 @@ class StepCheckpoint(keras.callbacks.Callback):
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            # None: a handler installed from C, which Python cannot put back.
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         self._previous = {}
 
     def on_train_begin(self, logs=None):
@@ -364,6 +366,11 @@ class StepCheckpoint(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._restore_handlers()
+        if self.received is not None:  # arrived after the fit's last step (epoch-end work)
+            signum, self.received = self.received, None
+            raise TrainingInterrupted(
+                signum, self.checkpointer.latest(), f"the end of epoch {self.epoch + 1}"
+            )
 
     # -- steps -----------------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):

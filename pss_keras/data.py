@@ -31,6 +31,7 @@ epoch (`Pipelines`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -486,10 +487,7 @@ def class_counts(builder, split: str) -> dict | None:
     examples = getattr(builder, "_split_examples", {}).get(split)
     if examples is None:
         return None
-    counts = {name: 0 for name in builder.info.features["label"].names}
-    for example in examples:
-        counts[example.label] += 1
-    return counts
+    return _label_counts(examples, builder.info.features["label"].names)
 
 
 def check_folder_classes(path: str, builder, val_split: str | None) -> None:
@@ -554,6 +552,8 @@ def _folder_source(
 
     splits = [s for s in os.listdir(path) if os.path.isdir(os.path.join(path, s))]
     val_split = next((s for s in ("val", "validation", "test") if s in splits), None)
+    if split is not None:
+        val_split = None  # the job's saved split of train/, whatever was added since
     if "train" not in splits or (val_split is None and not (val_fraction or split)):
         raise DatasetError(
             f"Image folder {path} needs train/ and val/ (or validation/ or test/) "
@@ -598,8 +598,14 @@ def _folder_source(
         train_records=train_records,
         validation_records=validation_records,
         split=split,
-        train_class_counts={c: sum(e.label == c for e in train) for c in features["label"].names},
+        train_class_counts=_label_counts(train, features["label"].names),
     )
+
+
+def _label_counts(examples, names) -> dict:
+    """``{class name: examples}``, every class of ``names`` included."""
+    counts = collections.Counter(e.label for e in examples)
+    return {name: counts[name] for name in names}
 
 
 def split_examples(path: str, examples, val_fraction: float, seed: int) -> dict:
@@ -658,7 +664,9 @@ def _apply_split(path: str, examples, split: dict) -> tuple[list, list]:
     return [by_path[r] for r in split["train"]], [by_path[r] for r in split["validation"]]
 
 
-def _tfds_source(name: str, data_dir: str | None, manual_dir: str | None) -> DatasetSource:
+def _tfds_source(
+    name: str, data_dir: str | None, manual_dir: str | None, prepare: bool = True
+) -> DatasetSource:
     import tensorflow_datasets as tfds
 
     try:
@@ -670,6 +678,11 @@ def _tfds_source(name: str, data_dir: str | None, manual_dir: str | None) -> Dat
             "a folder with train/ and val/ class sub-folders, or synthetic_shapes."
         ) from None
     if not builder.info.splits or not tf.io.gfile.exists(builder.data_dir):
+        if not prepare:
+            raise DatasetError(
+                f"Dataset {name!r} is not prepared in {builder.data_dir}; not downloaded or "
+                "prepared now (the run itself prepares it, from --manual_dir for manual datasets)."
+            )
         try:
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
@@ -705,7 +718,9 @@ def _tfds_source(name: str, data_dir: str | None, manual_dir: str | None) -> Dat
     )
 
 
-def load_source(config: DataConfig, split: dict | None = None) -> DatasetSource:
+def load_source(
+    config: DataConfig, split: dict | None = None, prepare: bool = True
+) -> DatasetSource:
     """Finds (and for ``synthetic_shapes`` builds) the dataset.
 
     Args:
@@ -713,6 +728,8 @@ def load_source(config: DataConfig, split: dict | None = None) -> DatasetSource:
         split: a train-only image folder's saved split (`split_examples`;
             a job's, so that its evaluation sees its split); None splits it
             afresh with ``config.val_fraction`` and ``config.seed``.
+        prepare: download and prepare a TFDS dataset that is not prepared
+            (False: say so instead, e.g. for a dry run).
 
     Raises:
         DatasetError: with one line that says what is missing and how to
@@ -728,7 +745,7 @@ def load_source(config: DataConfig, split: dict | None = None) -> DatasetSource:
         if not os.path.isdir(dataset):
             raise DatasetError(f"Image folder {dataset} does not exist.")
         return _folder_source(dataset, config.val_fraction, config.seed, split)
-    return _tfds_source(dataset, config.data_dir, config.manual_dir)
+    return _tfds_source(dataset, config.data_dir, config.manual_dir, prepare)
 
 
 def train_transform(image, seed, config: DataConfig):

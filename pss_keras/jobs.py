@@ -281,6 +281,13 @@ def write_weights_origin(job_dir: str, description: str) -> None:
     atomic_write_json(os.path.join(job_dir, WEIGHTS_ORIGIN), {"init_from": description})
 
 
+def remove_weights_origin(job_dir: str) -> None:
+    """Forgets a recorded origin (a new run that imports nothing)."""
+    path = os.path.join(job_dir, WEIGHTS_ORIGIN)
+    if os.path.exists(path):
+        os.remove(path)
+
+
 def read_weights_origin(job_dir: str) -> str | None:
     """What `write_weights_origin` recorded, or None (random initialization)."""
     path = os.path.join(job_dir, WEIGHTS_ORIGIN)

@@ -204,6 +204,10 @@ class TrainConfig:
             ),
             (self.lr_batch_size >= 0, f"lr_batch_size={self.lr_batch_size} must be 0 or more."),
             (
+                0 <= self.data.val_fraction < 1,
+                f"val_fraction={self.data.val_fraction} must be in [0, 1).",
+            ),
+            (
                 self.checkpoint_every_steps >= 0,
                 f"checkpoint_every_steps={self.checkpoint_every_steps} must be 0 (never) or more.",
             ),
@@ -315,6 +319,7 @@ class TrainConfig:
             for f in dataclasses.fields(self)
             if f.default is not dataclasses.MISSING
         }
+        saved_raw = saved
         saved = {**json_round_trip(defaults), **saved}
         changed = sorted(
             k for k in current if k not in ignore | {"data"} and saved.get(k) != current[k]
@@ -332,13 +337,20 @@ class TrainConfig:
             if k not in ("data_dir", "manual_dir", "bad_images")
             and saved_data.get(k) != current["data"][k]
         )
-        before = TrainConfig.from_dict({**saved, "job_dir": self.job_dir})
-        for name, was, now in (
-            ("lr in use", before.lr_in_use, self.lr_in_use),
-            ("warm-up epochs", before.warmup_in_use, self.warmup_in_use),
-        ):
-            if not math.isclose(was, now, rel_tol=1e-9, abs_tol=1e-12):
-                changed.append(f"{name} {was:.6g} -> {now:.6g}")
+        fields = {f.name for f in dataclasses.fields(self)}
+        before = TrainConfig.from_dict(
+            {k: v for k, v in saved.items() if k in fields and k != "job_dir"}
+            | {"job_dir": self.job_dir}
+        )
+        if not math.isclose(before.lr_in_use, self.lr_in_use, rel_tol=1e-9, abs_tol=1e-12):
+            hint = ""
+            if "lr_batch_size" not in saved_raw and self.lr_batch_size:
+                hint = " (this job predates --lr_batch_size: pass --lr_batch_size=0)"
+            changed.append(f"lr in use {before.lr_in_use:.6g} -> {self.lr_in_use:.6g}{hint}")
+        # The automatic warm-up follows --epochs, which a resume may change.
+        auto = before.warmup_epochs is None and self.warmup_epochs is None
+        if not auto and not math.isclose(before.warmup_in_use, self.warmup_in_use, abs_tol=1e-12):
+            changed.append(f"warm-up epochs {before.warmup_in_use:g} -> {self.warmup_in_use:g}")
         return changed + data_changed
 
 

@@ -117,6 +117,7 @@ class MapReport:
     num_samples: int
     seconds: float
     targets: tuple[TargetStatus, ...]
+    step: float | None = None  # the grid step (runs of targets are consecutive on it)
 
     @classmethod
     def of(cls, conditional: sampling.ConditionalSampler, source: str, num_samples: int):
@@ -132,7 +133,12 @@ class MapReport:
                 status = REACHED
             targets.append(TargetStatus(grid.name(k), grid.value(k), status))
         return cls(
-            grid.metric_type, source, int(num_samples), conditional.build_seconds, tuple(targets)
+            grid.metric_type,
+            source,
+            int(num_samples),
+            conditional.build_seconds,
+            tuple(targets),
+            float(grid.step),
         )
 
     @property
@@ -150,7 +156,7 @@ class MapReport:
     def summary(self) -> str:
         """``flops: 42 of 47 targets reached (not: 520..560 M)``."""
         missing = self.values(NOT_REACHED)
-        tail = f" (not: {format_values(missing, self.unit)})" if missing else ""
+        tail = f" (not: {format_values(missing, self.unit, self.step)})" if missing else ""
         return (
             f"{self.metric_type}: {self.num_reached} of {len(self.targets)} targets reached{tail}"
         )
@@ -160,26 +166,28 @@ def format_value(value: float, unit: str) -> str:
     return f"{value:,.0f}" if value == round(value) else f"{value:,g}"
 
 
-def format_values(values, unit: str) -> str:
+def format_values(values, unit: str, step: float | None = None) -> str:
     """Targets as runs of consecutive grid values: ``520..560, 600 M``.
 
-    ``values`` must be grid values in order; two values are consecutive when
-    no grid value lies between them (the caller passes one status's values).
+    ``values`` must be grid values in order; two are consecutive when they
+    are ``step`` apart (the grid's step; without it, the smallest gap
+    between the values).
     """
     if not values:
         return "none"
     return ", ".join(
         format_value(run[0], unit) if len(run) == 1 else
         f"{format_value(run[0], unit)}..{format_value(run[-1], unit)}"
-        for run in _runs(values)
+        for run in _runs(values, step)
     ) + f" {unit}"  # fmt: skip
 
 
-def _runs(values):
-    """Splits sorted grid values into runs of equal spacing (the grid step)."""
+def _runs(values, step: float | None = None):
+    """Splits sorted grid values into runs ``step`` apart."""
     values = list(values)
-    steps = [b - a for a, b in zip(values, values[1:])]
-    step = min(steps) if steps else 0
+    if step is None:
+        steps = [b - a for a, b in zip(values, values[1:])]
+        step = min(steps) if steps else 0
     runs, current = [], [values[0]]
     for v in values[1:]:
         if abs(v - current[-1] - step) <= 1e-6 * max(1.0, abs(step)):
@@ -303,7 +311,8 @@ class RunPlan:
             for status in (REACHED, LARGEST_ONLY, SMALLEST_ONLY, NOT_REACHED):
                 values = report.values(status)
                 if values or status in (REACHED, NOT_REACHED):
-                    lines.append(f"  {status + ':':<22}{format_values(values, report.unit)}")
+                    text = format_values(values, report.unit, report.step)
+                    lines.append(f"  {status + ':':<22}{text}")
         lines.append(f"map time {self.map_seconds:.2f} s in all")
         return lines
 
@@ -331,7 +340,7 @@ def resume_state(job_dir: str) -> str:
     if not os.path.exists(os.path.join(job_dir, jobs.RUN_CONFIG)):
         return "new run"
     names = sorted(os.listdir(checkpoints)) if os.path.isdir(checkpoints) else []
-    names = [n for n in names if not n.startswith(".")]
+    names = [n for n in names if n.startswith("epoch-")]
     return f"resumes the run there; checkpoints: {', '.join(names) if names else 'none'}"
 
 
@@ -370,7 +379,8 @@ def dry_run(config: TrainConfig) -> tuple[RunPlan, str]:
         )
     data, data_error = None, ""
     try:
-        source = data_lib.load_source(config.data, jobs.read_split(config.job_dir))
+        # A TFDS dataset that is not prepared is reported, not downloaded.
+        source = data_lib.load_source(config.data, jobs.read_split(config.job_dir), prepare=False)
     except ValueError as e:  # DatasetError: not on this machine, or not readable
         data_error = f"not opened: {e}"
     else:
@@ -391,6 +401,7 @@ def dry_run(config: TrainConfig) -> tuple[RunPlan, str]:
         training.prioritized_sampler(config, conditionals)
     except ValueError as e:
         problem = problem or str(e)
+    resume = resume_state(config.job_dir)
     plan = RunPlan(
         config=config,
         strategy=strategy,
@@ -398,9 +409,29 @@ def dry_run(config: TrainConfig) -> tuple[RunPlan, str]:
         maps=maps,
         data=data,
         data_error=data_error,
-        resume=resume_state(config.job_dir),
+        resume=resume,
+        weights=_planned_weights(config, resume),
     )
     return plan, problem
+
+
+def _planned_weights(config: TrainConfig, resume: str) -> str:
+    """The header's weights line of a dry run (the import itself is done,
+    and fully checked, by the run: `pretrained.initialize_supernet`).
+
+    Raises:
+        ValueError: an ``init_from`` path that does not exist.
+    """
+    if resume != "new run":
+        return "from the job's latest checkpoint (a resume never imports --init_from)"
+    if not config.init_from:
+        return f"random initialization (seed {config.seed})"
+    if config.init_from != "imagenet" and not os.path.exists(config.init_from):
+        raise ValueError(
+            f"--init_from={config.init_from} does not exist; give imagenet, a keras.applications "
+            ".h5 weights file or another run's --job_dir."
+        )
+    return f"imported from {config.init_from} at the run's start (--init_from)"
 
 
 def map_source(metric_type: str, tables: dict) -> str:

@@ -323,6 +323,8 @@ def train(config: TrainConfig) -> dict:
             jobs.write_weights_origin(config.job_dir, weights)
     else:
         weights = f"random initialization (seed {config.seed})"
+        if chief:  # a killed --init_from run re-run without it: not imported any more
+            jobs.remove_weights_origin(config.job_dir)
     if distribution.is_multi_worker(strategy):
         check_workers_agree(
             strategy,
@@ -470,7 +472,7 @@ def _fit(config, strategy, trainer, sampler, checkpointer, pipelines, first, sto
         lr_hint=f"--lr {config.describe_lr()}",
     )
     callbacks = [
-        EpochTimeEstimate(spe, (stop - first) * spe - skip),
+        EpochTimeEstimate(spe, (config.epochs - first) * spe - skip),
         guard,  # before PSSCallback: a diverged step raises before anything checkpoints it
         PSSCallback(
             trainer,
@@ -496,23 +498,28 @@ def _fit(config, strategy, trainer, sampler, checkpointer, pipelines, first, sto
                 log_dir, first_step=first_step, update_freq=config.tensorboard_update_freq
             )
         )
+    step_checkpoint = None
     if chief:
         # Last: a step's checkpoint holds its pool report (PSSCallback), and
         # the step is logged (TensorBoard) before a signal stops the run.
-        callbacks.append(
-            StepCheckpoint(
-                checkpointer,
-                spe,
-                first_epoch=first,
-                first_step=skip,
-                every_steps=config.checkpoint_every_steps,
-                guard=guard,
-                # Under multi-worker training a signal reaches one host's
-                # process, and a worker stopping alone would leave the others
-                # waiting in the collectives: no handlers there (see README).
-                handle_signals=not distribution.is_multi_worker(strategy),
-            )
+        step_checkpoint = StepCheckpoint(
+            checkpointer,
+            spe,
+            first_epoch=first,
+            first_step=skip,
+            every_steps=config.checkpoint_every_steps,
+            guard=guard,
+            # Under multi-worker training a signal reaches one host's
+            # process, and a worker stopping alone would leave the others
+            # waiting in the collectives: no handlers there (see README).
+            handle_signals=not distribution.is_multi_worker(strategy),
         )
+        callbacks.append(step_checkpoint)
+    if skip:
+        logging.info(
+            "Skipping the %d batches of epoch %d trained before the checkpoint (they are read "
+            "to be skipped).", skip, first + 1,
+        )  # fmt: skip
     dataset = pipelines.train_epochs(first, stop, skip_batches=skip)
     settings = dict(
         epochs=stop,
@@ -521,7 +528,11 @@ def _fit(config, strategy, trainer, sampler, checkpointer, pipelines, first, sto
         callbacks=callbacks,
         verbose=config.verbose,
     )
-    if distribution.is_multi_worker(strategy):
-        fit_distributed(trainer, strategy, dataset, **settings)
-    else:
-        trainer.fit(dataset, shuffle=False, **settings)  # the pipeline shuffles, per epoch
+    try:
+        if distribution.is_multi_worker(strategy):
+            fit_distributed(trainer, strategy, dataset, **settings)
+        else:
+            trainer.fit(dataset, shuffle=False, **settings)  # the pipeline shuffles, per epoch
+    finally:
+        if step_checkpoint is not None:  # Keras skips on_train_end when fit raises
+            step_checkpoint._restore_handlers()

@@ -132,7 +132,8 @@ flags.DEFINE_string(
 flags.DEFINE_integer("tensorboard_update_freq", 50, "Steps between TensorBoard step scalars.")
 flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
 flags.DEFINE_bool(
-    "fail_at_chance", True,
+    "fail_at_chance",
+    True,
     "Exit 1 when every retained tier's validation top-1 is within 0.02 of chance (a run that "
     "learned nothing); --nofail_at_chance for smoke runs on tiny data.",
 )
@@ -294,7 +295,7 @@ def main(argv):
         sys.exit(
             f"error: every retained tier is at chance (top-1 within {training.CHANCE_MARGIN} of "
             f"1/{summary['num_classes']}): the run learned nothing. Check the data and labels, "
-            "lower --lr or train longer; nothing should be exported from "
+            "lower --lr or train longer (a new --job_dir); nothing should be exported from "
             f"{summary['job_dir']}."
         )
 

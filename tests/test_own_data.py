@@ -592,3 +592,47 @@ def test_epoch_time_estimate_leaves_out_the_tracing_step(monkeypatch, caplog):
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("time ")]
     assert "2 s a step over steps 2..4" in line and "about 10.0 min an epoch (300 steps)" in line
     assert "19.9 min for the 596 steps left" in line
+
+
+def test_an_old_job_resumed_with_the_new_flag_default_is_told_what_to_pass(tmp_path):
+    old = _config(tmp_path, batch_size=32, lr=0.3, lr_batch_size=0)
+    saved = json.loads(json.dumps(old.to_dict()))
+    for key in ("lr_batch_size", *DERIVED):
+        del saved[key]
+    new = _config(tmp_path, batch_size=32, lr=0.3, lr_batch_size=1024)  # the flag's default
+    assert new.resume_conflicts(saved) == [
+        "lr in use 0.3 -> 0.009375 (this job predates --lr_batch_size: pass --lr_batch_size=0)"
+    ]
+    # A saved key this version does not know is not a traceback (nor a conflict).
+    assert old.resume_conflicts({**saved, "lr_batch_size": 0, "from_the_future": 1}) == []
+
+
+def test_the_auto_warm_up_may_follow_a_longer_resumed_run(tmp_path):
+    short = _config(tmp_path, lr=0.4, lr_batch_size=4, warmup_epochs=None, epochs=6)
+    assert short.warmup_in_use == 3  # half the run
+    longer = dataclasses.replace(short, epochs=40)
+    assert longer.warmup_in_use == AUTO_WARMUP_EPOCHS
+    assert longer.resume_conflicts(json.loads(json.dumps(short.to_dict()))) == []
+
+
+def test_val_fraction_outside_0_1_is_refused(tmp_path):
+    config = _config(tmp_path)
+    with pytest.raises(ValueError, match=r"val_fraction=1.5 must be in \[0, 1\)"):
+        dataclasses.replace(
+            config, data=dataclasses.replace(config.data, val_fraction=1.5)
+        ).validate()
+
+
+def test_a_signal_after_the_last_step_stops_at_the_fit_end():
+    from pss_keras import callbacks
+
+    class Checkpointer:
+        def latest(self):
+            return "/j/checkpoints/epoch-0003"
+
+    step = callbacks.StepCheckpoint(Checkpointer(), steps_per_epoch=8, first_epoch=2)
+    step.received = 15  # SIGTERM, e.g. during the last epoch's checkpoint or validation
+    with pytest.raises(callbacks.TrainingInterrupted) as caught:
+        step.on_train_end()
+    assert caught.value.checkpoint == "/j/checkpoints/epoch-0003"
+    assert "at the end of epoch 3" in str(caught.value) and caught.value.exit_status == 143

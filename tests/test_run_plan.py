@@ -160,11 +160,13 @@ def test_dry_run_refuses_a_job_dir_of_another_run(tiny_image_folder, tmp_path):
 
 def test_dry_run_of_a_resume_names_its_checkpoints(tiny_image_folder, tmp_path):
     config = tiny_train_config(tmp_path / "job", tiny_image_folder)
-    os.makedirs(os.path.join(config.job_dir, jobs.CHECKPOINTS, "epoch_0001"))
+    os.makedirs(os.path.join(config.job_dir, jobs.CHECKPOINTS, "epoch-0001-step-000003"))
+    with open(os.path.join(config.job_dir, jobs.CHECKPOINTS, "latest"), "w") as f:
+        f.write("epoch-0001-step-000003\n")  # the pointer is not a checkpoint
     jobs.write_run_config(config.job_dir, dataclasses.replace(config, epochs=1))  # may change
     plan, problem = run_plan.dry_run(config)
     assert problem == ""
-    assert plan.resume == "resumes the run there; checkpoints: epoch_0001"
+    assert plan.resume == "resumes the run there; checkpoints: epoch-0001-step-000003"
     assert plan.header()[0] == f"job dir       {config.job_dir} ({plan.resume})"
     assert sorted(os.listdir(config.job_dir)) == sorted([jobs.RUN_CONFIG, jobs.CHECKPOINTS])
 
@@ -305,3 +307,20 @@ def test_dry_run_map_is_the_runs_map(tiny_image_folder, tmp_path):
     run_map = run_plan.MapReport.of(conditional, "counted", config.num_map_samples)
     assert [t.status for t in run_map.targets] == [run_plan.LARGEST_ONLY]
     assert [t.status for t in plan.maps[0].targets] == [t.status for t in run_map.targets]
+
+
+def test_runs_of_targets_follow_the_grid_step():
+    """Two unreached targets at the ends of a grid are not one run."""
+    assert run_plan.format_values([70.0, 600.0], "M", 10.0) == "70, 600 M"
+    assert run_plan.format_values([100.0, 130.0, 160.0], "M", 10.0) == "100, 130, 160 M"
+    assert run_plan.format_values([520.0, 530.0, 540.0, 560.0], "M", 10.0) == "520..540, 560 M"
+
+
+def test_dry_run_names_the_weights_and_refuses_a_missing_init_from(tiny_image_folder, tmp_path):
+    config = tiny_train_config(tmp_path / "job", tiny_image_folder)
+    plan, _ = run_plan.dry_run(dataclasses.replace(config, init_from="imagenet"))
+    (line,) = [x for x in plan.header() if x.startswith("weights")]
+    assert "imported from imagenet at the run's start" in line
+    with pytest.raises(ValueError, match="--init_from=.*nothing.h5 does not exist"):
+        run_plan.dry_run(dataclasses.replace(config, init_from=str(tmp_path / "nothing.h5")))
+    assert not os.path.exists(config.job_dir)
