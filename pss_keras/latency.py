@@ -350,16 +350,7 @@ class LatencyTable:
             ValueError: one line naming the file if it is missing, not JSON,
                 or not a table.
         """
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise ValueError(
-                f"Latency table {path} does not exist; build it with "
-                "scripts/build_latency_lut.py --output=FILE.json."
-            ) from None
-        except (OSError, ValueError) as e:
-            raise ValueError(f"Latency table {path} is not readable JSON ({e}).") from None
+        data = _read_json(path, "build it with scripts/build_latency_lut.py --output=FILE.json")
         return cls.from_dict(data, path)
 
 
@@ -411,17 +402,27 @@ def load_table(path: str):
 
     if path.lower().endswith(".pkl"):
         return reference_luts.load_reference_table(path)
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(
-            f"Latency table {path} does not exist; build one with "
-            "scripts/build_latency_lut.py --output=FILE.json, or give one of the reference's "
-            ".pkl tables."
-        ) from None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"Latency table {path} is not readable JSON ({e}).") from None
+    data = _read_json(
+        path,
+        "build one with scripts/build_latency_lut.py --output=FILE.json, or give one of the "
+        "reference's .pkl tables",
+    )
     if isinstance(data, dict) and data.get("format") == reference_luts.FORMAT:
         return reference_luts.ReferenceLatencyTable.from_dict(data, path)
     return LatencyTable.from_dict(data, path)
+
+
+def _read_json(path: str, missing_hint: str):
+    """A table file's JSON.
+
+    Raises:
+        ValueError: one line naming ``path`` if it is missing (with
+            ``missing_hint``) or not readable JSON.
+    """
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"Latency table {path} does not exist; {missing_hint}.") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"Latency table {path} is not readable JSON ({e}).") from None
