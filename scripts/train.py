@@ -257,6 +257,13 @@ def _dry_run(config):
     )
 
 
+def _end_progress_bar():
+    """Ends the line of Keras's progress bar (--verbose=1), so that the
+    message after a stop mid-epoch is a line of its own."""
+    if F.verbose == 1:
+        print(flush=True)
+
+
 def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
@@ -271,9 +278,12 @@ def main(argv):
             return
         summary = training.train(config)
     except training.TrainingInterrupted as e:  # SIGTERM / SIGINT: checkpointed, resumable
+        _end_progress_bar()
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_status)
     except ValueError as e:  # includes DatasetError: one line, no stack trace
+        if isinstance(e, training.DivergenceError):
+            _end_progress_bar()
         sys.exit(f"error: {e}")
     if summary["retained"] is None:  # a multi-worker run's non-chief worker
         print(f"Worker done; the chief writes {summary['job_dir']}/{training.RETAINED}.")
