@@ -70,6 +70,34 @@ def run_script():
     return run
 
 
+def start_script_until(exists, *args, stderr=None, timeout=300):
+    """Starts a script of the repository (``args``: its path and flags) as
+    `run_script` runs it, and returns the running process once the path
+    ``exists`` does (e.g. a checkpoint folder), to signal or kill it then.
+
+    ``stderr``: a file to write it to; by default discarded.
+    """
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=root, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + timeout
+        while not os.path.exists(exists):
+            assert proc.poll() is None, f"the script ended before {exists} existed"
+            assert time.time() < deadline, f"no {exists} within {timeout} s"
+            time.sleep(0.05)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
 class _FillingFile:
     """A file whose disk fills up after ``budget`` bytes: that many are
     written, then ``write`` raises ENOSPC as the kernel does."""

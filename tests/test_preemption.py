@@ -4,13 +4,11 @@ that reproduces the uninterrupted run."""
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import tiny_train_config, tiny_train_flags
+from conftest import start_script_until, tiny_train_config, tiny_train_flags
 
 from pss_keras import callbacks, training
 from pss_keras.checkpoints import checkpoint_name
@@ -112,33 +110,24 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(
     assert [e["config"] for e in summary["retained"]] == expected
 
 
-def _env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 @pytest.mark.slow
-def test_train_script_stops_on_sigterm_within_30_s_and_resumes(tiny_image_folder, tmp_path):
+def test_train_script_stops_on_sigterm_within_30_s_and_resumes(
+    tiny_image_folder, tmp_path, run_script
+):
     job = tmp_path / "job"
     flags = tiny_train_flags(job, tiny_image_folder, epochs=3)
-    cmd = [sys.executable, *flags]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.time() + 300
-        while not (job / "checkpoints" / "epoch-0001").exists():
-            assert proc.poll() is None, "training ended before the signal"
-            assert time.time() < deadline
-            time.sleep(0.05)
-        sent = time.time()
-        proc.send_signal(signal.SIGTERM)  # during epoch 2
-        _, stderr = proc.communicate(timeout=60)
-        took = time.time() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: nothing blocks the script's logging
+    with open(log, "w") as err:
+        proc = start_script_until(job / "checkpoints" / "epoch-0001", *flags, stderr=err)
+        try:
+            sent = time.time()
+            proc.send_signal(signal.SIGTERM)  # during epoch 2
+            proc.wait(60)
+            took = time.time() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    stderr = log.read_text()
     assert proc.returncode == 143, stderr[-3000:]
     assert took < 30, took
     last = stderr.strip().splitlines()[-1]
@@ -147,7 +136,7 @@ def test_train_script_stops_on_sigterm_within_30_s_and_resumes(tiny_image_folder
     written = last.split("checkpoint ")[1].split(" written")[0]
     assert os.path.isdir(written) and os.path.basename(written).startswith("epoch-0001")
     assert not (job / "retained_subnets.json").exists()
-    result = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    result = run_script(*flags, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Resuming from {written}" in result.stderr
     assert (job / "retained_subnets.json").exists()

@@ -5,10 +5,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import tiny_train_flags
+from conftest import start_script_until, tiny_train_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,15 +120,8 @@ def test_kill_9_mid_epoch_then_resume(tmp_path, tiny_image_folder):
     assert result.returncode == 0, result.stderr[-3000:]
     job = tmp_path / "job"
     flags = tiny_train_flags(job, tiny_image_folder, epochs=4)
-    proc = subprocess.Popen(
-        _cmd(*flags), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    proc = start_script_until(job / "checkpoints" / "epoch-0002", *flags)
     try:
-        deadline = time.time() + 300
-        while not (job / "checkpoints" / "epoch-0002").exists():
-            assert proc.poll() is None, "training ended before it could be killed"
-            assert time.time() < deadline
-            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)  # mid-epoch 3, maybe mid-write
         proc.wait(60)
     finally:
