@@ -4,6 +4,9 @@
   or several runs (the paper's main figure, one line per run).
 * `plot_pool_scores`: the best pool score of every target over the epochs
   (a run's ``logs/pss`` TensorBoard scalars).
+* `plot_load_timelines`: served requests over a load timeline, one panel per
+  tier policy: each request's latency coloured by its tier, the objective,
+  the phases shaded (benchmarks/adaptive_serving.py).
 """
 
 from __future__ import annotations
@@ -75,6 +78,70 @@ def plot_pool_scores(scores: dict[str, list[tuple[int, float]]], path: str, titl
     return _finish(
         plt, fig, ax, path, "epoch", "best pool score (-CE)", title, legend=len(names) <= 12
     )
+
+
+def plot_load_timelines(
+    runs: dict[str, list],
+    phases,
+    tier_names: list[str],
+    objective_ms: float,
+    path: str,
+    title: str = "",
+) -> str:
+    """Writes one panel per policy: latency of every request against its
+    send time (log scale, coloured by tier from cheapest to largest), the
+    objective as a dashed line, phases shaded and named.
+
+    Args:
+        runs: ``{policy: [request, ...]}`` (`pss_keras.load_test.Request`).
+        phases: the timeline's `pss_keras.load_test.Phase` list.
+        tier_names: every tier, cheapest first (the colour order).
+        objective_ms: the latency objective.
+        path: the PNG to write (atomically).
+        title: the figure's title.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        len(runs), 1, figsize=(9, 1.9 * len(runs) + 0.8), dpi=110, sharex=True, squeeze=False
+    )
+    cmap = plt.get_cmap("viridis")
+    colour = {n: cmap(i / max(1, len(tier_names) - 1)) for i, n in enumerate(tier_names)}
+    for ax, (policy, requests) in zip(axes[:, 0], runs.items()):
+        start = 0.0
+        for i, phase in enumerate(phases):
+            if i % 2:
+                ax.axvspan(start, start + phase.seconds, color="0.9", lw=0)
+            if ax is axes[0, 0]:
+                ax.text(start + phase.seconds / 2, 1.02, phase.name, transform=ax.get_xaxis_transform(),
+                        ha="center", va="bottom", fontsize=7)  # fmt: skip
+            start += phase.seconds
+        for name in tier_names:
+            points = [(r.scheduled, r.latency_ms) for r in requests if r.tier == name]
+            if points:
+                ax.scatter(*zip(*points), s=3, color=colour[name], label=name, lw=0)
+        failed = [(r.scheduled, r.latency_ms) for r in requests if r.error is not None]
+        if failed:
+            ax.scatter(*zip(*failed), s=12, marker="x", color="red", label="failed")
+        ax.axhline(objective_ms, color="red", ls="--", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{policy}\nms", fontsize=8)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    for ax in axes[1:, 0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    fig.legend(handles, labels, loc="lower center", ncol=min(9, len(labels)), fontsize=7,
+               markerscale=3)  # fmt: skip
+    axes[-1, 0].set_xlabel(f"seconds (dashed: objective {objective_ms:.1f} ms)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
 
 
 def _finish(plt, fig, ax, path, xlabel, ylabel, title, legend) -> str:

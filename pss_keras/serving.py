@@ -6,7 +6,8 @@ reload. This module discovers the tiers through the ``tiers`` signature
 (or, when that is unavailable, their names through GetModelMetadata:
 `tiers_from_metadata`), chooses a tier from a FLOPs or latency budget (the
 most accurate tier within it), or adapts the tier to observed latency
-(`AdaptiveTierPolicy`), over gRPC (tensorflow-serving-api's
+(`AdaptiveTierPolicy`: a percentile objective over a sliding window, with
+hysteresis, never a dominated tier), over gRPC (tensorflow-serving-api's
 PredictionService) or REST.
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import collections
 import json
+import math
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -444,8 +447,244 @@ class PSSClient:
         self.transport.close()
 
 
+def dominant_tiers(tiers, latency_source: str = "auto") -> tuple[list[Tier], list[Tier]]:
+    """Splits tiers into those worth serving and the dominated ones.
+
+    A tier is dominated when another costs no more (`tier_latency_ms`, then
+    MFLOPs) and is at least as accurate: choosing it would spend more for
+    no accuracy. Of tiers equal in both, the first kept is the cheaper by
+    MFLOPs.
+
+    Returns:
+        (kept tiers, cheapest first and each more accurate than the one
+        before; dominated tiers).
+
+    Raises:
+        ServingError: if the tiers came from metadata (no cost or accuracy).
+    """
+    tiers = list(tiers)
+    _require_tier_table(tiers, "Choosing among tiers")
+    return split_dominated(tiers, lambda t: tier_latency_ms(t, latency_source))
+
+
+def split_dominated(tiers, cost) -> tuple[list, list]:
+    """(kept, dominated) for any records with ``top1`` and ``mflops``:
+    ordered by ``cost(tier)``, then MFLOPs, a tier is kept when it is more
+    accurate than every tier before it. Shared by the served tiers
+    (`dominant_tiers`) and the on-device chooser (`pss_keras.tflite_chooser`)."""
+    kept, dominated = [], []
+    for t in sorted(tiers, key=lambda t: (cost(t), t.mflops, -t.top1)):
+        (kept if not kept or t.top1 > kept[-1].top1 else dominated).append(t)
+    return kept, dominated
+
+
 class AdaptiveTierPolicy:
-    """Steps down a tier when a latency objective is missed, back up with headroom.
+    """Holds a latency objective on a percentile of recent requests, at the
+    most accurate tier that meets it.
+
+    Every observed latency is divided by the cost of the tier that served
+    it (its idle latency, `tier_latency_ms`), so one sliding window of the
+    last ``window`` requests describes how loaded the server is whichever
+    tiers served them; the window's ``percentile`` of that ratio times a
+    tier's cost estimates the tier's percentile latency right now.
+
+    - **Down**, as soon as the current tier's estimate exceeds
+      ``objective_ms`` (a full window is needed): to the most accurate tier
+      whose estimate is within ``headroom * objective_ms`` (the cheapest if
+      none), several tiers at once if the load demands.
+    - **Up**, one tier, when the next tier's estimate is within ``headroom
+      * objective_ms`` and at least ``hold`` requests have passed since the
+      last move. Up needs the estimate below the headroom, down needs it
+      above the objective: between the two the policy stays (hysteresis).
+    - **Back-off**: a step up undone within two windows is a failed probe:
+      the policy returns to the tier it left, and each failed probe in a
+      row doubles ``hold`` (up to ``max_hold``); a probe that holds for two
+      windows resets it. So in a steady phase of N requests, once settled,
+      the policy switches at most about ``2 * log2(N / hold)`` times
+      (`max_steady_switches`), and not at all while the estimate is right
+      to within a factor 1 / headroom.
+    - Dominated tiers (more cost, no more accuracy: `dominant_tiers`) are
+      never chosen.
+    - Safe to share between client threads: ``predict`` and ``observe``
+      hold a lock; a latency is credited to the tier that served it, which
+      may not be the current one once requests overlap.
+
+    Args:
+        tiers: the served tiers (from the ``tiers`` signature).
+        objective_ms: the latency objective.
+        percentile: which percentile of the window must meet it (95 or 99
+            as serving objectives are stated; 50 for a median).
+        window: requests per estimate; at least ``100 / (100 - percentile)``
+            (20 for p95, 100 for p99), so that the percentile is not just
+            the window's largest value.
+        headroom: fraction of the objective a tier's estimate must be below
+            to be stepped up to (or landed on by a step down).
+        hold: requests after a move before a step up (default ``window``).
+        max_hold: the most ``hold`` grows to after failed probes (default
+            ``64 * hold``).
+        latency_source: the tiers' cost (see `tier_latency_ms`).
+        start: tier name to start from (default: the most accurate).
+        clock: what `predict` times requests with: seconds (default
+            `time.perf_counter`); tests pass a simulated clock.
+    """
+
+    def __init__(
+        self,
+        tiers,
+        objective_ms: float,
+        percentile: float = 95.0,
+        window: int | None = None,
+        headroom: float = 0.7,
+        hold: int | None = None,
+        max_hold: int | None = None,
+        latency_source: str = "auto",
+        start: str | None = None,
+        clock=time.perf_counter,
+    ):
+        if not objective_ms > 0:
+            raise ValueError(f"objective_ms must be positive, got {objective_ms}.")
+        if not 0 < percentile < 100:
+            raise ValueError(f"percentile must be in (0, 100), got {percentile}.")
+        smallest = math.ceil(100 / (100 - percentile) - 1e-9)
+        window = smallest if window is None else int(window)
+        if window < smallest:
+            raise ValueError(
+                f"window={window} is too short for a p{percentile:g} objective: it needs at "
+                f"least {smallest} requests (100 / (100 - percentile)), or the percentile is "
+                "only the window's largest value."
+            )
+        if not 0 < headroom < 1:
+            raise ValueError(f"headroom must be in (0, 1), got {headroom}.")
+        tiers = list(tiers)
+        if not tiers:
+            raise ValueError("No tiers to adapt between.")
+        _require_tier_table(tiers, "AdaptiveTierPolicy")
+        self.tiers, self.dominated = dominant_tiers(tiers, latency_source)
+        self._cost = {t.name: tier_latency_ms(t, latency_source) for t in tiers}
+        if any(not c > 0 for c in self._cost.values()):
+            raise ValueError(f"Every tier needs a positive latency to scale by, got {self._cost}.")
+        names = [t.name for t in self.tiers]
+        if start is not None and start not in names:
+            why = "it is dominated" if start in self._cost else "it is not a tier"
+            raise ValueError(f"start={start!r}: {why}; choose one of {names}.")
+        self.index = names.index(start) if start else len(self.tiers) - 1
+        self.objective_ms = float(objective_ms)
+        self.percentile = float(percentile)
+        self.window = window
+        self.headroom = float(headroom)
+        self.base_hold = window if hold is None else int(hold)
+        self.max_hold = 64 * self.base_hold if max_hold is None else int(max_hold)
+        self.hold = self.base_hold
+        self.clock = clock
+        self.switches = 0
+        self.history = []  # (tier name, latency ms) per observation
+        self._ratios = collections.deque(maxlen=window)
+        self._since_move = 0
+        self._last_move = None
+        self._failed_probes = 0
+        self._probed_from = None
+        self._failed_tier = None
+        self._lock = threading.Lock()
+
+    @property
+    def tier(self) -> Tier:
+        with self._lock:
+            return self.tiers[self.index]
+
+    def estimate_ms(self, tier: Tier | str) -> float | None:
+        """The tier's estimated percentile latency now (None before a full window)."""
+        name = tier if isinstance(tier, str) else tier.name
+        with self._lock:
+            if len(self._ratios) < self.window:
+                return None
+            return self._ratio() * self._cost[name]
+
+    def max_steady_switches(self, requests: int) -> int:
+        """The most switches in a steady phase of ``requests`` requests once
+        settled: one failed probe (up and back down) per doubling of
+        ``hold``."""
+        probes, hold, seen = 0, self.base_hold, 0
+        while seen + hold <= requests:
+            seen += hold + 1
+            probes += 1
+            hold = min(2 * hold, self.max_hold)
+        return 2 * probes
+
+    def observe(self, latency_ms: float, tier: Tier | str | None = None) -> Tier:
+        """Records one request's latency (``tier``: the tier that served it,
+        default the current one); returns the tier for the next request."""
+        with self._lock:
+            name = self.tiers[self.index].name if tier is None else getattr(tier, "name", tier)
+            if name not in self._cost:
+                raise ValueError(f"Unknown tier {name!r}; the policy has {sorted(self._cost)}.")
+            self.history.append((name, float(latency_ms)))
+            if name != self._failed_tier:  # late answers of a failed probe say nothing of load
+                self._ratios.append((name, float(latency_ms) / self._cost[name]))
+            self._since_move += 1
+            if len(self._ratios) == self.window:
+                self._decide(self._ratio())
+            return self.tiers[self.index]
+
+    def _ratio(self) -> float:
+        return float(np.percentile([r for _, r in self._ratios], self.percentile))
+
+    def _decide(self, ratio: float) -> None:
+        costs = [self._cost[t.name] for t in self.tiers]
+        target = self.headroom * self.objective_ms
+        if self._last_move == "up" and self._since_move > 2 * self.window:
+            self._failed_probes, self.hold = 0, self.base_hold  # the last step up held
+            self._last_move = "held"
+        if ratio * costs[self.index] > self.objective_ms and self.index > 0:
+            if self._last_move == "up":  # a failed probe: back to the tier it left
+                self._failed_probes += 1
+                index = self._probed_from
+                # What the probed tier met says how it runs, not how loaded the
+                # server is: forget it (the window refills at the tier left).
+                self._failed_tier = self.tiers[self.index].name
+                kept = [(n, r) for n, r in self._ratios if n != self._failed_tier]
+                self._ratios = collections.deque(kept, maxlen=self.window)
+            else:  # more load: as far down as the estimate says
+                self._failed_probes = 0
+                fits = [i for i in range(self.index) if ratio * costs[i] <= target]
+                index = max(fits) if fits else 0
+            self.hold = min(self.base_hold * 2**self._failed_probes, self.max_hold)
+            self._move(index, "down")
+        elif (
+            self.index < len(self.tiers) - 1
+            and self._since_move >= self.hold
+            and ratio * costs[self.index + 1] <= target
+        ):
+            self._probed_from = self.index
+            self._move(self.index + 1, "up")
+            if self.tiers[self.index].name == self._failed_tier:
+                self._failed_tier = None
+
+    def _move(self, index: int, direction: str) -> None:
+        self.index = index
+        self.switches += 1
+        self._since_move = 0
+        self._last_move = direction
+
+    def predict(self, client: PSSClient, images) -> tuple[dict, Tier, float]:
+        """One request on the current tier, timed with ``clock``; returns
+        (outputs, tier used, ms)."""
+        tier = self.tier
+        start = self.clock()
+        outputs = client.predict(images, tier.name)
+        latency = 1000 * (self.clock() - start)
+        self.observe(latency, tier)
+        return outputs, tier, latency
+
+
+class MedianStepPolicy:
+    """The first adaptive policy, kept for comparison: steps down a tier when
+    the median of the last few requests misses the objective, back up with
+    headroom.
+
+    `AdaptiveTierPolicy` replaced it: a median of 5 lets 2 of every 5
+    requests miss, and it may choose dominated tiers (it orders them by
+    MFLOPs alone); benchmarks/adaptive_serving.py measures both (policy
+    ``median5``).
 
     Keeps a window of the latest observed request latencies. When their
     median exceeds ``objective_ms`` the next request uses the next cheaper
@@ -480,7 +719,7 @@ class AdaptiveTierPolicy:
         tiers = list(tiers)
         if not tiers:
             raise ValueError("No tiers to adapt between.")
-        _require_tier_table(tiers, "AdaptiveTierPolicy")
+        _require_tier_table(tiers, "MedianStepPolicy")
         self.tiers = sorted(tiers, key=lambda t: t.mflops)
         names = [t.name for t in self.tiers]
         self.index = names.index(start) if start else len(self.tiers) - 1
@@ -490,24 +729,35 @@ class AdaptiveTierPolicy:
         self.clock = clock
         self._latencies = collections.deque(maxlen=self.window)
         self.history = []  # (tier name, latency ms) per observation
+        self.switches = 0
+        self._lock = threading.Lock()
 
     @property
     def tier(self) -> Tier:
-        return self.tiers[self.index]
+        with self._lock:
+            return self.tiers[self.index]
 
-    def observe(self, latency_ms: float) -> Tier:
-        """Records one request's latency; returns the tier for the next one."""
-        self.history.append((self.tier.name, float(latency_ms)))
-        self._latencies.append(float(latency_ms))
-        if len(self._latencies) == self.window:
-            median = float(np.median(self._latencies))
-            if median > self.objective_ms and self.index > 0:
-                self.index -= 1
-                self._latencies.clear()
-            elif median < self.headroom * self.objective_ms and self.index < len(self.tiers) - 1:
-                self.index += 1
-                self._latencies.clear()
-        return self.tier
+    def observe(self, latency_ms: float, tier: Tier | str | None = None) -> Tier:
+        """Records one request's latency (``tier``: the tier that served it,
+        for the history; every latency counts); returns the tier for the
+        next one."""
+        with self._lock:
+            name = self.tiers[self.index].name if tier is None else getattr(tier, "name", tier)
+            self.history.append((name, float(latency_ms)))
+            self._latencies.append(float(latency_ms))
+            if len(self._latencies) == self.window:
+                median = float(np.median(self._latencies))
+                if median > self.objective_ms and self.index > 0:
+                    self.index -= 1
+                    self.switches += 1
+                    self._latencies.clear()
+                elif (
+                    median < self.headroom * self.objective_ms and self.index < len(self.tiers) - 1
+                ):
+                    self.index += 1
+                    self.switches += 1
+                    self._latencies.clear()
+            return self.tiers[self.index]
 
     def predict(self, client: PSSClient, images) -> tuple[dict, Tier, float]:
         """One request on the current tier, timed with ``clock``; returns
@@ -516,7 +766,7 @@ class AdaptiveTierPolicy:
         start = self.clock()
         outputs = client.predict(images, tier.name)
         latency = 1000 * (self.clock() - start)
-        self.observe(latency)
+        self.observe(latency, tier)
         return outputs, tier, latency
 
 

@@ -300,6 +300,10 @@ def _convert_tier(job, entry, config: ConvertConfig, pipelines, progress) -> dic
         "resolution": r,
         "mflops": float(entry.mflops),
         "params": int(entry.params),
+        # The job's validation accuracy of the tier: what an app weighs
+        # against the latency it measures (tflite_chooser).
+        "top1": float(entry.top1),
+        "top5": float(entry.top5),
         "size_bytes": len(content),
         "sha256": tflite_manifest.file_digest(content),
         "quantization": config.mode_name,

@@ -1,4 +1,9 @@
-"""The manifest written beside the .tflite files, and its table."""
+"""The manifest written beside the .tflite files, and its table.
+
+Its readers (`pss_keras.tflite_chooser`, on a device that has LiteRT and
+no TensorFlow) import this module for the file's name and digest:
+TensorFlow and the verification code are loaded by `build` only.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,7 @@ import importlib.metadata
 import json
 import os
 
-import keras
-import tensorflow as tf
-
 from pss_keras.fileio import fsync_dir, fsync_tree
-from pss_keras.tflite_verification import TARGETS
 
 MANIFEST = "manifest.json"
 PREPROCESSING = (
@@ -34,7 +35,19 @@ def _version(package: str) -> str | None:
 
 
 def build(job, config, pipelines, reference_name, rows) -> dict:
-    """The manifest of one conversion (``config``: a `ConvertConfig`)."""
+    """The manifest of one conversion (``config``: a `ConvertConfig`).
+
+    Each row of ``rows`` (a tier) carries ``top1`` and ``top5``: the job's
+    validation accuracy of the tier (float model, calibrated statistics),
+    what an app weighs against the latency it measures
+    (`pss_keras.tflite_chooser`); ``verification`` holds the file's own
+    agreement with the served model.
+    """
+    import keras
+    import tensorflow as tf
+
+    from pss_keras.tflite_verification import TARGETS
+
     return {
         "job_dir": os.path.abspath(job.job_dir),
         "quantize": config.quantize,
@@ -88,11 +101,16 @@ def move_in(tmp: str, output_dir: str, rows, manifest: dict) -> None:
 
 
 def format_manifest(manifest: dict) -> str:
-    """The manifest as a table: tier, size, accuracy, agreement, latency."""
+    """The manifest as a table: tier, size, accuracy, agreement, latency.
+
+    ``job top1`` is the job's validation top-1 of the tier (``-`` in a
+    manifest written before rows carried it); ``top1`` and ``ref top1`` are
+    the file's and the served model's on the verification images.
+    """
     predicted = sorted({m for t in manifest["tiers"] for m in t.get("predicted_us") or {}})
     lines = [
-        f"{'tier':<14}{'res':>5}{'MFLOPs':>8}{'KB':>9}{'in':>9}{'top1':>7}{'ref top1':>9}"
-        f"{'agree':>7}{'max|dlogit|':>12}{'SQNR dB':>8}{'ms':>8}"
+        f"{'tier':<14}{'res':>5}{'MFLOPs':>8}{'KB':>9}{'in':>9}{'job top1':>9}{'top1':>7}"
+        f"{'ref top1':>9}{'agree':>7}{'max|dlogit|':>12}{'SQNR dB':>8}{'ms':>8}"
         + "".join(f"{m + ' ms':>16}" for m in predicted)
     ]
     for t in manifest["tiers"]:
@@ -105,7 +123,9 @@ def format_manifest(manifest: dict) -> str:
         )
         lines.append(
             f"{t['name']:<14}{t['resolution']:>5}{t['mflops']:>8.2f}{t['size_bytes'] / 1024:>9.1f}"
-            f"{t['input']['dtype']:>9}{acc}{t['latency_ms']:>8.3f}"
+            f"{t['input']['dtype']:>9}"
+            + (f"{t['top1']:>9.3f}" if t.get("top1") is not None else f"{'-':>9}")
+            + f"{acc}{t['latency_ms']:>8.3f}"
             + "".join(f"{t['predicted_us'][m] / 1000:>16.3f}" for m in predicted)
         )
     threads = manifest["latency"]["num_threads"]

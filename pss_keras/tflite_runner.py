@@ -68,7 +68,8 @@ class TFLiteRunner:
         it.invoke()
         return dequantize_output(it.get_tensor(self.output["index"]), self.output)
 
-    def latency_ms(self, pixels: np.ndarray, repeats: int) -> float:
-        """Median wall time of one batch-1 invoke over ``repeats`` runs."""
+    def latency_ms(self, pixels: np.ndarray, repeats: int, warmup: int = 0, clock=None) -> float:
+        """Median wall time of one batch-1 invoke over ``repeats`` runs,
+        after ``warmup`` untimed ones (`timing.median_ms`, read on ``clock``)."""
         self(pixels[:1])  # sets the input; the timed runs invoke on it
-        return timing.median_ms(self.interpreter.invoke, repeats, warmup=0)
+        return timing.median_ms(self.interpreter.invoke, repeats, warmup=warmup, clock=clock)

@@ -89,6 +89,8 @@ def _pss_imports(module: str) -> set[str]:
         ("export", TRAINING),
         ("tier_graph", TRAINING),
         ("tflite", TRAINING),
+        ("tflite_chooser", SERVING_ONLY),
+        ("load_test", SERVING_ONLY),
     ],
 )
 def test_deployment_functions_import_no_training_code(module, forbidden):
@@ -100,12 +102,12 @@ def test_deployment_functions_import_no_training_code(module, forbidden):
 
 def test_deployment_imports_no_training_code():
     """Export, TFLite, the stand-in model server and the client load no
-    training module; the client no TF."""
+    training module; the client and the on-device tier chooser no TF."""
     code = (
         f"training = {sorted(TRAINING)!r}\n"
         "import sys\n"
-        "import pss_keras.serving\n"
-        "assert 'tensorflow' not in sys.modules, 'serving imported TensorFlow'\n"
+        "import pss_keras.serving, pss_keras.tflite_chooser\n"
+        "assert 'tensorflow' not in sys.modules, 'serving or the chooser imported TensorFlow'\n"
         "import pss_keras.export, pss_keras.tflite, pss_keras.model_server, pss_keras.soak\n"
         "loaded = [m for m in training if f'pss_keras.{m}' in sys.modules]\n"
         "assert not loaded, loaded\n"

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pss_keras import data, export, extraction, fileio, jobs, tflite
+from pss_keras import data, export, extraction, fileio, jobs, tflite, tflite_manifest
 
 
 def _convert(trained_job, out, **kwargs):
@@ -63,6 +63,7 @@ def test_float_files_match_the_serving_signature(trained_job, float_manifest):
         # The conversion itself: the file vs the Keras model it came from.
         job = jobs.Job(config.job_dir)
         entry = next(e for e in job.retained if e.name == tier["name"])
+        assert tier["top1"] == entry.top1 and tier["top5"] == entry.top5  # the job's accuracy
         subnet, stats = job.tier(entry)
         model = extraction.extract_subnet(
             job.supernet, subnet, stats, fold_bn=True, pixel_input=True
@@ -75,6 +76,24 @@ def test_float_files_match_the_serving_signature(trained_job, float_manifest):
     # Readable like any other file there (not mkstemp's 0600).
     modes = {(out / n).stat().st_mode & 0o777 for n in os.listdir(out)}
     assert len(modes) == 1, modes
+
+
+def test_format_manifest_reads_a_manifest_without_top1():
+    """A manifest written before tier rows carried the job's top-1 still
+    prints, with ``-`` in that column."""
+    row = {
+        "name": "flops_1m", "resolution": 32, "mflops": 1.0, "size_bytes": 2048,
+        "input": {"dtype": "int8"}, "latency_ms": 0.05,
+    }  # fmt: skip
+    manifest = {
+        "tiers": [row, {**row, "name": "flops_2m", "top1": 0.75}],
+        "latency": {"num_threads": 1, "repeats": 3},
+        "reference": None,
+    }
+    lines = tflite_manifest.format_manifest(manifest).splitlines()
+    assert lines[0].split()[:7] == ["tier", "res", "MFLOPs", "KB", "in", "job", "top1"]
+    assert lines[1].split()[:6] == ["flops_1m", "32", "1.00", "2.0", "int8", "-"]
+    assert lines[2].split()[:6] == ["flops_2m", "32", "1.00", "2.0", "int8", "0.750"]
 
 
 def test_runner_batches_equal_single_images(float_manifest, rng):

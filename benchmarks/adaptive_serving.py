@@ -1,0 +1,355 @@
+"""Resource adaptation on a real server: does a tier policy hold a latency
+objective while the machine's free CPU changes, at the best accuracy it can?
+
+    python benchmarks/adaptive_serving.py --job_dir=J
+    python benchmarks/adaptive_serving.py --job_dir=J --server_binary=/usr/bin/tensorflow_model_server
+
+1. Exports the job (``--export_mode``, default ``shared``) unless
+   ``--export_dir`` names an export of it, and serves it in its own process
+   on 127.0.0.1: tensorflow_model_server when on PATH, named by
+   TF_MODEL_SERVER or --server_binary (its intra/inter-op threads set to
+   --threads), else the project's stand-in (`pss_keras.model_server`, a
+   session with --threads threads).
+2. Measures each tier's idle latency through the server (one request at a
+   time, median) and drops dominated tiers (more latency, no more top-1).
+3. Calibration: the timeline (`pss_keras.load_test.default_timeline`:
+   idle, 1 busy process, 2, the rate doubled, idle again; real
+   busy-looping processes) once per tier, with --calibration_seconds
+   phases. The objective is --objective_margin x the largest tier's p99
+   in the idle phases (unless --objective_ms), so the largest tier meets
+   it when idle; the table says whether it misses under contention.
+   ``best_fixed`` is the most accurate tier meeting the objective (>= 99 %
+   of requests within it) in every phase where the cheapest tier does.
+4. The timeline with --phase_seconds phases, for every policy in
+   --policies, --repeats times (policies interleaved within a repeat; one
+   arrival schedule per repeat, the same for every policy): open-loop
+   Poisson arrivals at --rate (default: --utilization of the largest
+   tier's idle capacity), latency from each request's scheduled time,
+   timeouts and errors as misses. Each answered request is credited with
+   its tier's validation top-1 (the export's tiers table).
+5. Prints the table, writes --output (JSON: machine, job, server, tiers
+   with idle_ms, objective, rate, per policy per phase within_objective,
+   p50/p95/p99, mean_top1, switches, means over repeats with [min, max]
+   spreads) and the PNG beside it (repeat 1's timelines).
+
+Policies: ``fixed_largest``, ``fixed_smallest``, ``best_fixed``,
+``adaptive`` (`pss_keras.serving.AdaptiveTierPolicy` with --percentile,
+--window, --headroom, on the measured idle latencies) and ``median5`` (the
+earlier `MedianStepPolicy`: median of 5, for comparison).
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+POLICIES = ("fixed_largest", "fixed_smallest", "best_fixed", "adaptive", "median5")
+
+flags.DEFINE_string("job_dir", None, "Trained job whose tiers are served.")
+flags.DEFINE_string("export_dir", None, "An export of the job (base path); default: export now.")
+flags.DEFINE_enum(
+    "export_mode", "shared", ["shared", "shared_lowmem", "standalone"], "Export mode."
+)
+flags.DEFINE_string("model_name", "pss", "Model name the requests use.")
+flags.DEFINE_enum("server", "auto", ["auto", "standin", "binary"], "Which server.")
+flags.DEFINE_string("server_binary", None, "tensorflow_model_server (default: from PATH).")
+flags.DEFINE_integer("threads", 2, "Server intra/inter-op threads.", lower_bound=1)
+flags.DEFINE_float("phase_seconds", 30.0, "Seconds per phase of the measured timelines.", 1.0)
+flags.DEFINE_float("calibration_seconds", 10.0, "Seconds per phase of calibration.", 1.0)
+flags.DEFINE_float("rate", None, "Requests per second (default: from --utilization).")
+flags.DEFINE_float(
+    "utilization", 0.35, "Default rate: this share of the largest tier's idle capacity."
+)
+flags.DEFINE_float("rate_step", 2.0, "The rate-step phase's multiple of --rate.", 1.0)
+flags.DEFINE_float("objective_ms", None, "Latency objective (default: from calibration).")
+flags.DEFINE_float(
+    "objective_margin", 1.25, "Default objective: this x the largest tier's idle p99."
+)
+flags.DEFINE_list("policies", list(POLICIES[:4]), f"Policies to replay: {', '.join(POLICIES)}.")
+flags.DEFINE_integer("repeats", 3, "Repeats of every policy's timeline.", lower_bound=1)
+flags.DEFINE_float("percentile", 95.0, "adaptive: the percentile held within the objective.")
+flags.DEFINE_integer("window", None, "adaptive: requests per estimate (default 100/(100-p)).")
+flags.DEFINE_float("headroom", 0.7, "adaptive: step up only below this share of the objective.")
+flags.DEFINE_integer("image_size", None, "Request image size (default: the job's).")
+flags.DEFINE_integer("max_inflight", 16, "Client threads.", lower_bound=1)
+flags.DEFINE_float("timeout_s", 5.0, "Per-request timeout (a miss).", 0.01)
+flags.DEFINE_float("max_minutes", 90.0, "Refuse settings whose timelines would take longer.")
+flags.DEFINE_integer("seed", 0, "Arrival schedules' seed.")
+flags.DEFINE_string(
+    "output", os.path.join(ROOT, "docs", "results", "adaptive_serving.json"), "JSON output."
+)
+F = flags.FLAGS
+
+
+def _fail(message: str):
+    sys.exit(f"error: {message}")
+
+
+def _check_flags():
+    unknown = sorted(set(F.policies) - set(POLICIES))
+    if unknown:
+        _fail(f"--policies has unknown {unknown}; use some of {', '.join(POLICIES)}.")
+    if not F.job_dir and not F.export_dir:
+        _fail("--job_dir is required (a trained job; or --export_dir, an export of one).")
+    if F.objective_ms is not None and F.objective_ms <= 0:
+        _fail(f"--objective_ms must be positive, got {F.objective_ms}.")
+    if F.rate is not None and F.rate <= 0:
+        _fail(f"--rate must be positive, got {F.rate}.")
+    if not 0 < F.utilization < 1:
+        _fail(f"--utilization must be in (0, 1), got {F.utilization}.")
+
+
+def _table(tiers, idle, results, phases):
+    lines = [f"{'tier':<14}{'MFLOPs':>8}{'top1':>7}{'idle ms':>9}"]
+    for t in tiers:
+        lines.append(f"{t.name:<14}{t.mflops:>8.2f}{t.top1:>7.3f}{idle[t.name]:>9.2f}")
+    lines.append("")
+    head = f"{'policy':<15}" + "".join(f"{p.name[:16]:>18}" for p in phases)
+    lines += [head + f"{'overall':>18}{'mean top1':>11}"]
+    for policy, r in results.items():
+        cells = []
+        for row in r["phases"]:
+            if row["within_objective"] is None:
+                cells.append("no requests")
+                continue
+            lo, hi = row["within_objective_spread"]
+            cells.append(f"{100 * row['within_objective']:>7.1f}% ({100 * lo:.0f}-{100 * hi:.0f})")
+        o = r["overall"]
+        lines.append(
+            f"{policy:<15}" + "".join(f"{c:>18}" for c in cells)
+            + f"{100 * o['within_objective']:>17.1f}%{o['mean_top1']:>11.4f}"
+        )  # fmt: skip
+    lines.append("(share of requests within the objective per phase: mean (min-max) over repeats)")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    _check_flags()
+    from pss_keras import export, load_test, plots, serving, soak, timing
+
+    binary = F.server_binary or soak.server_binary()
+    if F.server == "binary" and not binary:
+        _fail("--server=binary but no tensorflow_model_server (--server_binary or PATH).")
+    binary = binary if F.server != "standin" else None
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        export_dir = F.export_dir
+        if export_dir is None:
+            print(f"exporting {F.job_dir} ({F.export_mode}) ...", flush=True)
+            try:
+                export.export(F.job_dir, os.path.join(tmp, "export"), mode=F.export_mode)
+            except ValueError as e:
+                _fail(str(e))
+            export_dir = os.path.join(tmp, "export")
+        server = soak.ServerProcess(export_dir, F.model_name, binary=binary, threads=F.threads)
+        try:
+            record = _run(server, export_dir, load_test, plots, serving, timing, started)
+        finally:
+            server.stop()
+    print(f"wrote {record['png']} ({(time.monotonic() - started) / 60:.1f} min in all)")
+
+
+def _run(server, export_dir, load_test, plots, serving, timing, started):
+    import numpy as np
+
+    client = serving.connect(server.grpc_address, F.model_name, "grpc", timeout=F.timeout_s)
+    tiers = client.tiers()
+    size = F.image_size or max(t.resolution for t in tiers)
+    image = np.random.default_rng(F.seed).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+
+    def send(name):
+        out = client.transport.predict(name, {"images": image})
+        if out["logits"].shape[0] != 1:
+            raise serving.ServingError(f"{name}: logits of shape {out['logits'].shape}")
+
+    print(f"server: {server.label}; measuring idle latency ...", flush=True)
+    idle = load_test.idle_latency_ms(send, [t.name for t in tiers])
+    # The policy scales by what a client measures, transport included.
+    measured = [dataclasses.replace(t, latency_ms=idle[t.name]) for t in tiers]
+    kept, dominated = serving.dominant_tiers(measured, "measured")
+    top1 = {t.name: t.top1 for t in tiers}
+    largest, smallest = kept[-1], kept[0]
+    span = idle[largest.name] / idle[smallest.name]
+    print(
+        "tiers (idle ms): "
+        + ", ".join(f"{t.name} {idle[t.name]:.2f}" for t in measured)
+        + f"; dominated: {[t.name for t in dominated] or 'none'}; span {span:.1f}x"
+    )
+    rate = F.rate or F.utilization * 1000 / idle[largest.name]
+    calib = load_test.default_timeline(F.calibration_seconds, rate, F.rate_step)
+    phases = load_test.default_timeline(F.phase_seconds, rate, F.rate_step)
+    minutes = (
+        len(kept) * sum(p.seconds for p in calib)
+        + len(F.policies) * F.repeats * sum(p.seconds for p in phases)
+    ) / 60
+    if minutes > F.max_minutes:
+        _fail(
+            f"these settings need about {minutes:.0f} min of timelines, more than --max_minutes="
+            f"{F.max_minutes:g}; shorten --phase_seconds / --calibration_seconds or --repeats."
+        )
+    print(f"rate {rate:.1f}/s; about {minutes:.0f} min of timelines", flush=True)
+
+    def timeline(phases, choose, observe=None, seed=F.seed, label=""):
+        with load_test.CpuHogs() as hogs:
+            bar = _Progress(label)
+            requests = load_test.run_timeline(
+                send, choose, phases, observe=observe, on_phase=lambda p: hogs.set(p.hogs),
+                seed=seed, max_inflight=F.max_inflight, progress=bar,
+            )  # fmt: skip
+            bar.end()
+        return requests
+
+    calibration = {
+        t.name: timeline(calib, lambda n=t.name: n, label=f"calibration {t.name}") for t in kept
+    }
+    idle_phases = [i for i, p in enumerate(calib) if p.hogs == 0 and p.rate == rate]
+    if F.objective_ms:
+        objective, how = F.objective_ms, "given (--objective_ms)"
+    else:
+        lat = [r.latency_ms for r in calibration[largest.name] if r.phase in idle_phases]
+        objective = F.objective_margin * float(np.percentile(lat, 99))
+        how = (
+            f"{F.objective_margin:g} x the largest tier's ({largest.name}) p99 in the idle "
+            "phases of calibration"
+        )
+    calib_summary = {
+        n: load_test.summarize(r, calib, objective, top1) for n, r in calibration.items()
+    }
+    best = load_test.best_fixed_tier(calib_summary, kept)
+    misses = [
+        calib[i].name
+        for i in range(len(calib))
+        if i not in idle_phases and not load_test.meets(calib_summary[largest.name], i)
+    ]
+    print(
+        f"objective {objective:.2f} ms ({how}); the largest tier misses it in: "
+        f"{misses or 'no phase (raise --rate or lower the objective to stress it)'}; "
+        f"best_fixed = {best}",
+        flush=True,
+    )
+
+    def make(policy):
+        if policy == "fixed_largest":
+            return (lambda: largest.name), None, None
+        if policy == "fixed_smallest":
+            return (lambda: smallest.name), None, None
+        if policy == "best_fixed":
+            return (lambda: best), None, None
+        if policy == "adaptive":
+            p = serving.AdaptiveTierPolicy(
+                measured, objective, percentile=F.percentile, window=F.window,
+                headroom=F.headroom, latency_source="measured",
+            )  # fmt: skip
+        else:
+            p = serving.MedianStepPolicy(sorted(kept, key=lambda t: t.mflops), objective)
+        return (lambda: p.tier.name), p.observe, p
+
+    runs = {policy: [] for policy in F.policies}
+    first = {}
+    for repeat in range(F.repeats):
+        for policy in F.policies:
+            choose, observe, _ = make(policy)
+            requests = timeline(
+                phases, choose, observe, seed=F.seed + 1000 * (repeat + 1),
+                label=f"repeat {repeat + 1}/{F.repeats} {policy}",
+            )  # fmt: skip
+            runs[policy].append(load_test.summarize(requests, phases, objective, top1))
+            first.setdefault(policy, requests)
+    results = {policy: load_test.aggregate(r) for policy, r in runs.items()}
+    print()
+    print(_table(measured, idle, results, phases))
+    machine = timing.machine_record()
+    lag = max(row["send_lag_p99_ms"] for r in results.values() for row in r["phases"])
+    print(f"generator: send lag p99 at most {lag:.2f} ms (the client shares the cores)")
+    png = os.path.splitext(F.output)[0] + ".png"
+    names = [t.name for t in sorted(measured, key=lambda t: idle[t.name])]
+    plots.plot_load_timelines(
+        first, phases, names, objective, png,
+        title=f"{os.path.basename(os.path.normpath(F.job_dir or export_dir))}: {server.label}; "
+        f"{rate:.1f} req/s, objective {objective:.1f} ms (repeat 1)",
+    )  # fmt: skip
+    record = {
+        "command": " ".join(["python", "benchmarks/adaptive_serving.py", *sys.argv[1:]]),
+        "machine": machine,
+        "job": os.path.abspath(F.job_dir) if F.job_dir else None,
+        "export": {"dir": export_dir if F.export_dir else None, "mode": _export_mode(export_dir)},
+        "server": server.label,
+        "request_image": f"uint8 {size}x{size}x3, random pixels, batch 1, gRPC",
+        "tiers": [
+            {
+                "name": t.name,
+                "mflops": t.mflops,
+                "top1": t.top1,
+                "idle_ms": idle[t.name],
+                "export_latency_ms": tiers[i].latency_ms,
+                "dominated": t in dominated,
+            }
+            for i, t in enumerate(measured)
+        ],
+        "idle_span": span,
+        "objective_ms": objective,
+        "objective_how": how,
+        "largest_misses_in": misses,
+        "rate": rate,
+        "rate_how": "given (--rate)"
+        if F.rate
+        else (
+            f"{F.utilization:g} x the largest tier's idle capacity (1000 / {idle[largest.name]:.2f} ms)"
+        ),  # fmt: skip
+        "timeline": [dataclasses.asdict(p) for p in phases],
+        "calibration": {
+            "phase_seconds": F.calibration_seconds,
+            "within_objective": {
+                n: [row["within_objective"] for row in s["phases"]]
+                for n, s in calib_summary.items()
+            },
+            "best_fixed": best,
+        },
+        "adaptive": {
+            "percentile": F.percentile,
+            "window": make("adaptive")[2].window,
+            "headroom": F.headroom,
+        },
+        "repeats": F.repeats,
+        "policies": results,
+        "png": os.path.relpath(png, ROOT) if png.startswith(ROOT) else png,
+        "minutes": (time.monotonic() - started) / 60,
+    }
+    timing.write_benchmark(F.output, record)
+    return record
+
+
+def _export_mode(export_dir):
+    """The mode recorded in the export's summary (None when unreadable)."""
+    from pss_keras.model_server import version_dir
+
+    try:
+        with open(os.path.join(version_dir(export_dir)[0], "assets.extra", "tiers.json")) as f:
+            return json.load(f).get("mode")
+    except (OSError, ValueError):
+        return F.export_mode if not F.export_dir else None
+
+
+class _Progress:
+    """One line per timeline, rewritten as it goes."""
+
+    def __init__(self, label):
+        self.label, self.start = label, time.monotonic()
+
+    def __call__(self, done, total):
+        print(f"\r  {self.label}: {done}/{total} requests, {time.monotonic() - self.start:.0f} s",
+              end="", flush=True)  # fmt: skip
+
+    def end(self):
+        print(flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

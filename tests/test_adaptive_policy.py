@@ -1,0 +1,249 @@
+"""AdaptiveTierPolicy on injected latencies and an injected clock (no wall time)."""
+
+import collections
+import threading
+
+import numpy as np
+import pytest
+
+from pss_keras import serving
+
+
+def _tier(name, cost_ms, top1, mflops=None):
+    return serving.Tier(name, "flops", 0, mflops or cost_ms, 0, 64, top1, cost_ms)
+
+
+# Cheapest first; each more accurate than the one before.
+TIERS = [_tier("a", 1.0, 0.70), _tier("b", 2.0, 0.75), _tier("c", 3.0, 0.80), _tier("d", 4.0, 0.85)]
+
+
+def _feed(policy, latency, requests):
+    """Sends ``requests`` requests; ``latency(tier name) -> ms``. Returns the
+    tiers used."""
+    used = []
+    for _ in range(requests):
+        name = policy.tier.name
+        used.append(name)
+        policy.observe(latency(name), name)
+    return used
+
+
+def test_the_objective_is_on_a_percentile_of_a_full_window():
+    policy = serving.AdaptiveTierPolicy(TIERS, objective_ms=10, percentile=95)
+    assert policy.window == 20 and policy.tier.name == "d"
+    for _ in range(18):
+        policy.observe(4.0)
+    policy.observe(100.0)  # one miss in 20: p95 = 4 + 0.05 x 96 = 8.8 < 10
+    assert policy.estimate_ms("d") is None  # 19 requests: no estimate yet
+    policy.observe(4.0)
+    assert policy.estimate_ms("d") == pytest.approx(np.percentile([4.0] * 19 + [100.0], 95))
+    assert policy.tier.name == "d" and policy.switches == 0
+    policy.observe(100.0)  # two misses in the last 20: p95 = 100 > 10 -> down
+    assert policy.switches == 1
+    # p95 of the ratios latency / cost is 25 (100 / 4): every tier's estimate
+    # (25 x cost) is above headroom x objective, so it lands on the cheapest.
+    assert policy.tier.name == "a"
+    # A median objective would not have moved: 18 of 20 requests took 4 ms.
+    median = serving.AdaptiveTierPolicy(TIERS, objective_ms=10, percentile=50, window=20)
+    _feed(median, lambda _: 4.0, 18)
+    median.observe(100.0)
+    median.observe(100.0)
+    assert median.tier.name == "d"
+
+
+def test_window_must_hold_enough_requests_for_its_percentile():
+    assert serving.AdaptiveTierPolicy(TIERS, 10, percentile=99).window == 100
+    assert serving.AdaptiveTierPolicy(TIERS, 10, percentile=50).window == 2
+    with pytest.raises(ValueError, match=r"window=5 is too short for a p95 objective: .* 20 "):
+        serving.AdaptiveTierPolicy(TIERS, 10, window=5)
+    with pytest.raises(ValueError, match="percentile must be in"):
+        serving.AdaptiveTierPolicy(TIERS, 10, percentile=100)
+    with pytest.raises(ValueError, match="objective_ms must be positive"):
+        serving.AdaptiveTierPolicy(TIERS, 0)
+    with pytest.raises(ValueError, match="headroom must be in"):
+        serving.AdaptiveTierPolicy(TIERS, 10, headroom=1.0)
+    with pytest.raises(ValueError, match="No tiers"):
+        serving.AdaptiveTierPolicy([], 10)
+
+
+def test_steps_down_as_far_as_the_load_demands_and_climbs_one_tier_per_hold():
+    policy = serving.AdaptiveTierPolicy(TIERS, objective_ms=10, headroom=0.7)
+    cost = {t.name: t.latency_ms for t in TIERS}
+    used = _feed(policy, lambda n: 3 * cost[n], 20)  # 3x load: d takes 12 ms > 10
+    # Estimates 3 x cost: c 9 ms meets the objective but not the headroom
+    # (7 ms); b 6 ms does.
+    assert set(used) == {"d"} and policy.tier.name == "b"
+    used = _feed(policy, lambda n: 3 * cost[n], 200)  # steady: stays
+    assert set(used) == {"b"} and policy.switches == 1
+    used = _feed(policy, lambda n: cost[n], 60)  # load gone: up one tier per window
+    # The window slides: after 19 unloaded requests its p95 (1.1) says c fits
+    # (3.3 ms); then c needs a hold (20 requests) before d.
+    assert used == ["b"] * 19 + ["c"] * 20 + ["d"] * 21 and policy.switches == 3
+    # Between headroom and objective nothing moves (hysteresis): d at 2x
+    # load is 8 ms (meets), c would be 6 ms (below headroom) but d is the top.
+    used = _feed(policy, lambda n: 2 * cost[n], 100)
+    assert set(used) == {"d"} and policy.switches == 3
+
+
+def test_dominated_tiers_are_never_chosen():
+    tiers = [
+        _tier("small", 1.0, 0.80),
+        _tier("costly_worse", 2.0, 0.79),  # dominated by small
+        _tier("same_top1", 2.5, 0.80),  # no more accurate than small: dominated
+        _tier("big", 3.0, 0.85),
+        _tier("big_twin", 3.0, 0.85, mflops=9.0),  # equal cost and top-1, more MFLOPs
+    ]
+    kept, dominated = serving.dominant_tiers(tiers, "measured")
+    assert [t.name for t in kept] == ["small", "big"]
+    assert [t.name for t in dominated] == ["costly_worse", "same_top1", "big_twin"]
+    policy = serving.AdaptiveTierPolicy(tiers, objective_ms=10, latency_source="measured")
+    assert [t.name for t in policy.tiers] == ["small", "big"]
+    cost = {t.name: t.latency_ms for t in tiers}
+    used = []
+    for load in (4, 1, 2.5, 1, 6, 1):  # loads that would suit every tier in turn
+        used += _feed(policy, lambda n, load=load: load * cost[n], 100)
+    assert set(used) == {"small", "big"}
+    with pytest.raises(ValueError, match=r"start='costly_worse': it is dominated"):
+        serving.AdaptiveTierPolicy(tiers, objective_ms=10, start="costly_worse")
+    # The earlier order was by MFLOPs alone: quickstart's flops_3p2m (0.907)
+    # sits above flops_2p4m (0.920) and must never be chosen.
+    quick = [
+        _tier("flops_0p8m", 1.0, 0.80, 0.8),
+        _tier("flops_2p4m", 1.5, 0.920, 2.4),
+        _tier("flops_3p2m", 1.6, 0.907, 3.2),
+    ]
+    names = [t.name for t in serving.AdaptiveTierPolicy(quick, objective_ms=10).tiers]
+    assert names == ["flops_0p8m", "flops_2p4m"]
+
+
+def test_metadata_tiers_are_refused():
+    tiers = [serving.Tier("x", None, None, None, None, None, None, None)]
+    with pytest.raises(serving.ServingError, match="^AdaptiveTierPolicy needs each tier's"):
+        serving.AdaptiveTierPolicy(tiers, objective_ms=10)
+
+
+def test_failed_probes_back_off_and_bound_the_switches_of_a_steady_phase():
+    """A tier slower than its cost says (d: 4 ms idle, 12 ms now) fails
+    every probe; each failure doubles the hold, so a steady phase of N
+    requests switches at most `max_steady_switches(N)` times."""
+    policy = serving.AdaptiveTierPolicy(TIERS, objective_ms=10, start="c")
+    cost = {t.name: t.latency_ms for t in TIERS}
+
+    def latency(name):
+        return 12.0 if name == "d" else cost[name]
+
+    requests = 3000
+    used = _feed(policy, latency, requests)
+    bound = policy.max_steady_switches(requests)
+    assert 2 <= policy.switches <= bound
+    assert policy.switches % 2 == 0  # every probe came back to c, never below
+    assert set(used) == {"c", "d"}
+    # Each probe waited twice as long as the one before; each lasted 2
+    # requests (two misses put d's p95 over the objective).
+    runs = [len(g) for _, g in _groups(used)]
+    assert runs[0:-1:2] == [20, 40, 80, 160, 320, 640, 1280] and set(runs[1::2]) == {2}
+    assert policy.hold == policy.max_hold == 64 * 20  # doubled up to its cap
+    assert bound == 2 * 7  # holds 20, 40, ..., 1280 fit in 3000 requests: 7 probes
+    # A probe that holds (two windows) resets the back-off: the next probe
+    # comes after the hold left (1280 - 446 requests at c), and d now meets.
+    used = _feed(policy, lambda n: cost[n], 1000)
+    assert used.index("d") == 1280 - 446
+    assert policy.tier.name == "d" and policy.hold == policy.base_hold
+
+
+def _groups(used):
+    out = []
+    for name in used:
+        if out and out[-1][0] == name:
+            out[-1][1].append(name)
+        else:
+            out.append((name, [name]))
+    return out
+
+
+def test_a_settled_policy_does_not_switch_while_its_estimate_holds():
+    rng = np.random.default_rng(0)
+    cost = {t.name: t.latency_ms for t in TIERS}
+    policy = serving.AdaptiveTierPolicy(TIERS, objective_ms=10)
+    for load in (1.0, 2.0, 3.0, 1.5):
+        _feed(policy, lambda n, load=load: load * cost[n] * rng.uniform(0.9, 1.1), 40)
+        settled = policy.switches
+        used = _feed(policy, lambda n, load=load: load * cost[n] * rng.uniform(0.9, 1.1), 1000)
+        assert policy.switches == settled and len(set(used)) == 1
+        # Settled on a tier that meets the objective, below one that would
+        # not be within the headroom (0.7 x 10 ms) even at its fastest.
+        i = [t.name for t in TIERS].index(used[0])
+        assert 1.1 * load * TIERS[i].latency_ms <= 10
+        assert i == len(TIERS) - 1 or 0.9 * load * TIERS[i + 1].latency_ms > 7
+    assert policy.switches == 3  # d (1x, 2x), b (3x), back to d (1.5x) through c
+
+
+def test_late_answers_of_a_failed_probe_do_not_push_it_lower():
+    """Requests overlap: answers of the probed tier arrive after the policy
+    has left it. They are recorded but not taken as load."""
+    cost = {t.name: t.latency_ms for t in TIERS}
+    policy = serving.AdaptiveTierPolicy(TIERS, objective_ms=10, start="c")
+    _feed(policy, lambda n: cost[n], 20)
+    assert policy.tier.name == "d"  # the probe
+    policy.observe(30.0, "d")
+    policy.observe(30.0, "d")  # p95 over the window: 30 / 4 x 4 > 10: back to c
+    assert policy.tier.name == "c"
+    for _ in range(5):
+        policy.observe(30.0, "d")  # late answers of the probe
+    assert policy.tier.name == "c" and policy.history[-1] == ("d", 30.0)
+    assert policy.estimate_ms("c") is None  # the window refills at c
+    _feed(policy, lambda n: cost[n], 20)
+    assert policy.estimate_ms("c") == pytest.approx(3.0) and policy.tier.name == "c"
+    with pytest.raises(ValueError, match="Unknown tier 'zz'"):
+        policy.observe(1.0, "zz")
+
+
+def test_safe_to_share_between_threads():
+    cost = {t.name: t.latency_ms for t in TIERS}
+    policy = serving.AdaptiveTierPolicy(TIERS, objective_ms=10)
+    errors = []
+
+    def worker(load):
+        try:
+            for _ in range(500):
+                name = policy.tier.name
+                policy.observe(load * cost[name], name)
+        except Exception as e:  # pragma: no cover - the assertion reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(1 + i % 3,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(policy.history) == 4000
+    counts = collections.Counter(name for name, _ in policy.history)
+    assert sum(counts.values()) == 4000 and set(counts) <= set(cost)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_predict_times_requests_with_the_injected_clock():
+    clock, sent = _Clock(), []
+
+    class Client:
+        def predict(self, images, tier):
+            sent.append(tier)
+            clock.now += 0.025 if tier == "d" else 0.002  # d takes 25 ms, the rest 2 ms
+            return {"tier": tier}
+
+    policy = serving.AdaptiveTierPolicy(TIERS, objective_ms=10, clock=clock)
+    for _ in range(20):
+        outputs, tier, ms = policy.predict(Client(), None)
+        assert (outputs, tier.name, ms) == ({"tier": "d"}, "d", pytest.approx(25))
+        clock.now += 100  # time between requests is not a request's latency
+    # p95 of 25 / 4 = 6.25 x cost: only a (6.25 ms) is within 0.7 x 10 ms.
+    assert policy.tier.name == "a" and sent == ["d"] * 20
+    _, tier, ms = policy.predict(Client(), None)
+    assert (tier.name, ms) == ("a", pytest.approx(2))
