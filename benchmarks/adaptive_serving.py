@@ -40,7 +40,9 @@ earlier `MedianStepPolicy`: median of 5, for comparison).
 
 import dataclasses
 import json
+import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -77,6 +79,7 @@ flags.DEFINE_float("percentile", 95.0, "adaptive: the percentile held within the
 flags.DEFINE_integer("window", None, "adaptive: requests per estimate (default 100/(100-p)).")
 flags.DEFINE_float("headroom", 0.7, "adaptive: step up only below this share of the objective.")
 flags.DEFINE_integer("image_size", None, "Request image size (default: the job's).")
+flags.DEFINE_integer("batch", 1, "Images per request.", lower_bound=1)
 flags.DEFINE_integer("max_inflight", 16, "Client threads.", lower_bound=1)
 flags.DEFINE_float("timeout_s", 5.0, "Per-request timeout (a miss).", 0.01)
 flags.DEFINE_float("max_minutes", 90.0, "Refuse settings whose timelines would take longer.")
@@ -103,6 +106,17 @@ def _check_flags():
         _fail(f"--rate must be positive, got {F.rate}.")
     if not 0 < F.utilization < 1:
         _fail(f"--utilization must be in (0, 1), got {F.utilization}.")
+    if F.objective_margin <= 0:
+        _fail(f"--objective_margin must be positive, got {F.objective_margin}.")
+    from pss_keras import serving
+
+    try:  # the policy's own checks, before any minute is spent
+        probe = [serving.Tier(n, "flops", 0, m, 0, 32, m / 10, m) for n, m in (("a", 1), ("b", 2))]
+        serving.AdaptiveTierPolicy(
+            probe, 10.0, percentile=F.percentile, window=F.window, headroom=F.headroom
+        )
+    except ValueError as e:
+        _fail(f"the adaptive policy's settings (--percentile, --window, --headroom): {e}")
 
 
 def _table(tiers, idle, results, phases):
@@ -132,6 +146,8 @@ def _table(tiers, idle, results, phases):
 def main(argv):
     del argv
     _check_flags()
+    # A SIGTERM unwinds like Ctrl-C: the busy processes and the server stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("error: stopped by SIGTERM"))
     from pss_keras import export, load_test, plots, serving, soak, timing
 
     binary = F.server_binary or soak.server_binary()
@@ -162,11 +178,12 @@ def _run(server, export_dir, load_test, plots, serving, timing, started):
     client = serving.connect(server.grpc_address, F.model_name, "grpc", timeout=F.timeout_s)
     tiers = client.tiers()
     size = F.image_size or max(t.resolution for t in tiers)
-    image = np.random.default_rng(F.seed).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    shape = (F.batch, size, size, 3)
+    image = np.random.default_rng(F.seed).integers(0, 256, shape, dtype=np.uint8)
 
     def send(name):
         out = client.transport.predict(name, {"images": image})
-        if out["logits"].shape[0] != 1:
+        if out["logits"].shape[0] != F.batch:
             raise serving.ServingError(f"{name}: logits of shape {out['logits'].shape}")
 
     print(f"server: {server.label}; measuring idle latency ...", flush=True)
@@ -182,6 +199,11 @@ def _run(server, export_dir, load_test, plots, serving, timing, started):
         + ", ".join(f"{t.name} {idle[t.name]:.2f}" for t in measured)
         + f"; dominated: {[t.name for t in dominated] or 'none'}; span {span:.1f}x"
     )
+    if span < 3:
+        print(
+            f"warning: the tiers' idle latencies span {span:.1f}x (< 3x): too little room to "
+            "adapt; use a job whose tiers differ more (e.g. resolutions 64..128)."
+        )
     rate = F.rate or F.utilization * 1000 / idle[largest.name]
     calib = load_test.default_timeline(F.calibration_seconds, rate, F.rate_step)
     phases = load_test.default_timeline(F.phase_seconds, rate, F.rate_step)
@@ -214,10 +236,16 @@ def _run(server, export_dir, load_test, plots, serving, timing, started):
         objective, how = F.objective_ms, "given (--objective_ms)"
     else:
         lat = [r.latency_ms for r in calibration[largest.name] if r.phase in idle_phases]
-        objective = F.objective_margin * float(np.percentile(lat, 99))
+        if not lat:
+            _fail("calibration's idle phases got no request: raise --calibration_seconds.")
+        p99 = F.objective_margin * float(np.percentile(lat, 99))
+        p95 = float(np.percentile(lat, F.percentile)) / F.headroom
+        objective = max(p99, p95)
         how = (
-            f"{F.objective_margin:g} x the largest tier's ({largest.name}) p99 in the idle "
-            "phases of calibration"
+            f"the larger of {F.objective_margin:g} x the largest tier's ({largest.name}) p99 and "
+            f"its p{F.percentile:g} / headroom {F.headroom:g}, in the idle phases of calibration "
+            f"({p99:.2f} and {p95:.2f} ms): the largest tier meets it when idle, and the "
+            "adaptive policy may step up to it"
         )
     calib_summary = {
         n: load_test.summarize(r, calib, objective, top1) for n, r in calibration.items()
@@ -248,7 +276,7 @@ def _run(server, export_dir, load_test, plots, serving, timing, started):
                 headroom=F.headroom, latency_source="measured",
             )  # fmt: skip
         else:
-            p = serving.MedianStepPolicy(sorted(kept, key=lambda t: t.mflops), objective)
+            p = serving.MedianStepPolicy(tiers, objective)  # every tier, by MFLOPs
         return (lambda: p.tier.name), p.observe, p
 
     runs = {policy: [] for policy in F.policies}
@@ -266,8 +294,12 @@ def _run(server, export_dir, load_test, plots, serving, timing, started):
     print()
     print(_table(measured, idle, results, phases))
     machine = timing.machine_record()
-    lag = max(row["send_lag_p99_ms"] for r in results.values() for row in r["phases"])
-    print(f"generator: send lag p99 at most {lag:.2f} ms (the client shares the cores)")
+    lags = [row["send_lag_p99_ms"] for r in results.values() for row in r["phases"]]
+    lag = max((v for v in lags if v is not None), default=float("nan"))
+    print(f"generator: sends late by at most {lag:.2f} ms at p99 (it shares the cores)")
+    checks = _done_when(results)
+    for line in checks["lines"]:
+        print(line)
     png = os.path.splitext(F.output)[0] + ".png"
     names = [t.name for t in sorted(measured, key=lambda t: idle[t.name])]
     plots.plot_load_timelines(
@@ -281,7 +313,7 @@ def _run(server, export_dir, load_test, plots, serving, timing, started):
         "job": os.path.abspath(F.job_dir) if F.job_dir else None,
         "export": {"dir": export_dir if F.export_dir else None, "mode": _export_mode(export_dir)},
         "server": server.label,
-        "request_image": f"uint8 {size}x{size}x3, random pixels, batch 1, gRPC",
+        "request_image": f"uint8 {size}x{size}x3, random pixels, batch {F.batch}, gRPC",
         "tiers": [
             {
                 "name": t.name,
@@ -314,16 +346,49 @@ def _run(server, export_dir, load_test, plots, serving, timing, started):
         },
         "adaptive": {
             "percentile": F.percentile,
-            "window": make("adaptive")[2].window,
+            "window": F.window or math.ceil(100 / (100 - F.percentile) - 1e-9),
             "headroom": F.headroom,
         },
         "repeats": F.repeats,
         "policies": results,
+        "generator_send_lag_p99_ms": lag,
+        "checks": checks,
         "png": os.path.relpath(png, ROOT) if png.startswith(ROOT) else png,
         "minutes": (time.monotonic() - started) / 60,
     }
     timing.write_benchmark(F.output, record)
     return record
+
+
+def _done_when(results) -> dict:
+    """The issue's two claims, checked on these results: adaptive keeps >= 99 %
+    within the objective in every phase where fixed_smallest does, and its
+    mean top-1 is above best_fixed's."""
+    from pss_keras.load_test import MEETS
+
+    out, lines = {}, []
+    if "adaptive" in results and "fixed_smallest" in results:
+        phases = zip(results["fixed_smallest"]["phases"], results["adaptive"]["phases"])
+        failing = [
+            a["name"] for s, a in phases
+            if s["within_objective"] is not None and s["within_objective"] >= MEETS
+            and not (a["within_objective"] is not None and a["within_objective"] >= MEETS)
+        ]  # fmt: skip
+        out["adaptive_meets_where_smallest_does"] = not failing
+        lines.append(
+            "check: adaptive keeps >= 99% within the objective wherever fixed_smallest does: "
+            + ("yes" if not failing else f"NO (not in {failing})")
+        )
+    if "adaptive" in results and "best_fixed" in results:
+        a = results["adaptive"]["overall"]["mean_top1"]
+        b = results["best_fixed"]["overall"]["mean_top1"]
+        out["adaptive_top1_above_best_fixed"] = a > b
+        lines.append(
+            f"check: adaptive's mean top-1 {a:.4f} vs best_fixed's {b:.4f}: "
+            + ("higher" if a > b else "NOT higher")
+        )
+    out["lines"] = lines
+    return out
 
 
 def _export_mode(export_dir):

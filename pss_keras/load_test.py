@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import os
 import subprocess
 import sys
 import threading
@@ -72,7 +73,15 @@ def default_timeline(seconds: float, rate: float, step: float = 2.0) -> list[Pha
     ]
 
 
-_HOG = "while True: pass"
+# Busy-loops, and exits once its parent is gone (a benchmark killed by
+# SIGKILL must not leave busy processes behind).
+_HOG = """
+import os, sys
+parent = int(sys.argv[1])  # given, not read: the parent may be gone before this runs
+while os.getppid() == parent:
+    for _ in range(1_000_000):
+        pass
+"""
 
 
 class CpuHogs:
@@ -90,7 +99,9 @@ class CpuHogs:
     def set(self, n: int) -> None:
         while len(self._procs) < n:
             self._procs.append(
-                subprocess.Popen([sys.executable, "-c", _HOG], stdin=subprocess.DEVNULL)
+                subprocess.Popen(
+                    [sys.executable, "-c", _HOG, str(os.getpid())], stdin=subprocess.DEVNULL
+                )
             )
         while len(self._procs) > n:
             _stop(self._procs.pop())
@@ -141,9 +152,11 @@ class Request:
         phase: index of its phase.
         tier: the tier it asked for.
         latency_ms: from ``scheduled`` to the answer (or the failure).
-        send_lag_ms: from ``scheduled`` to the moment it was handed to the
-            transport (the generator's own lateness, queueing in the
-            client's threads included).
+        send_lag_ms: from ``scheduled`` to the moment the generator handed
+            it to the client's threads (the generator's own lateness: it
+            shares the CPU).
+        queue_ms: from that hand-over to the moment a client thread sent it
+            (all threads busy with earlier requests: a slow server).
         error: why it failed (None when answered).
     """
 
@@ -152,6 +165,7 @@ class Request:
     tier: str
     latency_ms: float = float("nan")
     send_lag_ms: float = float("nan")
+    queue_ms: float = float("nan")
     error: str | None = None
 
 
@@ -175,8 +189,9 @@ def run_timeline(
         choose: ``choose() -> tier name`` for the next request (a fixed
             tier, or a policy's current tier).
         phases: the `Phase` list.
-        observe: ``observe(latency_ms, tier_name)`` after each request
-            (failures included, with their elapsed time), e.g. a policy's.
+        observe: ``observe(latency_ms, tier_name, failed=...)`` after each
+            request (failures included, with their elapsed time and
+            ``failed=True``), e.g. a policy's.
         on_phase: ``on_phase(phase)`` when a phase starts (starts and stops
             the competing processes).
         seed: the arrival schedule's seed (the same for every policy).
@@ -199,16 +214,16 @@ def run_timeline(
     starts = np.cumsum([0.0] + [p.seconds for p in phases])
     done = threading.Semaphore(0)
 
-    def call(request: Request, start: float):
+    def call(request: Request, start: float, handed: float):
         try:
-            request.send_lag_ms = 1000 * (clock() - start - request.scheduled)
+            request.queue_ms = 1000 * (clock() - handed)
             try:
                 send(request.tier)
             except Exception as e:  # every failure is a miss, whatever its kind
                 request.error = _first_line(e)
             request.latency_ms = 1000 * (clock() - start - request.scheduled)
             if observe is not None:
-                observe(request.latency_ms, request.tier)
+                observe(request.latency_ms, request.tier, failed=request.error is not None)
         finally:
             done.release()  # counted even if observe fails (raised below)
 
@@ -218,7 +233,8 @@ def run_timeline(
             time.sleep(wait)
 
     futures = []
-    with concurrent.futures.ThreadPoolExecutor(max_inflight) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max_inflight)
+    try:
         start, phase = clock(), -1
 
         def enter(last):  # every phase up to ``last`` starts at its own time
@@ -233,12 +249,17 @@ def run_timeline(
             enter(request.phase)
             wait_until(request.scheduled)
             request.tier = choose()
-            futures.append(pool.submit(call, request, start))
+            handed = clock()
+            request.send_lag_ms = 1000 * (handed - start - request.scheduled)
+            futures.append(pool.submit(call, request, start, handed))
             if progress is not None and n % 50 == 0:
                 progress(n, len(requests))
         enter(len(phases) - 1)  # phases after the last request still start
         for _ in requests:
             done.acquire()
+    finally:
+        # An interrupted timeline drops the requests not yet sent.
+        pool.shutdown(wait=True, cancel_futures=True)
     for future in futures:
         future.result()  # an observe that failed
     if progress is not None:
@@ -266,7 +287,7 @@ def summarize(requests, phases, objective_ms: float, top1: dict) -> dict:
     Returns:
         ``{"phases": [{"name", "requests", "errors", "within_objective",
         "p50_ms", "p95_ms", "p99_ms", "mean_top1", "switches", "tiers"
-        ({name: requests}), "send_lag_p99_ms"}], "overall":
+        ({name: requests}), "send_lag_p99_ms", "queue_p99_ms"}], "overall":
         {"requests", "within_objective", "mean_top1"}}``.
     """
     rows = []
@@ -291,6 +312,7 @@ def summarize(requests, phases, objective_ms: float, top1: dict) -> dict:
                 "switches": sum(a.tier != b.tier for a, b in zip(rs, rs[1:])),
                 "tiers": tiers,
                 "send_lag_p99_ms": _percentile([r.send_lag_ms for r in rs], 99),
+                "queue_p99_ms": _percentile([r.queue_ms for r in rs], 99),
             }
         )
     ok = [r.error is None and r.latency_ms <= objective_ms for r in requests]
@@ -332,7 +354,7 @@ def aggregate(runs: list[dict]) -> dict:
     the repeats.
     """
     numeric = ("requests", "errors", "within_objective", "p50_ms", "p95_ms", "p99_ms",
-               "mean_top1", "switches", "send_lag_p99_ms")  # fmt: skip
+               "mean_top1", "switches", "send_lag_p99_ms", "queue_p99_ms")  # fmt: skip
 
     def merge(rows):
         out = {}

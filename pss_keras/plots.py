@@ -126,14 +126,15 @@ def plot_load_timelines(
         ax.set_yscale("log")
         ax.set_ylabel(f"{policy}\nms", fontsize=8)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    for ax in axes[1:, 0]:
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(h)
-                labels.append(label)
-    fig.legend(handles, labels, loc="lower center", ncol=min(9, len(labels)), fontsize=7,
-               markerscale=3)  # fmt: skip
+    from matplotlib.lines import Line2D
+
+    # Every tier in cost order (cheapest first), whichever panel used it.
+    handles = [Line2D([], [], ls="", marker="o", color=colour[n]) for n in tier_names]
+    labels = list(tier_names)
+    if any(r.error is not None for requests in runs.values() for r in requests):
+        handles.append(Line2D([], [], ls="", marker="x", color="red"))
+        labels.append("failed")
+    fig.legend(handles, labels, loc="lower center", ncol=min(9, len(labels)), fontsize=7)
     axes[-1, 0].set_xlabel(f"seconds (dashed: objective {objective_ms:.1f} ms)")
     if title:
         fig.suptitle(title, fontsize=9)

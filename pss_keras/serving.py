@@ -492,17 +492,26 @@ class AdaptiveTierPolicy:
       ``objective_ms`` (a full window is needed): to the most accurate tier
       whose estimate is within ``headroom * objective_ms`` (the cheapest if
       none), several tiers at once if the load demands.
-    - **Up**, one tier, when the next tier's estimate is within ``headroom
-      * objective_ms`` and at least ``hold`` requests have passed since the
-      last move. Up needs the estimate below the headroom, down needs it
-      above the objective: between the two the policy stays (hysteresis).
-    - **Back-off**: a step up undone within two windows is a failed probe:
-      the policy returns to the tier it left, and each failed probe in a
-      row doubles ``hold`` (up to ``max_hold``); a probe that holds for two
-      windows resets it. So in a steady phase of N requests, once settled,
-      the policy switches at most about ``2 * log2(N / hold)`` times
-      (`max_steady_switches`), and not at all while the estimate is right
-      to within a factor 1 / headroom.
+    - **Up**, when at least ``hold`` requests have passed since the last
+      move: to the most accurate tier whose estimate is within ``headroom *
+      objective_ms`` (not past a tier whose probe failed, see below). Up
+      needs the estimate below the headroom, down needs it above the
+      objective: between the two the policy stays (hysteresis).
+    - **Back-off**: a step up undone while most of the probed tier's
+      requests missed and the tier it left still meets the objective
+      (judged on the other tiers' requests in the window) is a failed
+      probe: the policy returns to the tier it left, forgets the
+      probed tier's requests, and each failed probe in a row doubles
+      ``hold`` (up to ``max_hold``). A probe that holds for two windows
+      (and ``hold``) resets it, as does a load well below the last
+      failure's (by the headroom). A step down with more load behind it
+      (the tier left would miss too) is not a failed probe. While the probed
+      tier is what fails, a steady phase of N requests sees at most
+      `max_steady_switches` (N) switches, about ``2 * log2(N / hold)``, and
+      none while the estimate is right to within a factor 1 / headroom.
+    - Failures count as at least twice the objective (``observe(...,
+      failed=True)``); an infinite latency as 1000 x the objective; NaN
+      is refused.
     - Dominated tiers (more cost, no more accuracy: `dominant_tiers`) are
       never chosen.
     - Safe to share between client threads: ``predict`` and ``observe``
@@ -540,6 +549,7 @@ class AdaptiveTierPolicy:
         latency_source: str = "auto",
         start: str | None = None,
         clock=time.perf_counter,
+        history: int = 100_000,
     ):
         if not objective_ms > 0:
             raise ValueError(f"objective_ms must be positive, got {objective_ms}.")
@@ -577,13 +587,16 @@ class AdaptiveTierPolicy:
         self.hold = self.base_hold
         self.clock = clock
         self.switches = 0
-        self.history = []  # (tier name, latency ms) per observation
+        # (tier name, latency ms) of the last ``history`` observations.
+        self.history = collections.deque(maxlen=history)
         self._ratios = collections.deque(maxlen=window)
         self._since_move = 0
         self._last_move = None
         self._failed_probes = 0
         self._probed_from = None
         self._failed_tier = None
+        self._load_at_failure = None
+        self._ready = False
         self._lock = threading.Lock()
 
     @property
@@ -594,15 +607,21 @@ class AdaptiveTierPolicy:
     def estimate_ms(self, tier: Tier | str) -> float | None:
         """The tier's estimated percentile latency now (None before a full window)."""
         name = tier if isinstance(tier, str) else tier.name
+        if name not in self._cost:
+            raise ValueError(f"Unknown tier {name!r}; the policy has {sorted(self._cost)}.")
         with self._lock:
-            if len(self._ratios) < self.window:
+            if not self._ready or len(self._ratios) < self.window // 2:
                 return None
             return self._ratio() * self._cost[name]
 
     def max_steady_switches(self, requests: int) -> int:
         """The most switches in a steady phase of ``requests`` requests once
-        settled: one failed probe (up and back down) per doubling of
-        ``hold``."""
+        settled, when the probed tier itself is what fails (its latency is
+        more than its cost says, every time): one failed probe (up and back
+        down) per ``hold``, which doubles up to ``max_hold`` (so about
+        2 log2(N / hold) switches, then linear in N beyond the cap). Noisy
+        latencies near the objective can add switches: each is a real
+        miss of the percentile."""
         probes, hold, seen = 0, self.base_hold, 0
         while seen + hold <= requests:
             seen += hold + 1
@@ -610,41 +629,81 @@ class AdaptiveTierPolicy:
             hold = min(2 * hold, self.max_hold)
         return 2 * probes
 
-    def observe(self, latency_ms: float, tier: Tier | str | None = None) -> Tier:
-        """Records one request's latency (``tier``: the tier that served it,
-        default the current one); returns the tier for the next request."""
+    def observe(
+        self, latency_ms: float, tier: Tier | str | None = None, failed: bool = False
+    ) -> Tier:
+        """Records one request's latency; returns the tier for the next request.
+
+        Args:
+            latency_ms: how long the request took (infinite is taken as
+                1000 x the objective).
+            tier: the tier that served it (default: the current one).
+            failed: the request failed (an error, a timeout): counted as at
+                least twice the objective, however fast the failure came.
+
+        Raises:
+            ValueError: for an unknown tier, or a latency that is NaN or
+                negative.
+        """
+        latency_ms = float(latency_ms)
+        if math.isnan(latency_ms) or latency_ms < 0:
+            raise ValueError(f"latency_ms must be a duration, got {latency_ms}.")
+        if failed:
+            latency_ms = max(latency_ms, 2 * self.objective_ms)
+        latency_ms = min(latency_ms, 1000 * self.objective_ms)
         with self._lock:
             name = self.tiers[self.index].name if tier is None else getattr(tier, "name", tier)
             if name not in self._cost:
                 raise ValueError(f"Unknown tier {name!r}; the policy has {sorted(self._cost)}.")
-            self.history.append((name, float(latency_ms)))
+            self.history.append((name, latency_ms))
             if name != self._failed_tier:  # late answers of a failed probe say nothing of load
-                self._ratios.append((name, float(latency_ms) / self._cost[name]))
+                self._ratios.append((name, latency_ms / self._cost[name]))
             self._since_move += 1
-            if len(self._ratios) == self.window:
+            # The first decision waits for a full window; after a failed
+            # probe's requests are forgotten, half a window will do.
+            self._ready = self._ready or len(self._ratios) == self.window
+            if self._ready and len(self._ratios) >= self.window // 2:
                 self._decide(self._ratio())
             return self.tiers[self.index]
 
-    def _ratio(self) -> float:
-        return float(np.percentile([r for _, r in self._ratios], self.percentile))
+    def _ratio(self, skip: str | None = None) -> float:
+        ratios = [r for n, r in self._ratios if n != skip]
+        return float(np.percentile(ratios, self.percentile)) if ratios else 0.0
+
+    def _reset_back_off(self) -> None:
+        self._failed_probes, self.hold, self._load_at_failure = 0, self.base_hold, None
 
     def _decide(self, ratio: float) -> None:
         costs = [self._cost[t.name] for t in self.tiers]
         target = self.headroom * self.objective_ms
-        if self._last_move == "up" and self._since_move > 2 * self.window:
-            self._failed_probes, self.hold = 0, self.base_hold  # the last step up held
+        if self._last_move == "up" and self._since_move > max(2 * self.window, self.hold):
+            self._reset_back_off()  # the last step up held
             self._last_move = "held"
+        if self._load_at_failure is not None and ratio < self.headroom * self._load_at_failure:
+            self._reset_back_off()  # the load fell well below the last failure's: try again soon
         if ratio * costs[self.index] > self.objective_ms and self.index > 0:
-            if self._last_move == "up":  # a failed probe: back to the tier it left
+            current = self.tiers[self.index].name
+            # Right after a step up, a probe failed when most of the probed
+            # tier's requests missed and the other tiers' requests say the
+            # tier it left still meets the objective; otherwise more load.
+            load = self._ratio(skip=current)
+            own = [r * costs[self.index] for n, r in self._ratios if n == current]
+            misses_from_start = sum(ms > self.objective_ms for ms in own) * 2 > len(own)
+            if (
+                self._last_move == "up"
+                and misses_from_start
+                and load * costs[self._probed_from] <= self.objective_ms
+            ):
                 self._failed_probes += 1
+                self._load_at_failure = load
                 index = self._probed_from
                 # What the probed tier met says how it runs, not how loaded the
                 # server is: forget it (the window refills at the tier left).
-                self._failed_tier = self.tiers[self.index].name
-                kept = [(n, r) for n, r in self._ratios if n != self._failed_tier]
+                self._failed_tier = current
+                kept = [(n, r) for n, r in self._ratios if n != current]
                 self._ratios = collections.deque(kept, maxlen=self.window)
             else:  # more load: as far down as the estimate says
-                self._failed_probes = 0
+                self._reset_back_off()
                 fits = [i for i in range(self.index) if ratio * costs[i] <= target]
                 index = max(fits) if fits else 0
             self.hold = min(self.base_hold * 2**self._failed_probes, self.max_hold)
@@ -654,8 +713,13 @@ class AdaptiveTierPolicy:
             and self._since_move >= self.hold
             and ratio * costs[self.index + 1] <= target
         ):
+            # Up to the most accurate tier the estimate puts within the
+            # headroom, but not past a tier whose probe failed.
+            names = [t.name for t in self.tiers]
+            top = names.index(self._failed_tier) if self._failed_tier else len(names) - 1
+            fits = [i for i in range(self.index + 1, top + 1) if ratio * costs[i] <= target]
             self._probed_from = self.index
-            self._move(self.index + 1, "up")
+            self._move(max(fits), "up")
             if self.tiers[self.index].name == self._failed_tier:
                 self._failed_tier = None
 
@@ -737,10 +801,14 @@ class MedianStepPolicy:
         with self._lock:
             return self.tiers[self.index]
 
-    def observe(self, latency_ms: float, tier: Tier | str | None = None) -> Tier:
+    def observe(
+        self, latency_ms: float, tier: Tier | str | None = None, failed: bool = False
+    ) -> Tier:
         """Records one request's latency (``tier``: the tier that served it,
-        for the history; every latency counts); returns the tier for the
-        next one."""
+        for the history; every latency counts; ``failed``: counted as twice
+        the objective at least); returns the tier for the next one."""
+        if failed:
+            latency_ms = max(float(latency_ms), 2 * self.objective_ms)
         with self._lock:
             name = self.tiers[self.index].name if tier is None else getattr(tier, "name", tier)
             self.history.append((name, float(latency_ms)))

@@ -75,14 +75,19 @@ def test_steps_down_as_far_as_the_load_demands_and_climbs_one_tier_per_hold():
     assert set(used) == {"d"} and policy.tier.name == "b"
     used = _feed(policy, lambda n: 3 * cost[n], 200)  # steady: stays
     assert set(used) == {"b"} and policy.switches == 1
-    used = _feed(policy, lambda n: cost[n], 60)  # load gone: up one tier per window
-    # The window slides: after 19 unloaded requests its p95 (1.1) says c fits
-    # (3.3 ms); then c needs a hold (20 requests) before d.
-    assert used == ["b"] * 19 + ["c"] * 20 + ["d"] * 21 and policy.switches == 3
+    used = _feed(policy, lambda n: cost[n], 60)  # load gone
+    # The window slides: after 19 unloaded requests its p95 (1.1) puts d
+    # (4.4 ms) within the headroom: straight up to it.
+    assert used == ["b"] * 19 + ["d"] * 41 and policy.switches == 2
     # Between headroom and objective nothing moves (hysteresis): d at 2x
-    # load is 8 ms (meets), c would be 6 ms (below headroom) but d is the top.
+    # load is 8 ms (meets the objective, not the headroom).
     used = _feed(policy, lambda n: 2 * cost[n], 100)
-    assert set(used) == {"d"} and policy.switches == 3
+    assert set(used) == {"d"} and policy.switches == 2
+    # Up needs a hold after the last move, and goes only as far as fits:
+    # at 2x load from a, c (6 ms) is within the headroom, d (8 ms) is not.
+    policy = serving.AdaptiveTierPolicy(TIERS, objective_ms=10, start="a")
+    used = _feed(policy, lambda n: 2 * cost[n], 60)
+    assert used == ["a"] * 20 + ["c"] * 40 and policy.switches == 1
 
 
 def test_dominated_tiers_are_never_chosen():
@@ -144,10 +149,12 @@ def test_failed_probes_back_off_and_bound_the_switches_of_a_steady_phase():
     assert runs[0:-1:2] == [20, 40, 80, 160, 320, 640, 1280] and set(runs[1::2]) == {2}
     assert policy.hold == policy.max_hold == 64 * 20  # doubled up to its cap
     assert bound == 2 * 7  # holds 20, 40, ..., 1280 fit in 3000 requests: 7 probes
-    # A probe that holds (two windows) resets the back-off: the next probe
-    # comes after the hold left (1280 - 446 requests at c), and d now meets.
-    used = _feed(policy, lambda n: cost[n], 1000)
-    assert used.index("d") == 1280 - 446
+    # A probe that holds (as long as the hold it waited) resets the
+    # back-off: the next probe comes after the hold left (1280 - 446
+    # requests at c), d now meets, and 1280 requests later the hold is back.
+    used = _feed(policy, lambda n: cost[n], 1280 - 446 + 1280)
+    assert used.index("d") == 1280 - 446 and policy.hold == policy.max_hold
+    _feed(policy, lambda n: cost[n], 1)
     assert policy.tier.name == "d" and policy.hold == policy.base_hold
 
 
@@ -175,7 +182,7 @@ def test_a_settled_policy_does_not_switch_while_its_estimate_holds():
         i = [t.name for t in TIERS].index(used[0])
         assert 1.1 * load * TIERS[i].latency_ms <= 10
         assert i == len(TIERS) - 1 or 0.9 * load * TIERS[i + 1].latency_ms > 7
-    assert policy.switches == 3  # d (1x, 2x), b (3x), back to d (1.5x) through c
+    assert policy.switches == 2  # d (1x, 2x), b (3x), straight back to d (1.5x)
 
 
 def test_late_answers_of_a_failed_probe_do_not_push_it_lower():
@@ -191,7 +198,9 @@ def test_late_answers_of_a_failed_probe_do_not_push_it_lower():
     for _ in range(5):
         policy.observe(30.0, "d")  # late answers of the probe
     assert policy.tier.name == "c" and policy.history[-1] == ("d", 30.0)
-    assert policy.estimate_ms("c") is None  # the window refills at c
+    # The probe's own requests are forgotten: the estimate is the other
+    # tiers' again (ratio 1), and it stays so.
+    assert policy.estimate_ms("c") == pytest.approx(3.0)
     _feed(policy, lambda n: cost[n], 20)
     assert policy.estimate_ms("c") == pytest.approx(3.0) and policy.tier.name == "c"
     with pytest.raises(ValueError, match="Unknown tier 'zz'"):
@@ -247,3 +256,41 @@ def test_predict_times_requests_with_the_injected_clock():
     assert policy.tier.name == "a" and sent == ["d"] * 20
     _, tier, ms = policy.predict(Client(), None)
     assert (tier.name, ms) == ("a", pytest.approx(2))
+
+
+def test_more_load_right_after_a_step_up_is_not_a_failed_probe():
+    """The load jumps 5x just after the policy climbed to d: it returns to
+    c (the step a probe would take), but c's next requests miss too, so it
+    goes on down at once instead of waiting for a full window."""
+    cost = {t.name: t.latency_ms for t in TIERS}
+    policy = serving.AdaptiveTierPolicy(TIERS, objective_ms=10, start="c")
+    _feed(policy, lambda n: cost[n], 20)
+    assert policy.tier.name == "d"
+    _feed(policy, lambda n: cost[n], 15)
+    used = _feed(policy, lambda n: 5 * cost[n], 60)
+    misses = sum(5 * cost[n] > 10 for n in used)
+    assert used[:2] == ["d", "d"] and used[-1] == "a" and misses <= 6
+    assert policy.hold == policy.base_hold  # a load-driven step down resets the back-off
+
+
+def test_failures_and_odd_latencies():
+    # Fast failures count as misses: they push the policy down, not up.
+    policy = serving.AdaptiveTierPolicy(TIERS, objective_ms=10, start="b")
+    for _ in range(40):
+        policy.observe(0.5, policy.tier, failed=True)
+    assert policy.tier.name == "a"
+    # Infinite latencies (a caller's timeouts) are large, not NaN in the percentile.
+    policy = serving.AdaptiveTierPolicy(TIERS, objective_ms=10)
+    _feed(policy, lambda n: 4.0, 18)
+    policy.observe(float("inf"))
+    policy.observe(float("inf"))
+    assert policy.tier.name == "a" and policy.history[-1] == ("d", 10_000.0)
+    for bad in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match="latency_ms must be a duration"):
+            policy.observe(bad)
+    with pytest.raises(ValueError, match="Unknown tier 'zz'"):
+        policy.estimate_ms("zz")
+    # The history keeps the last ``history`` observations.
+    policy = serving.AdaptiveTierPolicy(TIERS, objective_ms=10, history=30)
+    _feed(policy, lambda n: 1.0, 100)
+    assert len(policy.history) == 30

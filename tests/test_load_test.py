@@ -8,6 +8,7 @@ it have slept), never a speed figure.
 
 import collections
 import math
+import os
 import struct
 import sys
 import threading
@@ -125,7 +126,8 @@ def test_run_timeline_sends_every_scheduled_request_once_in_order():
     schedule = load_test.poisson_schedule(phases, seed=5)
     send, observed = Recorder(), []
     requests = load_test.run_timeline(
-        send, _counting_choose(), phases, observe=lambda ms, tier: observed.append((ms, tier)),
+        send, _counting_choose(), phases,
+        observe=lambda ms, tier, failed: observed.append((ms, tier, failed)),
         seed=5, max_inflight=1,
     )  # fmt: skip
     n = len(schedule)
@@ -136,7 +138,7 @@ def test_run_timeline_sends_every_scheduled_request_once_in_order():
     assert send.sent == [f"t{k}" for k in range(n)]  # one client thread: in order
     assert all(r.error is None for r in requests)
     # observe saw every request's latency with its tier.
-    assert observed == [(r.latency_ms, r.tier) for r in requests]
+    assert observed == [(r.latency_ms, r.tier, False) for r in requests]
     for r in requests:
         assert r.send_lag_ms >= -1e-6  # never sent before it was due
         assert r.latency_ms >= r.send_lag_ms
@@ -200,15 +202,20 @@ def test_failures_are_recorded_timed_and_observed():
     send = Recorder(fail={"bad"}, message="server said no\nsecond line\nthird")
     observed = []
     requests = load_test.run_timeline(
-        send, choose, phases, observe=lambda ms, tier: observed.append((ms, tier)), seed=4
+        send,
+        choose,
+        phases,
+        seed=4,
+        observe=lambda ms, tier, failed: observed.append((ms, tier, failed)),
     )
     assert len(requests) > 10
     assert [r.tier for r in requests] == [("ok", "bad")[k % 2] for k in range(len(requests))]
     for r in requests:
         assert r.error == (None if r.tier == "ok" else "server said no")  # first line only
         assert not math.isnan(r.latency_ms) and r.latency_ms >= r.send_lag_ms
-    assert sorted(observed) == sorted((r.latency_ms, r.tier) for r in requests)
-    assert sum(tier == "bad" for _, tier in observed) == len(requests) // 2
+    assert sorted(observed) == sorted((r.latency_ms, r.tier, r.error is not None) for r in requests)
+    assert sum(tier == "bad" and failed for _, tier, failed in observed) == len(requests) // 2
+    assert not any(failed for _, tier, failed in observed if tier != "bad")
 
 
 @pytest.mark.parametrize(
@@ -243,8 +250,12 @@ def test_latency_runs_from_the_scheduled_time_not_the_send():
     assert n > 60
     for k, r in enumerate(requests):
         assert r.latency_ms >= 10 * (k + 1) - 1000 * r.scheduled - 1, k
-        # ... and it waited in the client for the k requests ahead of it.
-        assert r.send_lag_ms >= 10 * k - 1000 * r.scheduled - 1, k
+        # ... and it waited in the client for the k requests ahead of it:
+        # queueing (queue_ms), not the generator's lateness (send_lag_ms).
+        assert r.send_lag_ms + r.queue_ms >= 10 * k - 1000 * r.scheduled - 1, k
+    assert np.median([r.queue_ms for r in requests]) > 5 * np.median(
+        [r.send_lag_ms for r in requests]
+    )
     latency = np.array([r.latency_ms for r in requests])
     # The median request is ~n/2 x 10 ms late, far above one answer's 10 ms.
     assert np.median(latency) > 20 * np.median(service_ms)
@@ -327,7 +338,7 @@ def test_summarize_per_phase_figures():
     assert empty == {
         "name": "empty", "requests": 0, "errors": 0, "within_objective": None,
         "p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_top1": None,
-        "switches": 0, "tiers": {}, "send_lag_p99_ms": None,
+        "switches": 0, "tiers": {}, "send_lag_p99_ms": None, "queue_p99_ms": None,
     }  # fmt: skip
     assert summary["overall"] == {
         "requests": 7,
@@ -442,7 +453,9 @@ def test_cpu_hogs_start_and_stop_real_processes():
         procs = list(hogs._procs)
         assert hogs.running == 2 and len(procs) == 2
         assert all(p.poll() is None for p in procs)
-        assert all(p.args == [sys.executable, "-c", "while True: pass"] for p in procs)
+        assert all(
+            p.args == [sys.executable, "-c", load_test._HOG, str(os.getpid())] for p in procs
+        )
         hogs.set(1)
         assert hogs.running == 1
         assert procs[0].poll() is None and procs[1].poll() is not None  # the last one stopped
@@ -575,7 +588,7 @@ def test_a_failing_observe_is_raised_not_hung():
     """An exception in observe (a policy's bug) ends the timeline with that
     exception instead of waiting forever for its request."""
 
-    def observe(ms, tier):
+    def observe(ms, tier, failed):
         raise ZeroDivisionError("policy bug")
 
     phases = [Phase("a", 0.05, 200)]
@@ -657,3 +670,33 @@ def test_the_benchmark_refuses_bad_settings_in_one_line(tmp_path, run_script):
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(tmp_path / "none") in last
+
+
+def test_a_busy_process_exits_when_its_parent_is_gone(tmp_path):
+    """A benchmark killed with SIGKILL leaves no busy process behind: each
+    one watches its parent."""
+    import subprocess
+
+    code = (
+        "import subprocess, sys; from pss_keras import load_test\n"
+        "hogs = load_test.CpuHogs(); hogs.set(1); p = hogs._procs[0]\n"
+        "print(p.pid, flush=True)\n"
+        "import time; time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            break
+        if state in ("Z", "X"):  # exited; waits for init to reap it
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the busy process outlived its parent by 30 s")
