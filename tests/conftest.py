@@ -30,6 +30,8 @@ COSTLIEST_FIRST = (
     "test_preemption.py",
     "test_own_data.py",
     "test_reference_luts.py",
+    "test_tflite_chooser.py",
+    "test_load_test.py",
 )
 
 

@@ -609,6 +609,7 @@ def test_a_failing_observe_is_raised_not_hung():
 # -- the benchmark script ------------------------------------------------------------------
 
 
+@pytest.mark.heavy
 def test_the_benchmark_runs_end_to_end(tmp_path, run_script):
     """benchmarks/adaptive_serving.py on a tiny random export (3 tiers), with
     one-second phases: every output field is there and consistent."""
