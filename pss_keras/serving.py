@@ -478,7 +478,21 @@ def split_dominated(tiers, cost) -> tuple[list, list]:
     return kept, dominated
 
 
-class AdaptiveTierPolicy:
+class _TimedPolicy:
+    """What both tier policies share: one request timed on the current tier."""
+
+    def predict(self, client: PSSClient, images) -> tuple[dict, Tier, float]:
+        """One request on the current tier, timed with ``clock``; returns
+        (outputs, tier used, ms)."""
+        tier = self.tier
+        start = self.clock()
+        outputs = client.predict(images, tier.name)
+        latency = 1000 * (self.clock() - start)
+        self.observe(latency, tier)
+        return outputs, tier, latency
+
+
+class AdaptiveTierPolicy(_TimedPolicy):
     """Holds a latency objective on a percentile of recent requests, at the
     most accurate tier that meets it.
 
@@ -729,18 +743,8 @@ class AdaptiveTierPolicy:
         self._since_move = 0
         self._last_move = direction
 
-    def predict(self, client: PSSClient, images) -> tuple[dict, Tier, float]:
-        """One request on the current tier, timed with ``clock``; returns
-        (outputs, tier used, ms)."""
-        tier = self.tier
-        start = self.clock()
-        outputs = client.predict(images, tier.name)
-        latency = 1000 * (self.clock() - start)
-        self.observe(latency, tier)
-        return outputs, tier, latency
 
-
-class MedianStepPolicy:
+class MedianStepPolicy(_TimedPolicy):
     """The first adaptive policy, kept for comparison: steps down a tier when
     the median of the last few requests misses the objective, back up with
     headroom.
@@ -826,16 +830,6 @@ class MedianStepPolicy:
                     self.switches += 1
                     self._latencies.clear()
             return self.tiers[self.index]
-
-    def predict(self, client: PSSClient, images) -> tuple[dict, Tier, float]:
-        """One request on the current tier, timed with ``clock``; returns
-        (outputs, tier used, ms)."""
-        tier = self.tier
-        start = self.clock()
-        outputs = client.predict(images, tier.name)
-        latency = 1000 * (self.clock() - start)
-        self.observe(latency, tier)
-        return outputs, tier, latency
 
 
 PROTOCOLS = ("grpc", "rest")
