@@ -479,7 +479,21 @@ def split_dominated(tiers, cost) -> tuple[list, list]:
 
 
 class _TimedPolicy:
-    """What both tier policies share: one request timed on the current tier."""
+    """What both tier policies share: their checked settings, and one request
+    timed on the current tier."""
+
+    @staticmethod
+    def _checked(tiers, objective_ms: float, headroom: float, who: str) -> list:
+        """The tiers as a list, after the checks both policies make."""
+        if not objective_ms > 0:
+            raise ValueError(f"objective_ms must be positive, got {objective_ms}.")
+        if not 0 < headroom < 1:
+            raise ValueError(f"headroom must be in (0, 1), got {headroom}.")
+        tiers = list(tiers)
+        if not tiers:
+            raise ValueError("No tiers to adapt between.")
+        _require_tier_table(tiers, who)
+        return tiers
 
     def predict(self, client: PSSClient, images) -> tuple[dict, Tier, float]:
         """One request on the current tier, timed with ``clock``; returns
@@ -565,8 +579,7 @@ class AdaptiveTierPolicy(_TimedPolicy):
         clock=time.perf_counter,
         history: int = 100_000,
     ):
-        if not objective_ms > 0:
-            raise ValueError(f"objective_ms must be positive, got {objective_ms}.")
+        tiers = self._checked(tiers, objective_ms, headroom, "AdaptiveTierPolicy")
         if not 0 < percentile < 100:
             raise ValueError(f"percentile must be in (0, 100), got {percentile}.")
         smallest = math.ceil(100 / (100 - percentile) - 1e-9)
@@ -577,12 +590,6 @@ class AdaptiveTierPolicy(_TimedPolicy):
                 f"least {smallest} requests (100 / (100 - percentile)), or the percentile is "
                 "only the window's largest value."
             )
-        if not 0 < headroom < 1:
-            raise ValueError(f"headroom must be in (0, 1), got {headroom}.")
-        tiers = list(tiers)
-        if not tiers:
-            raise ValueError("No tiers to adapt between.")
-        _require_tier_table(tiers, "AdaptiveTierPolicy")
         self.tiers, self.dominated = dominant_tiers(tiers, latency_source)
         self._cost = {t.name: tier_latency_ms(t, latency_source) for t in tiers}
         if any(not c > 0 for c in self._cost.values()):
@@ -780,14 +787,7 @@ class MedianStepPolicy(_TimedPolicy):
         start=None,
         clock=time.perf_counter,
     ):
-        if objective_ms <= 0:
-            raise ValueError(f"objective_ms must be positive, got {objective_ms}.")
-        if not 0 < headroom < 1:
-            raise ValueError(f"headroom must be in (0, 1), got {headroom}.")
-        tiers = list(tiers)
-        if not tiers:
-            raise ValueError("No tiers to adapt between.")
-        _require_tier_table(tiers, "MedianStepPolicy")
+        tiers = self._checked(tiers, objective_ms, headroom, "MedianStepPolicy")
         self.tiers = sorted(tiers, key=lambda t: t.mflops)
         names = [t.name for t in self.tiers]
         self.index = names.index(start) if start else len(self.tiers) - 1
