@@ -9,12 +9,16 @@ objective while the machine's free CPU changes, at the best accuracy it can?
    on 127.0.0.1: tensorflow_model_server when on PATH, named by
    TF_MODEL_SERVER or --server_binary (its intra/inter-op threads set to
    --threads), else the project's stand-in (`pss_keras.model_server`, a
-   session with --threads threads).
+   session with --threads threads). --server_cpus=auto pins the server and
+   the busy processes to every CPU but the last, and the load generator to
+   the last: the server's free CPU is what changes, and the generator's own
+   lateness cannot pass for the server's (a client on another machine, as
+   in production). ``none`` lets everything share every CPU.
 2. Measures each tier's idle latency through the server (one request at a
    time, median) and drops dominated tiers (more latency, no more top-1).
 3. Calibration: the timeline (`pss_keras.load_test.default_timeline`:
-   idle, 1 busy process, 2, the rate doubled, idle again; real
-   busy-looping processes) once per tier, with --calibration_seconds
+   idle, 1 busy process per server CPU, 2, the rate doubled, idle again;
+   real busy-looping processes) once per tier, with --calibration_seconds
    phases. The objective is --objective_margin x the largest tier's p99
    in the idle phases (unless --objective_ms), so the largest tier meets
    it when idle; the table says whether it misses under contention.
@@ -61,7 +65,14 @@ flags.DEFINE_enum(
 flags.DEFINE_string("model_name", "pss", "Model name the requests use.")
 flags.DEFINE_enum("server", "auto", ["auto", "standin", "binary"], "Which server.")
 flags.DEFINE_string("server_binary", None, "tensorflow_model_server (default: from PATH).")
-flags.DEFINE_integer("threads", 2, "Server intra/inter-op threads.", lower_bound=1)
+flags.DEFINE_string(
+    "server_cpus", "auto",
+    "CPUs of the server and the busy processes: auto (all but the last; the load generator "
+    "gets the last to itself), none (all share every CPU), or a list such as 1 or 0-2.",
+)  # fmt: skip
+flags.DEFINE_integer(
+    "threads", None, "Server intra/inter-op threads (default: its CPUs).", lower_bound=1
+)
 flags.DEFINE_float("phase_seconds", 30.0, "Seconds per phase of the measured timelines.", 1.0)
 flags.DEFINE_float("calibration_seconds", 10.0, "Seconds per phase of calibration.", 1.0)
 flags.DEFINE_float("rate", None, "Requests per second (default: from --utilization).")
@@ -108,6 +119,12 @@ def _check_flags():
         _fail(f"--utilization must be in (0, 1), got {F.utilization}.")
     if F.objective_margin <= 0:
         _fail(f"--objective_margin must be positive, got {F.objective_margin}.")
+    from pss_keras import load_test
+
+    try:
+        cpus = load_test.split_cpus(F.server_cpus)
+    except ValueError as e:
+        _fail(f"--server_cpus: {e}")
     from pss_keras import serving
 
     try:  # the policy's own checks, before any minute is spent
@@ -117,6 +134,7 @@ def _check_flags():
         )
     except ValueError as e:
         _fail(f"the adaptive policy's settings (--percentile, --window, --headroom): {e}")
+    return cpus
 
 
 def _table(tiers, idle, results, phases):
@@ -145,7 +163,9 @@ def _table(tiers, idle, results, phases):
 
 def main(argv):
     del argv
-    _check_flags()
+    server_cpus, client_cpus = _check_flags()
+    if client_cpus is not None:
+        os.sched_setaffinity(0, client_cpus)  # threads started from now on inherit it
     # A SIGTERM unwinds like Ctrl-C: the busy processes and the server stop.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("error: stopped by SIGTERM"))
     from pss_keras import export, load_test, plots, serving, soak, timing
@@ -164,16 +184,26 @@ def main(argv):
             except ValueError as e:
                 _fail(str(e))
             export_dir = os.path.join(tmp, "export")
-        server = soak.ServerProcess(export_dir, F.model_name, binary=binary, threads=F.threads)
+        threads = F.threads or (len(server_cpus) if server_cpus else os.cpu_count())
+        server = soak.ServerProcess(
+            export_dir, F.model_name, binary=binary, threads=threads, cpus=server_cpus
+        )
         try:
-            record = _run(server, export_dir, load_test, plots, serving, timing, started)
+            record = _run(
+                server, export_dir, (server_cpus, client_cpus),
+                load_test, plots, serving, timing, started,
+            )  # fmt: skip
         finally:
             server.stop()
     print(f"wrote {record['png']} ({(time.monotonic() - started) / 60:.1f} min in all)")
 
 
-def _run(server, export_dir, load_test, plots, serving, timing, started):
+def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
     import numpy as np
+
+    server_cpus, client_cpus = cpus
+    # Busy processes per phase: the timeline's count per server CPU.
+    per_hog = len(server_cpus) if server_cpus else 1
 
     client = serving.connect(server.grpc_address, F.model_name, "grpc", timeout=F.timeout_s)
     tiers = client.tiers()
@@ -219,10 +249,11 @@ def _run(server, export_dir, load_test, plots, serving, timing, started):
     print(f"rate {rate:.1f}/s; about {minutes:.0f} min of timelines", flush=True)
 
     def timeline(phases, choose, observe=None, seed=F.seed, label=""):
-        with load_test.CpuHogs() as hogs:
+        with load_test.CpuHogs(server_cpus) as hogs:
             bar = _Progress(label)
             requests = load_test.run_timeline(
-                send, choose, phases, observe=observe, on_phase=lambda p: hogs.set(p.hogs),
+                send, choose, phases, observe=observe,
+                on_phase=lambda p: hogs.set(p.hogs * per_hog),
                 seed=seed, max_inflight=F.max_inflight, progress=bar,
             )  # fmt: skip
             bar.end()
@@ -313,6 +344,12 @@ def _run(server, export_dir, load_test, plots, serving, timing, started):
         "job": os.path.abspath(F.job_dir) if F.job_dir else None,
         "export": {"dir": export_dir if F.export_dir else None, "mode": _export_mode(export_dir)},
         "server": server.label,
+        "cpus": {
+            "server_and_busy_processes": server_cpus,
+            "load_generator": client_cpus,
+            "busy_processes": [p.hogs * per_hog for p in phases],
+            "how": f"--server_cpus={F.server_cpus}",
+        },
         "request_image": f"uint8 {size}x{size}x3, random pixels, batch {F.batch}, gRPC",
         "tiers": [
             {

@@ -197,6 +197,8 @@ class ServerProcess:
         threads: TensorFlow intra- and inter-op threads of the server
             (None: its default).
         wait_s: how long loading and warm-up may take.
+        cpus: CPUs the server process is pinned to (None: any; see
+            `pss_keras.load_test.split_cpus`).
 
     Raises:
         RuntimeError: if the server exits or does not come up in time,
@@ -210,8 +212,10 @@ class ServerProcess:
         binary: str | None = None,
         threads: int | None = None,
         wait_s: float = 300.0,
+        cpus=None,
     ):
         self.model_name, self.binary, self.threads = model_name, binary, threads
+        self.cpus = None if cpus is None else sorted(cpus)
         self.proc = self._reader = None
         self._log = tempfile.TemporaryFile()
         if binary:
@@ -224,14 +228,20 @@ class ServerProcess:
         """What serves the requests, for benchmark tables."""
         from pss_keras.model_server import standin_label
 
+        pinned = f", pinned to CPUs {self.cpus}" if self.cpus is not None else ""
         if not self.binary:
-            return standin_label(self.threads)
+            return standin_label(self.threads) + pinned
         threads = f"{self.threads} threads" if self.threads else "default threads"
         version = subprocess.run(
             [self.binary, "--version"], capture_output=True, text=True, timeout=60
         )
         text = (version.stdout + version.stderr).strip().splitlines()
-        return f"{text[0] if text else 'tensorflow_model_server'}, {threads}"
+        return f"{text[0] if text else 'tensorflow_model_server'}, {threads}{pinned}"
+
+    def _pin(self):
+        from pss_keras.load_test import pin_to
+
+        return pin_to(self.cpus)
 
     def _start_standin(self, model_dir, wait_s):
         from pss_keras.model_server import ServeConfig
@@ -243,7 +253,9 @@ class ServerProcess:
         )
         args = [sys.executable, "-c", code, json.dumps(dataclasses.asdict(config))]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log, env=env)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=self._log, env=env, preexec_fn=self._pin()
+        )
         lines = queue.Queue()
 
         def read():
@@ -285,7 +297,9 @@ class ServerProcess:
                     f"--tensorflow_intra_op_parallelism={self.threads}",
                     f"--tensorflow_inter_op_parallelism={self.threads}",
                 ]
-            self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                args, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=self._pin()
+            )
             self.grpc_address = f"127.0.0.1:{grpc_port}"
             self.rest_address = f"http://127.0.0.1:{rest_port}"
             state = self._wait_until_available(wait_s)

@@ -477,6 +477,75 @@ def test_cpu_hogs_stop_when_the_block_raises():
     assert len(procs) == 1 and procs[0].poll() is not None
 
 
+# -- CPU pinning -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, server, client",
+    [
+        ("auto", [0, 1, 2], [3]),  # the generator gets the last CPU to itself
+        ("none", None, None),
+        (" None ", None, None),
+        ("1", [1], [0, 2, 3]),
+        ("0-1,3", [0, 1, 3], [2]),
+        ("3,0", [0, 3], [1, 2]),
+        ("0-3", [0, 1, 2, 3], [0, 1, 2, 3]),  # nothing left: the generator shares them
+    ],
+)
+def test_split_cpus_gives_the_server_and_the_generator_their_cpus(
+    monkeypatch, text, server, client
+):
+    monkeypatch.setattr(load_test.os, "sched_getaffinity", lambda pid: {3, 1, 0, 2})
+    assert load_test.split_cpus(text) == (server, client)
+
+
+def test_split_cpus_does_not_pin_on_one_cpu_or_without_affinity(monkeypatch):
+    monkeypatch.setattr(load_test.os, "sched_getaffinity", lambda pid: {5})
+    assert load_test.split_cpus("auto") == (None, None)
+    assert load_test.split_cpus("5") == ([5], [5])
+    monkeypatch.delattr(load_test.os, "sched_getaffinity")
+    assert load_test.split_cpus("auto") == (None, None)
+    assert load_test.split_cpus("none") == (None, None)
+    with pytest.raises(ValueError, match=r"^CPU pinning needs Linux .*; use 'none'\.$"):
+        load_test.split_cpus("0")
+
+
+NOT_A_LIST = "is not 'auto', 'none' or a list such as '1' or '0-2,4'."
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("x", f"server CPUs 'x' {NOT_A_LIST}"),
+        ("1-", f"server CPUs '1-' {NOT_A_LIST}"),
+        ("3-1", f"server CPUs '3-1' {NOT_A_LIST}"),
+        ("1,,2", f"server CPUs '1,,2' {NOT_A_LIST}"),
+        (
+            "2-9",
+            "server CPUs '2-9' names CPUs [4, 5, 6, 7, 8, 9] this process may not use; "
+            "it may use [0, 1, 2, 3].",
+        ),  # fmt: skip
+    ],
+)
+def test_split_cpus_refuses_bad_lists_in_one_line(monkeypatch, text, message):
+    monkeypatch.setattr(load_test.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    with pytest.raises(ValueError) as e:
+        load_test.split_cpus(text)
+    assert str(e.value) == message
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_busy_processes_run_on_the_cpus_they_are_given():
+    cpu = max(os.sched_getaffinity(0))
+    assert load_test.pin_to(None) is None
+    with load_test.CpuHogs(cpus=[cpu]) as pinned, load_test.CpuHogs() as free:
+        pinned.set(2)
+        free.set(1)
+        assert [os.sched_getaffinity(p.pid) for p in pinned._procs] == [{cpu}, {cpu}]
+        assert os.sched_getaffinity(free._procs[0].pid) == os.sched_getaffinity(0)
+    assert pinned.cpus == [cpu] and free.cpus is None
+
+
 # -- idle_latency_ms --------------------------------------------------------------------
 
 
@@ -630,6 +699,13 @@ def test_the_benchmark_runs_end_to_end(tmp_path, run_script):
     record = json.loads(out.read_text())
     assert record["machine"]["cores"] >= 1 and record["rate"] == 15
     assert record["server"].startswith("stand-in") and record["export"]["mode"] == "shared"
+    cpus = record["cpus"]  # --server_cpus=auto: the generator gets the last CPU to itself
+    server, client = load_test.split_cpus("auto")
+    assert (cpus["server_and_busy_processes"], cpus["load_generator"]) == (server, client)
+    n = len(server) if server else 1
+    assert cpus["busy_processes"] == [0, n, 2 * n, 0, 0]
+    if server:
+        assert record["server"].endswith(f"pinned to CPUs {server}")
     tiers = record["tiers"]
     assert len(tiers) == 3 and all(t["idle_ms"] > 0 and 0 <= t["top1"] <= 1 for t in tiers)
     assert record["objective_ms"] > 0 and record["calibration"]["best_fixed"] in {

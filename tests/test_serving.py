@@ -1120,9 +1120,18 @@ def test_stand_in_runs_as_its_own_process_and_soaks_without_errors(served):
     _, summary, _ = served
     base = os.path.dirname(summary["path"])
     names = [t["name"] for t in summary["tiers"]]
-    server = soak.ServerProcess(base, MODEL, threads=1)
+    pinned = hasattr(os, "sched_setaffinity")
+    cpu = max(os.sched_getaffinity(0)) if pinned else None
+    server = soak.ServerProcess(base, MODEL, threads=1, cpus=[cpu] if pinned else None)
     try:
-        assert server.label == "stand-in (tf.compat.v1 Session), 1 threads"
+        label = "stand-in (tf.compat.v1 Session), 1 threads"
+        if pinned:  # the server and the threads it started run on that CPU only
+            assert server.label == f"{label}, pinned to CPUs [{cpu}]"
+            threads = os.listdir(f"/proc/{server.proc.pid}/task")
+            assert len(threads) > 1
+            assert all(os.sched_getaffinity(int(t)) == {cpu} for t in threads)
+        else:
+            assert server.label == label
         results = [
             soak.run_soak(_address(server, p), MODEL, p, names, requests=8 * len(names), clients=4)
             for p in ("grpc", "rest")
