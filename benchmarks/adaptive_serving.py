@@ -98,6 +98,11 @@ flags.DEFINE_integer("seed", 0, "Arrival schedules' seed.")
 flags.DEFINE_string(
     "output", os.path.join(ROOT, "docs", "results", "adaptive_serving.json"), "JSON output."
 )
+flags.DEFINE_string(
+    "requests_output", None,
+    "Also write every request (calibration included) as CSV here: policy, repeat, phase, "
+    "scheduled_s, tier, latency_ms, send_lag_ms, queue_ms, error.",
+)  # fmt: skip
 F = flags.FLAGS
 
 
@@ -262,6 +267,7 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
     calibration = {
         t.name: timeline(calib, lambda n=t.name: n, label=f"calibration {t.name}") for t in kept
     }
+    every = [(f"calibration {n}", 1, calib, r) for n, r in calibration.items()]
     idle_phases = [i for i, p in enumerate(calib) if p.hogs == 0 and p.rate == rate]
     if F.objective_ms:
         objective, how = F.objective_ms, "given (--objective_ms)"
@@ -320,6 +326,7 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
                 label=f"repeat {repeat + 1}/{F.repeats} {policy}",
             )  # fmt: skip
             runs[policy].append(load_test.summarize(requests, phases, objective, top1))
+            every.append((policy, repeat + 1, phases, requests))
             first.setdefault(policy, requests)
     results = {policy: load_test.aggregate(r) for policy, r in runs.items()}
     print()
@@ -394,7 +401,28 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
         "minutes": (time.monotonic() - started) / 60,
     }
     timing.write_benchmark(F.output, record)
+    if F.requests_output:
+        _write_requests(F.requests_output, every)
     return record
+
+
+def _write_requests(path, every):
+    """Every request of every timeline as CSV (written whole, then renamed)."""
+    import csv
+    import io
+
+    from pss_keras.fileio import atomic_write_text
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    fields = ("tier", "latency_ms", "send_lag_ms", "queue_ms", "error")
+    writer.writerow(("policy", "repeat", "phase", "scheduled_s", *fields))
+    for policy, repeat, phases, requests in every:
+        for r in requests:
+            row = (policy, repeat, phases[r.phase].name, f"{r.scheduled:.4f}")
+            writer.writerow(row + tuple(getattr(r, f) for f in fields))
+    atomic_write_text(path, out.getvalue())
+    print(f"wrote {path} ({sum(len(e[3]) for e in every)} requests)")
 
 
 def _done_when(results) -> dict:

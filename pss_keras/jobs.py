@@ -57,11 +57,13 @@ class RetainedTier:
         mflops, params: its cost.
         top1, top5: validation accuracy with calibrated statistics.
         minival_top1: the accuracy it was chosen by.
-        pool_score: its PSS pool score.
+        pool_score: its PSS pool score (None for the ``smallest`` and
+            ``largest`` tiers, which no pool held).
         bn_stats: path of its statistics, relative to the job directory.
         selected_on: ``minival`` (the default, honest protocol) or
             ``validation`` (``val_best_of_topk``, the reference's protocol:
-            its top1 is then chosen on itself).
+            its top1 is then chosen on itself); ``sandwich`` for the space's
+            smallest and largest subnets (`retain_subnets` ``bounds``).
         candidates: every top-k subnet of its pool that was evaluated:
             ``{"config", "pool_score", "minival_top1", "top1", "top5"}``.
         predicted_us: its latency predicted by each of the run's look-up
@@ -78,7 +80,7 @@ class RetainedTier:
     top1: float
     top5: float
     minival_top1: float
-    pool_score: float
+    pool_score: float | None
     bn_stats: str
     selected_on: str = "minival"
     candidates: tuple = ()

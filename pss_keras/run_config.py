@@ -134,6 +134,8 @@ class TrainConfig:
     strategy: str = "auto"
     mixed_precision: str = "none"
     selection: str = "minival"
+    # Also retain the space's smallest and largest subnets (selection.retain_subnets).
+    retain_bounds: bool = False
     validate_every: int = 0
     init_from: str = ""
     checkpoint_every_steps: int = 0
@@ -304,7 +306,7 @@ class TrainConfig:
         current = json_round_trip(self.to_dict())
         ignore = {
             "epochs", "verbose", "tensorboard_update_freq", "keep_checkpoints", "job_dir",
-            "strategy", "selection", "validate_every", "checkpoint_every_steps",
+            "strategy", "selection", "retain_bounds", "validate_every", "checkpoint_every_steps",
             # A resume never re-imports: its checkpoint holds the weights.
             "init_from",
             # Tables may move; the job keeps a copy and compares contents.

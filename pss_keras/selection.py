@@ -27,6 +27,7 @@ def retain_subnets(
     calib_batches: int = 8,
     progress: bool = True,
     selection: str = "minival",
+    bounds: bool = False,
 ) -> list[dict]:
     """Calibrates and scores the top-k of every pool, keeps the best per target.
 
@@ -39,6 +40,14 @@ def retain_subnets(
     validation accuracy is recorded either way. Calibrated statistics go to
     ``<job_dir>/bn_stats/<tier>.npz``; the list to
     ``<job_dir>/retained_subnets.json`` (`pss_keras.jobs`).
+
+    With ``bounds``, the space's smallest and largest subnets (the two the
+    sandwich step trains on every batch, which the paper reports beside the
+    pools' best) are calibrated, evaluated and retained as well, as tiers
+    ``smallest`` and ``largest`` (``selected_on="sandwich"``: not chosen
+    from a pool), unless a pool's tier is that very subnet. They widen the
+    range a deployment can switch over: the pools' best sit at the top of
+    their grid cells, so the cheapest pool tier costs about one grid step.
 
     Returns:
         The retained tiers as written (``RetainedTier.to_dict()`` records).
@@ -87,7 +96,50 @@ def retain_subnets(
         )
         if bar is not None:
             bar.add(1, [("val_top1", best["top1"])])
+    if bounds:
+        retained = _with_bounds(
+            retained, sampler, space, job_dir,
+            lambda config: _evaluate_candidate(
+                evaluator, config, None, pipelines, calibration, calib_batches
+            ),
+        )  # fmt: skip
     return jobs.write_retained(job_dir, retained)
+
+
+def _with_bounds(retained, sampler, space, job_dir, evaluate) -> list:
+    """``retained`` with the space's smallest subnet first and its largest
+    last (each skipped when a pool's tier is that subnet)."""
+    have = {t.config for t in retained}
+    metric_type = min(sampler.samplers)  # "flops" when the run has it
+    out = list(retained)
+    for name, config in (("smallest", space.smallest()), ("largest", space.largest())):
+        if config in have:
+            continue
+        row = evaluate(config)
+        mflops = flops.count_mflops(config, space.num_classes, space.width_scale)
+        predicted = _predicted_us(sampler, config)
+        tier = jobs.RetainedTier(
+            name=name,
+            config=config,
+            metric_type=metric_type,
+            # Its own cost in the run's first metric (MFLOPs or predicted us).
+            target=round(mflops, 3) if metric_type == "flops" else predicted[metric_type],
+            mflops=mflops,
+            params=flops.count_params(config, space.num_classes, space.width_scale),
+            top1=row["top1"],
+            top5=row["top5"],
+            minival_top1=row["minival_top1"],
+            pool_score=None,
+            bn_stats=jobs.save_bn_stats(job_dir, name, row["stats"]),
+            selected_on="sandwich",
+            predicted_us=predicted,
+            candidates=(
+                {k: v for k, v in row.items() if k not in ("stats", "config")}
+                | {"config": config.to_dict()},
+            ),
+        )
+        out = [tier, *out] if name == "smallest" else [*out, tier]
+    return out
 
 
 def _predicted_us(sampler, config) -> dict:

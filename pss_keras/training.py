@@ -172,6 +172,7 @@ def evaluate_job(
     data_dir: str | None = None,
     progress: bool = True,
     selection: str | None = None,
+    bounds: bool | None = None,
 ) -> list[dict]:
     """Re-runs the end-of-training selection from a checkpoint of ``job_dir``.
 
@@ -209,6 +210,7 @@ def evaluate_job(
             calib_batches or config.calib_batches,
             progress=progress,
             selection=selection or config.selection,
+            bounds=config.retain_bounds if bounds is None else bounds,
         )
 
 
@@ -369,6 +371,7 @@ def train(config: TrainConfig) -> dict:
                 config.calib_batches,
                 progress=bool(config.verbose),
                 selection=config.selection,
+                bounds=config.retain_bounds,
             )
     return {
         "job_dir": config.job_dir,

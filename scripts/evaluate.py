@@ -4,7 +4,8 @@
 
 Calibrates batch norm for the top-k subnets of every pool, picks the best per
 target on minival, reports its validation accuracy and rewrites
-<job_dir>/retained_subnets.json. Settings come from <job_dir>/run_config.json.
+<job_dir>/retained_subnets.json. --retain_bounds adds the space's smallest and
+largest subnets as tiers. Settings come from <job_dir>/run_config.json.
 """
 
 import logging
@@ -24,6 +25,11 @@ flags.DEFINE_enum(
     "Choose each pool's subnet on minival (honest) or on validation (the reference's "
     "protocol). Default: the run's.",
 )  # fmt: skip
+flags.DEFINE_bool(
+    "retain_bounds", None,
+    "Also retain the space's smallest and largest subnets as tiers 'smallest' and 'largest' "
+    "(default: the run's --retain_bounds).",
+)  # fmt: skip
 F = flags.FLAGS
 
 
@@ -40,6 +46,7 @@ def main(argv):
             F.calib_batches,
             F.dataset_dir,
             selection=F.selection,
+            bounds=F.retain_bounds,
         )
     except ValueError as e:
         sys.exit(f"error: {e}")

@@ -108,6 +108,11 @@ flags.DEFINE_float(
     "(drawn with --random_seed; the job saves the split).",
 )  # fmt: skip
 flags.DEFINE_enum("cache", "auto", ["auto", "true", "false"], "Cache decoded images in memory.")
+flags.DEFINE_bool(
+    "retain_bounds", False,
+    "Also retain the space's smallest and largest subnets (trained by every sandwich step) as "
+    "tiers 'smallest' and 'largest', widening the cost range a deployment switches over.",
+)  # fmt: skip
 flags.DEFINE_enum(
     "bad_images", "fail", list(BAD_IMAGES),
     "Images that fail to decode (garbage, truncated, unreadable): fail (stop, naming them) "
@@ -240,6 +245,7 @@ def _config():
         strategy=F.strategy,
         mixed_precision=F.mixed_precision,
         selection=F.selection,
+        retain_bounds=F.retain_bounds,
         validate_every=F.validate_every,
     )
 

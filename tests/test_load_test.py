@@ -693,7 +693,8 @@ def test_the_benchmark_runs_end_to_end(tmp_path, run_script):
     result = run_script(
         "benchmarks/adaptive_serving.py", f"--job_dir={job}", "--server=standin",
         "--phase_seconds=1", "--calibration_seconds=1", "--repeats=2", "--rate=15",
-        f"--policies={','.join(policies)}", f"--output={out}", timeout=900,
+        f"--policies={','.join(policies)}", f"--output={out}",
+        f"--requests_output={tmp_path / 'requests.csv'}", timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())
@@ -733,6 +734,21 @@ def test_the_benchmark_runs_end_to_end(tmp_path, run_script):
             assert all(p["switches"] == 0 for p in r["phases"])
             assert r["overall"]["mean_top1"] <= top1[smallest] + 1e-9
     assert (tmp_path / "adaptive.png").read_bytes()[:8] == PNG_SIGNATURE
+    import csv
+
+    with open(tmp_path / "requests.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == [
+        "policy", "repeat", "phase", "scheduled_s", "tier", "latency_ms", "send_lag_ms",
+        "queue_ms", "error",
+    ]  # fmt: skip
+    for policy, r in record["policies"].items():
+        mine = [row for row in rows if row["policy"] == policy]
+        assert len(mine) == 2 * r["overall"]["requests"]
+        assert {row["repeat"] for row in mine} == {"1", "2"}
+        assert {row["phase"] for row in mine} <= set(names)
+    calibration = {row["policy"] for row in rows if row["policy"] not in policies}
+    assert calibration == {f"calibration {t['name']}" for t in kept}
     assert "within the objective" in result.stdout and "machine: " in result.stdout
 
 

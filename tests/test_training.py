@@ -445,6 +445,38 @@ def test_evaluate_job_reproduces_the_selection(job_copy):
         training.evaluate_job(os.path.dirname(config.job_dir) + "/nope")
 
 
+def test_retain_bounds_adds_the_smallest_and_largest_subnets(job_copy):
+    """evaluate_job(bounds=True): the pools' tiers unchanged, the space's
+    smallest subnet first and its largest last, calibrated and evaluated
+    like any tier; without it (the run's setting) they are gone again."""
+    config, summary = job_copy
+    again = training.evaluate_job(config.job_dir, progress=False, bounds=True)
+    pools = [(e["name"], e["config"], e["top1"]) for e in summary["retained"]]
+    assert [(e["name"], e["config"], e["top1"]) for e in again[1:-1]] == pools
+    smallest, largest = again[0], again[-1]
+    stages = len(smallest["config"]["stage_width_mults"])
+    lo, hi = config.resolution_range
+    assert (smallest["name"], largest["name"]) == ("smallest", "largest")
+    assert smallest["config"]["resolution"] == lo and largest["config"]["resolution"] == hi
+    assert smallest["config"]["stage_width_mults"] == [config.width_range[0]] * stages
+    assert largest["config"]["stage_width_mults"] == [config.width_range[1]] * stages
+    assert smallest["mflops"] < min(e["mflops"] for e in again[1:-1])
+    assert largest["mflops"] > max(e["mflops"] for e in again[1:-1])
+    for tier in (smallest, largest):
+        assert tier["selected_on"] == "sandwich" and tier["pool_score"] is None
+        assert tier["target"] == round(tier["mflops"], 3) and 0 <= tier["top1"] <= 1
+        assert os.path.isfile(os.path.join(config.job_dir, tier["bn_stats"]))
+        (only,) = tier["candidates"]
+        assert (only["config"], only["top1"], only["pool_score"]) == (
+            tier["config"], tier["top1"], None,
+        )  # fmt: skip
+    job = jobs.Job(config.job_dir)  # what export reads
+    assert [t.name for t in job.retained] == [e["name"] for e in again]
+    assert [e["name"] for e in jobs.read_retained(config.job_dir)] == [e["name"] for e in again]
+    plain = training.evaluate_job(config.job_dir, progress=False)  # the run's: no bounds
+    assert [(e["name"], e["config"], e["top1"]) for e in plain] == pools
+
+
 def _check_choice(retained, chosen_on):
     for tier in retained:
         candidates = tier["candidates"]
