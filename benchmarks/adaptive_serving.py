@@ -90,6 +90,13 @@ flags.DEFINE_float("percentile", 95.0, "adaptive: the percentile held within the
 flags.DEFINE_integer("window", None, "adaptive: requests per estimate (default 100/(100-p)).")
 flags.DEFINE_float("headroom", 0.7, "adaptive: step up only below this share of the objective.")
 flags.DEFINE_integer("image_size", None, "Request image size (default: the job's).")
+flags.DEFINE_enum(
+    "request_size", "largest", ["largest", "tier"],
+    "largest: every request carries images of the largest tier's resolution (or --image_size) "
+    "and each tier resizes them in its graph; tier: a client that knows the tier it asks for "
+    "sends images at that tier's resolution (from the tiers table), so the bytes on the wire "
+    "and the server's decoding shrink with the tier as its FLOPs do.",
+)  # fmt: skip
 flags.DEFINE_integer("batch", 1, "Images per request.", lower_bound=1)
 flags.DEFINE_integer("max_inflight", 16, "Client threads.", lower_bound=1)
 flags.DEFINE_float("timeout_s", 5.0, "Per-request timeout (a miss).", 0.01)
@@ -213,11 +220,13 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
     client = serving.connect(server.grpc_address, F.model_name, "grpc", timeout=F.timeout_s)
     tiers = client.tiers()
     size = F.image_size or max(t.resolution for t in tiers)
-    shape = (F.batch, size, size, 3)
-    image = np.random.default_rng(F.seed).integers(0, 256, shape, dtype=np.uint8)
+    sizes = {t.name: t.resolution if F.request_size == "tier" else size for t in tiers}
+    rng = np.random.default_rng(F.seed)
+    # Prepared once: the client's own resizing is its CPU, not the server's load.
+    images = {n: rng.integers(0, 256, (F.batch, s, s, 3), dtype=np.uint8) for n, s in sizes.items()}
 
     def send(name):
-        out = client.transport.predict(name, {"images": image})
+        out = client.transport.predict(name, {"images": images[name]})
         if out["logits"].shape[0] != F.batch:
             raise serving.ServingError(f"{name}: logits of shape {out['logits'].shape}")
 
@@ -357,11 +366,20 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
             "busy_processes": [p.hogs * per_hog for p in phases],
             "how": f"--server_cpus={F.server_cpus}",
         },
-        "request_image": f"uint8 {size}x{size}x3, random pixels, batch {F.batch}, gRPC",
+        "request_image": (
+            f"uint8 {size}x{size}x3"
+            if F.request_size == "largest"
+            else "uint8 at each tier's resolution ("
+            + ", ".join(f"{n} {s}" for n, s in sizes.items())
+            + " px)"
+        )
+        + f", random pixels, batch {F.batch}, gRPC",
+        "request_size": F.request_size,
         "tiers": [
             {
                 "name": t.name,
                 "mflops": t.mflops,
+                "resolution": t.resolution,
                 "top1": t.top1,
                 "idle_ms": idle[t.name],
                 "export_latency_ms": tiers[i].latency_ms,

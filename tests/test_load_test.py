@@ -694,10 +694,15 @@ def test_the_benchmark_runs_end_to_end(tmp_path, run_script):
         "benchmarks/adaptive_serving.py", f"--job_dir={job}", "--server=standin",
         "--phase_seconds=1", "--calibration_seconds=1", "--repeats=2", "--rate=15",
         f"--policies={','.join(policies)}", f"--output={out}",
-        f"--requests_output={tmp_path / 'requests.csv'}", timeout=900,
+        f"--requests_output={tmp_path / 'requests.csv'}", "--request_size=tier", timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())
+    # Each tier got images at its own resolution (the synthetic job's differ).
+    assert record["request_size"] == "tier"
+    assert len({t["resolution"] for t in record["tiers"]}) > 1
+    for t in record["tiers"]:
+        assert f"{t['name']} {t['resolution']}" in record["request_image"]
     assert record["machine"]["cores"] >= 1 and record["rate"] == 15
     assert record["server"].startswith("stand-in") and record["export"]["mode"] == "shared"
     cpus = record["cpus"]  # --server_cpus=auto: the generator gets the last CPU to itself
