@@ -38,7 +38,7 @@ objective while the machine's free CPU changes, at the best accuracy it can?
 
 Policies: ``fixed_largest``, ``fixed_smallest``, ``best_fixed``,
 ``adaptive`` (`pss_keras.serving.AdaptiveTierPolicy` with --percentile,
---window, --headroom, on the measured idle latencies) and ``median5`` (the
+--window, --headroom, --queueing, --backlog, on the measured idle latencies) and ``median5`` (the
 earlier `MedianStepPolicy`: median of 5, for comparison).
 """
 
@@ -86,9 +86,15 @@ flags.DEFINE_float(
 )
 flags.DEFINE_list("policies", list(POLICIES[:4]), f"Policies to replay: {', '.join(POLICIES)}.")
 flags.DEFINE_integer("repeats", 3, "Repeats of every policy's timeline.", lower_bound=1)
-flags.DEFINE_float("percentile", 95.0, "adaptive: the percentile held within the objective.")
+flags.DEFINE_float("percentile", 99.0, "adaptive: the percentile held within the objective.")
 flags.DEFINE_integer("window", None, "adaptive: requests per estimate (default 100/(100-p)).")
 flags.DEFINE_float("headroom", 0.7, "adaptive: step up only below this share of the objective.")
+flags.DEFINE_bool("queueing", True, "adaptive: scale its estimates by each tier's queueing.")
+flags.DEFINE_float(
+    "backlog", 1.5,
+    "adaptive: a request behind this client's requests in flight goes to a cheaper tier when "
+    "this margin x the median slowdown x the work ahead would miss the objective; 0: off.",
+)  # fmt: skip
 flags.DEFINE_integer("image_size", None, "Request image size (default: the job's).")
 flags.DEFINE_enum(
     "request_size", "largest", ["largest", "tier"],
@@ -142,10 +148,15 @@ def _check_flags():
     try:  # the policy's own checks, before any minute is spent
         probe = [serving.Tier(n, "flops", 0, m, 0, 32, m / 10, m) for n, m in (("a", 1), ("b", 2))]
         serving.AdaptiveTierPolicy(
-            probe, 10.0, percentile=F.percentile, window=F.window, headroom=F.headroom
-        )
+            probe, 10.0, percentile=F.percentile, window=F.window, headroom=F.headroom,
+            backlog=F.backlog or None,
+        )  # fmt: skip
+        if F.backlog < 0:
+            raise ValueError(f"backlog must be positive (or 0: off), got {F.backlog}.")
     except ValueError as e:
-        _fail(f"the adaptive policy's settings (--percentile, --window, --headroom): {e}")
+        _fail(
+            f"the adaptive policy's settings (--percentile, --window, --headroom, --backlog): {e}"
+        )
     return cpus
 
 
@@ -319,21 +330,25 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
         if policy == "adaptive":
             p = serving.AdaptiveTierPolicy(
                 measured, objective, percentile=F.percentile, window=F.window,
-                headroom=F.headroom, latency_source="measured",
+                headroom=F.headroom, latency_source="measured", queueing=F.queueing,
+                backlog=F.backlog or None,
             )  # fmt: skip
         else:
             p = serving.MedianStepPolicy(tiers, objective)  # every tier, by MFLOPs
-        return (lambda: p.tier.name), p.observe, p
+        return (lambda: p.choose().name), p.observe, p
 
     runs = {policy: [] for policy in F.policies}
+    moves = {policy: [] for policy in F.policies}
     first = {}
     for repeat in range(F.repeats):
         for policy in F.policies:
-            choose, observe, _ = make(policy)
+            choose, observe, p = make(policy)
             requests = timeline(
                 phases, choose, observe, seed=F.seed + 1000 * (repeat + 1),
                 label=f"repeat {repeat + 1}/{F.repeats} {policy}",
             )  # fmt: skip
+            if p is not None:  # its own moves, and requests sent below its tier
+                moves[policy].append({"switches": p.switches, "shed": getattr(p, "shed", 0)})
             runs[policy].append(load_test.summarize(requests, phases, objective, top1))
             every.append((policy, repeat + 1, phases, requests))
             first.setdefault(policy, requests)
@@ -344,6 +359,12 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
     lags = [row["send_lag_p99_ms"] for r in results.values() for row in r["phases"]]
     lag = max((v for v in lags if v is not None), default=float("nan"))
     print(f"generator: sends late by at most {lag:.2f} ms at p99 (it shares the cores)")
+    for policy, m in moves.items():
+        if m:
+            print(
+                f"{policy}: its own tier moves per repeat {[x['switches'] for x in m]}; "
+                f"requests sent below its tier for the backlog {[x['shed'] for x in m]}"
+            )
     checks = _done_when(results)
     for line in checks["lines"]:
         print(line)
@@ -410,7 +431,15 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
             "percentile": F.percentile,
             "window": F.window or math.ceil(100 / (100 - F.percentile) - 1e-9),
             "headroom": F.headroom,
+            "queueing": F.queueing,
+            "backlog": F.backlog or None,
         },
+        # Per repeat, for the policies that adapt: the policy's own tier
+        # moves (its hysteresis bounds these) and the requests its backlog
+        # check sent to a cheaper tier than its current one (each such
+        # request adds up to two to the phases' ``switches``, which count
+        # every change of tier between consecutive requests).
+        "policy_moves": {k: v for k, v in moves.items() if v},
         "repeats": F.repeats,
         "policies": results,
         "generator_send_lag_p99_ms": lag,

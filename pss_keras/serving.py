@@ -495,10 +495,15 @@ class _TimedPolicy:
         _require_tier_table(tiers, who)
         return tiers
 
+    def choose(self) -> Tier:
+        """The tier for the next request (the current one; `AdaptiveTierPolicy`
+        may choose a cheaper one for a request queued behind others)."""
+        return self.tier
+
     def predict(self, client: PSSClient, images) -> tuple[dict, Tier, float]:
-        """One request on the current tier, timed with ``clock``; returns
-        (outputs, tier used, ms)."""
-        tier = self.tier
+        """One request on the tier `choose` gives, timed with ``clock``;
+        returns (outputs, tier used, ms)."""
+        tier = self.choose()
         start = self.clock()
         outputs = client.predict(images, tier.name)
         latency = 1000 * (self.clock() - start)
@@ -537,6 +542,24 @@ class AdaptiveTierPolicy(_TimedPolicy):
       tier is what fails, a steady phase of N requests sees at most
       `max_steady_switches` (N) switches, about ``2 * log2(N / hold)``, and
       none while the estimate is right to within a factor 1 / headroom.
+    - **Queueing** (``queueing=True``): a tier's cost also decides how long
+      requests queue for it. With this client's request rate (from
+      ``clock``, over the window) and the window's median slowdown, each
+      tier's utilization of the server is estimated, and its estimate is
+      scaled by ``(1 - u_current) / (1 - u_tier)`` (an M/M/1 queue's
+      growth): a step up to a tier that would load the server to 1 or more
+      is never taken, and a step down lands higher when the cheaper tier
+      also queues less. Off, an estimate is the window's ratio times the
+      cost alone (the model above).
+    - **Backlog** (``backlog=k``): `choose` gives a request the tier above
+      unless the requests this client has in flight (chosen, not yet
+      observed) would make it miss: if ``k`` x the window's median
+      slowdown x (the in-flight requests' cost + the tier's cost) exceeds
+      the objective, that request goes to the most accurate cheaper tier
+      that fits (the cheapest if none), and ``shed`` counts it. The
+      current tier does not move, so a burst of arrivals is absorbed
+      without a switch of the policy. Needs `choose` for every request
+      (as `predict` does) and `observe` for each.
     - Failures count as at least twice the objective (``observe(...,
       failed=True)``); an infinite latency as 1000 x the objective; NaN
       is refused.
@@ -561,8 +584,13 @@ class AdaptiveTierPolicy(_TimedPolicy):
             ``64 * hold``).
         latency_source: the tiers' cost (see `tier_latency_ms`).
         start: tier name to start from (default: the most accurate).
-        clock: what `predict` times requests with: seconds (default
+        clock: what `predict` times requests with, and ``queueing``
+            measures the request rate with: seconds (default
             `time.perf_counter`); tests pass a simulated clock.
+        queueing: scale the estimates by each tier's queueing (above).
+        backlog: margin on the predicted wait behind this client's
+            requests in flight (above; 1.5 leaves room for the wait's
+            spread); None: every request gets the current tier.
     """
 
     def __init__(
@@ -578,8 +606,12 @@ class AdaptiveTierPolicy(_TimedPolicy):
         start: str | None = None,
         clock=time.perf_counter,
         history: int = 100_000,
+        queueing: bool = False,
+        backlog: float | None = None,
     ):
         tiers = self._checked(tiers, objective_ms, headroom, "AdaptiveTierPolicy")
+        if backlog is not None and not backlog > 0:
+            raise ValueError(f"backlog must be positive (or None: off), got {backlog}.")
         if not 0 < percentile < 100:
             raise ValueError(f"percentile must be in (0, 100), got {percentile}.")
         smallest = math.ceil(100 / (100 - percentile) - 1e-9)
@@ -618,12 +650,44 @@ class AdaptiveTierPolicy(_TimedPolicy):
         self._failed_tier = None
         self._load_at_failure = None
         self._ready = False
+        self.queueing = bool(queueing)
+        self.backlog = None if backlog is None else float(backlog)
+        self.shed = 0
+        self._times = collections.deque(maxlen=window)  # clock at each observation
+        self._in_flight = []  # (tier name, clock at choose) of requests chosen, not observed
         self._lock = threading.Lock()
 
     @property
     def tier(self) -> Tier:
         with self._lock:
             return self.tiers[self.index]
+
+    def choose(self) -> Tier:
+        """The tier for the next request, counted as in flight until its
+        `observe`: the current tier, or with ``backlog`` a cheaper one when
+        the requests in flight would make it miss the objective."""
+        with self._lock:
+            now = self.clock()
+            # A request never observed (its caller dropped it) stops counting
+            # once it is older than any latency the policy takes in.
+            stale = now - self.objective_ms  # 1000 x the objective, in seconds
+            self._in_flight = [(n, t) for n, t in self._in_flight if t >= stale]
+            index = self.index
+            if self.backlog and self._in_flight and self._ready:
+                slowdown = self.backlog * float(np.median([r for _, r in self._ratios]))
+                ahead = sum(self._cost[n] for n, _ in self._in_flight)
+                fits = [
+                    i
+                    for i in range(index + 1)
+                    if slowdown * (ahead + self._cost[self.tiers[i].name]) <= self.objective_ms
+                ]
+                served = max(fits) if fits else 0
+                if served < index:
+                    self.shed += 1
+                    index = served
+            tier = self.tiers[index]
+            self._in_flight.append((tier.name, now))
+            return tier
 
     def estimate_ms(self, tier: Tier | str) -> float | None:
         """The tier's estimated percentile latency now (None before a full window)."""
@@ -633,7 +697,10 @@ class AdaptiveTierPolicy(_TimedPolicy):
         with self._lock:
             if not self._ready or len(self._ratios) < self.window // 2:
                 return None
-            return self._ratio() * self._cost[name]
+            if name not in {t.name for t in self.tiers}:  # dominated: no queueing factor
+                return self._ratio() * self._cost[name]
+            names = [t.name for t in self.tiers]
+            return self._ratio() * self._cost[name] * self._queue_factors()[names.index(name)]
 
     def max_steady_switches(self, requests: int) -> int:
         """The most switches in a steady phase of ``requests`` requests once
@@ -677,6 +744,12 @@ class AdaptiveTierPolicy(_TimedPolicy):
             if name not in self._cost:
                 raise ValueError(f"Unknown tier {name!r}; the policy has {sorted(self._cost)}.")
             self.history.append((name, latency_ms))
+            for i, (n, _) in enumerate(self._in_flight):
+                if n == name:  # the oldest request in flight on that tier
+                    del self._in_flight[i]
+                    break
+            if self.queueing:
+                self._times.append(self.clock())
             if name != self._failed_tier:  # late answers of a failed probe say nothing of load
                 self._ratios.append((name, latency_ms / self._cost[name]))
             self._since_move += 1
@@ -694,8 +767,20 @@ class AdaptiveTierPolicy(_TimedPolicy):
     def _reset_back_off(self) -> None:
         self._failed_probes, self.hold, self._load_at_failure = 0, self.base_hold, None
 
+    def _queue_factors(self) -> list[float]:
+        """Each tier's estimate multiplier for queueing (1 without a rate)."""
+        ones = [1.0] * len(self.tiers)
+        times = self._times
+        if not self.queueing or len(times) < 10 or not times[-1] > times[0]:
+            return ones
+        rate = (len(times) - 1) / (1000 * (times[-1] - times[0]))  # requests per ms
+        slowdown = float(np.median([r for _, r in self._ratios]))
+        load = [rate * slowdown * self._cost[t.name] for t in self.tiers]
+        current = min(load[self.index], 0.9)
+        return [(1 - current) / (1 - u) if u < 1 else math.inf for u in load]
+
     def _decide(self, ratio: float) -> None:
-        costs = [self._cost[t.name] for t in self.tiers]
+        costs = [self._cost[t.name] * f for t, f in zip(self.tiers, self._queue_factors())]
         target = self.headroom * self.objective_ms
         if self._last_move == "up" and self._since_move > max(2 * self.window, self.hold):
             self._reset_back_off()  # the last step up held

@@ -294,3 +294,69 @@ def test_failures_and_odd_latencies():
     policy = serving.AdaptiveTierPolicy(TIERS, objective_ms=10, history=30)
     _feed(policy, lambda n: 1.0, 100)
     assert len(policy.history) == 30
+
+
+def test_backlog_sends_a_queued_request_to_a_cheaper_tier_without_moving_the_policy():
+    """With ``backlog``, a request chosen while others are in flight gets the
+    most accurate tier whose wait behind them fits: margin x median slowdown x
+    (cost in flight + its cost) <= objective."""
+    clock = _Clock()
+    policy = serving.AdaptiveTierPolicy(
+        TIERS, objective_ms=10, percentile=95, clock=clock, backlog=1.5
+    )
+    _feed(policy, lambda name: 2.0, 20)  # d (4 ms) answers in 2 ms: slowdown 0.5
+    assert policy.tier.name == "d" and policy.switches == 0
+    # Nothing in flight: d. Then 1.5 x 0.5 x (4 + cost) <= 10 needs cost <= 9.3: d again;
+    # with 8 ms ahead, cost <= 5.3: d; with 12 ahead, cost <= 1.3: a.
+    assert [policy.choose().name for _ in range(4)] == ["d", "d", "d", "a"]
+    assert policy.shed == 1 and policy.tier.name == "d" and policy.switches == 0
+    # Answers clear the backlog: each observe removes that tier's oldest request.
+    for name, ms in (("d", 2.0), ("d", 2.0), ("d", 2.0), ("a", 0.5)):
+        policy.observe(ms, name)
+    assert policy.choose().name == "d" and policy.shed == 1
+    assert [policy.choose().name for _ in range(3)] == ["d", "d", "a"] and policy.shed == 2
+    # A request never observed stops counting after 1000 x the objective (10 s).
+    clock.now += 11.0
+    assert policy.choose().name == "d" and policy.shed == 2
+    # Without backlog every request gets the current tier.
+    plain = serving.AdaptiveTierPolicy(TIERS, objective_ms=10, percentile=95, clock=clock)
+    _feed(plain, lambda name: 2.0, 20)
+    assert {plain.choose().name for _ in range(10)} == {"d"} and plain.shed == 0
+    with pytest.raises(ValueError, match="backlog must be positive"):
+        serving.AdaptiveTierPolicy(TIERS, objective_ms=10, backlog=0)
+
+
+def test_queueing_keeps_the_policy_off_tiers_that_would_load_the_server_past_one():
+    """Same latencies (1.5 x each tier's cost), two request rates: at 10 per
+    second every tier fits and the policy climbs to d; at 200 per second d
+    would load the server past 1 (0.2 / ms x 1.5 x 4 ms = 1.2) and c nearly
+    so, and it stops at b: (1 - 0.3) / (1 - 0.6) x 1.5 x 2 ms = 5.25 <= 7 from a,
+    while c from b is (1 - 0.6) / (1 - 0.9) x 1.5 x 3 ms = 18 > 7."""
+
+    def climb(per_second):
+        clock = _Clock()
+        policy = serving.AdaptiveTierPolicy(
+            TIERS, objective_ms=10, percentile=95, clock=clock, start="a", queueing=True
+        )
+        for _ in range(200):
+            clock.now += 1 / per_second
+            name = policy.tier.name
+            policy.observe(1.5 * {"a": 1, "b": 2, "c": 3, "d": 4}[name], name)
+        return policy
+
+    slow, fast = climb(10), climb(200)
+    assert slow.tier.name == "d"
+    assert fast.tier.name == "b" and fast.switches == 1
+    assert fast.estimate_ms("d") == float("inf")
+    # From b (load 0.6): b as measured, c with its queueing (load 0.9).
+    assert fast.estimate_ms("b") == pytest.approx(1.5 * 2)
+    assert fast.estimate_ms("c") == pytest.approx(1.5 * 3 * (1 - 0.6) / (1 - 0.9), rel=1e-6)
+    # Without queueing the same fast client climbs to d.
+    clock = _Clock()
+    plain = serving.AdaptiveTierPolicy(
+        TIERS, objective_ms=10, percentile=95, clock=clock, start="a"
+    )
+    for _ in range(200):
+        clock.now += 1 / 200
+        plain.observe(1.5 * {"a": 1, "b": 2, "c": 3, "d": 4}[plain.tier.name])
+    assert plain.tier.name == "d"
