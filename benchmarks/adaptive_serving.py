@@ -16,12 +16,17 @@ objective while the machine's free CPU changes, at the best accuracy it can?
    in production). ``none`` lets everything share every CPU.
 2. Measures each tier's idle latency through the server (one request at a
    time, median) and drops dominated tiers (more latency, no more top-1).
+   Requests carry --batch random images of the largest tier's resolution,
+   or with --request_size=tier of the tier's own (a client that resizes
+   before sending, so that bytes and decoding shrink with the tier too).
 3. Calibration: the timeline (`pss_keras.load_test.default_timeline`:
    idle, 1 busy process per server CPU, 2, the rate doubled, idle again;
    real busy-looping processes) once per tier, with --calibration_seconds
-   phases. The objective is --objective_margin x the largest tier's p99
-   in the idle phases (unless --objective_ms), so the largest tier meets
-   it when idle; the table says whether it misses under contention.
+   phases. The objective is the larger of --objective_margin x the
+   largest tier's p99 in the idle phases and its --percentile there /
+   --headroom (unless --objective_ms), so the largest tier meets it when
+   idle and the adaptive policy may climb to it; the output says in which
+   phases it misses.
    ``best_fixed`` is the most accurate tier meeting the objective (>= 99 %
    of requests within it) in every phase where the cheapest tier does.
 4. The timeline with --phase_seconds phases, for every policy in
@@ -146,13 +151,13 @@ def _check_flags():
     from pss_keras import serving
 
     try:  # the policy's own checks, before any minute is spent
+        if F.backlog < 0:
+            raise ValueError(f"backlog must be positive (or 0: off), got {F.backlog}.")
         probe = [serving.Tier(n, "flops", 0, m, 0, 32, m / 10, m) for n, m in (("a", 1), ("b", 2))]
         serving.AdaptiveTierPolicy(
             probe, 10.0, percentile=F.percentile, window=F.window, headroom=F.headroom,
             backlog=F.backlog or None,
         )  # fmt: skip
-        if F.backlog < 0:
-            raise ValueError(f"backlog must be positive (or 0: off), got {F.backlog}.")
     except ValueError as e:
         _fail(
             f"the adaptive policy's settings (--percentile, --window, --headroom, --backlog): {e}"

@@ -738,6 +738,14 @@ def test_the_benchmark_runs_end_to_end(tmp_path, run_script):
             assert all(set(p["tiers"]) == {smallest} for p in r["phases"])
             assert all(p["switches"] == 0 for p in r["phases"])
             assert r["overall"]["mean_top1"] <= top1[smallest] + 1e-9
+    # The adapting policies' own moves and shed requests, per repeat.
+    assert record["adaptive"]["queueing"] is True and record["adaptive"]["backlog"] == 1.5
+    assert record["adaptive"]["percentile"] == 99 and record["adaptive"]["window"] == 100
+    assert set(record["policy_moves"]) == {"adaptive", "median5"}
+    for moves in record["policy_moves"].values():
+        assert len(moves) == 2
+        assert all(m["switches"] >= 0 and m["shed"] >= 0 for m in moves)
+    assert all(m["shed"] == 0 for m in record["policy_moves"]["median5"])
     assert (tmp_path / "adaptive.png").read_bytes()[:8] == PNG_SIGNATURE
     import csv
 
@@ -763,6 +771,12 @@ def test_the_benchmark_refuses_bad_settings_in_one_line(tmp_path, run_script):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: --policies has unknown ['bogus']; use some of fixed_largest, fixed_smallest, "
         "best_fixed, adaptive, median5."
+    )
+    result = run_script("benchmarks/adaptive_serving.py", "--job_dir=x", "--backlog=-1")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the adaptive policy's settings (--percentile, --window, --headroom, --backlog): "
+        "backlog must be positive (or 0: off), got -1.0."
     )
     result = run_script("benchmarks/adaptive_serving.py", f"--job_dir={tmp_path / 'none'}")
     assert result.returncode == 1
