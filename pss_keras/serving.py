@@ -673,7 +673,7 @@ class AdaptiveTierPolicy(_TimedPolicy):
             stale = now - self.objective_ms  # 1000 x the objective, in seconds
             self._in_flight = [(n, t) for n, t in self._in_flight if t >= stale]
             index = self.index
-            if self.backlog and self._in_flight and self._ready:
+            if self.backlog and self._in_flight and self._ready and self._ratios:
                 slowdown = self.backlog * float(np.median([r for _, r in self._ratios]))
                 ahead = sum(self._cost[n] for n, _ in self._in_flight)
                 fits = [
