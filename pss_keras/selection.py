@@ -70,28 +70,17 @@ def retain_subnets(
         ]
         chosen_on = "minival_top1" if selection == "minival" else "top1"
         best = max(rows, key=lambda row: row[chosen_on])  # the first of equals
-        name = grid.name(k)
-        config = best["config"]
         retained.append(
-            jobs.RetainedTier(
-                name=name,
-                config=config,
-                metric_type=metric_type,
-                target=grid.value(k),
-                mflops=flops.count_mflops(config, space.num_classes, space.width_scale),
-                params=flops.count_params(config, space.num_classes, space.width_scale),
-                top1=best["top1"],
-                top5=best["top5"],
-                minival_top1=best["minival_top1"],
-                pool_score=best["pool_score"],
-                bn_stats=jobs.save_bn_stats(job_dir, name, best["stats"]),
-                selected_on="minival" if selection == "minival" else "validation",
-                predicted_us=_predicted_us(sampler, config),
-                candidates=tuple(
-                    {key: value for key, value in row.items() if key != "stats"}
-                    | {"config": row["config"].to_dict()}
-                    for row in rows
-                ),
+            _retained_tier(
+                grid.name(k),
+                best,
+                rows,
+                metric_type,
+                grid.value(k),
+                "minival" if selection == "minival" else "validation",
+                sampler,
+                space,
+                job_dir,
             )
         )
         if bar is not None:
@@ -116,30 +105,44 @@ def _with_bounds(retained, sampler, space, job_dir, evaluate) -> list:
         if config in have:
             continue
         row = evaluate(config)
-        mflops = flops.count_mflops(config, space.num_classes, space.width_scale)
-        predicted = _predicted_us(sampler, config)
-        tier = jobs.RetainedTier(
-            name=name,
-            config=config,
-            metric_type=metric_type,
-            # Its own cost in the run's first metric (MFLOPs or predicted us).
-            target=round(mflops, 3) if metric_type == "flops" else predicted[metric_type],
-            mflops=mflops,
-            params=flops.count_params(config, space.num_classes, space.width_scale),
-            top1=row["top1"],
-            top5=row["top5"],
-            minival_top1=row["minival_top1"],
-            pool_score=None,
-            bn_stats=jobs.save_bn_stats(job_dir, name, row["stats"]),
-            selected_on="sandwich",
-            predicted_us=predicted,
-            candidates=(
-                {k: v for k, v in row.items() if k not in ("stats", "config")}
-                | {"config": config.to_dict()},
-            ),
+        # Its own cost in the run's first metric (MFLOPs or predicted us).
+        if metric_type == "flops":
+            target = round(flops.count_mflops(config, space.num_classes, space.width_scale), 3)
+        else:
+            target = _predicted_us(sampler, config)[metric_type]
+        tier = _retained_tier(
+            name, row, [row], metric_type, target, "sandwich", sampler, space, job_dir
         )
         out = [tier, *out] if name == "smallest" else [*out, tier]
     return out
+
+
+def _retained_tier(
+    name, best, rows, metric_type, target, selected_on, sampler, space, job_dir
+) -> jobs.RetainedTier:
+    """The tier record of ``best`` (one of the evaluated ``rows``), its
+    statistics saved under ``name``."""
+    config = best["config"]
+    return jobs.RetainedTier(
+        name=name,
+        config=config,
+        metric_type=metric_type,
+        target=target,
+        mflops=flops.count_mflops(config, space.num_classes, space.width_scale),
+        params=flops.count_params(config, space.num_classes, space.width_scale),
+        top1=best["top1"],
+        top5=best["top5"],
+        minival_top1=best["minival_top1"],
+        pool_score=best["pool_score"],
+        bn_stats=jobs.save_bn_stats(job_dir, name, best["stats"]),
+        selected_on=selected_on,
+        predicted_us=_predicted_us(sampler, config),
+        candidates=tuple(
+            {key: value for key, value in row.items() if key != "stats"}
+            | {"config": row["config"].to_dict()}
+            for row in rows
+        ),
+    )
 
 
 def _predicted_us(sampler, config) -> dict:

@@ -674,7 +674,7 @@ class AdaptiveTierPolicy(_TimedPolicy):
             self._in_flight = [(n, t) for n, t in self._in_flight if t >= stale]
             index = self.index
             if self.backlog and self._in_flight and self._ready and self._ratios:
-                slowdown = self.backlog * float(np.median([r for _, r in self._ratios]))
+                slowdown = self.backlog * self._ratio(percentile=50)
                 ahead = sum(self._cost[n] for n, _ in self._in_flight)
                 fits = [
                     i
@@ -760,9 +760,11 @@ class AdaptiveTierPolicy(_TimedPolicy):
                 self._decide(self._ratio())
             return self.tiers[self.index]
 
-    def _ratio(self, skip: str | None = None) -> float:
+    def _ratio(self, skip: str | None = None, percentile: float | None = None) -> float:
+        """The window's ``percentile`` (default: the policy's) of latency / cost."""
         ratios = [r for n, r in self._ratios if n != skip]
-        return float(np.percentile(ratios, self.percentile)) if ratios else 0.0
+        q = self.percentile if percentile is None else percentile
+        return float(np.percentile(ratios, q)) if ratios else 0.0
 
     def _reset_back_off(self) -> None:
         self._failed_probes, self.hold, self._load_at_failure = 0, self.base_hold, None
@@ -774,8 +776,7 @@ class AdaptiveTierPolicy(_TimedPolicy):
         if not self.queueing or len(times) < 10 or not times[-1] > times[0]:
             return ones
         rate = (len(times) - 1) / (1000 * (times[-1] - times[0]))  # requests per ms
-        slowdown = float(np.median([r for _, r in self._ratios]))
-        load = [rate * slowdown * self._cost[t.name] for t in self.tiers]
+        load = [rate * self._ratio(percentile=50) * self._cost[t.name] for t in self.tiers]
         current = min(load[self.index], 0.9)
         return [(1 - current) / (1 - u) if u < 1 else math.inf for u in load]
 
