@@ -697,10 +697,10 @@ class AdaptiveTierPolicy(_TimedPolicy):
         with self._lock:
             if not self._ready or len(self._ratios) < self.window // 2:
                 return None
-            if name not in {t.name for t in self.tiers}:  # dominated: no queueing factor
-                return self._ratio() * self._cost[name]
             names = [t.name for t in self.tiers]
-            return self._ratio() * self._cost[name] * self._queue_factors()[names.index(name)]
+            # A dominated tier (not in the list) gets no queueing factor.
+            factor = self._queue_factors()[names.index(name)] if name in names else 1.0
+            return self._ratio() * self._cost[name] * factor
 
     def max_steady_switches(self, requests: int) -> int:
         """The most switches in a steady phase of ``requests`` requests once
