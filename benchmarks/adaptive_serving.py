@@ -21,14 +21,19 @@ objective while the machine's free CPU changes, at the best accuracy it can?
    before sending, so that bytes and decoding shrink with the tier too).
 3. Calibration: the timeline (`pss_keras.load_test.default_timeline`:
    idle, 1 busy process per server CPU, 2, the rate doubled, idle again;
-   real busy-looping processes) once per tier, with --calibration_seconds
-   phases. The objective is the larger of --objective_margin x the
-   largest tier's p99 in the idle phases and its --percentile there /
-   --headroom (unless --objective_ms), so the largest tier meets it when
-   idle and the adaptive policy may climb to it; the output says in which
-   phases it misses.
+   real busy-looping processes) on one tier at a time, with
+   --calibration_seconds phases (default --phase_seconds: a tier judged
+   on shorter phases is judged on fewer requests than it is measured on).
+   The largest tier first: the objective is the larger of
+   --objective_margin x its p99 in the idle phases and its --percentile
+   there / --headroom (unless --objective_ms), so the largest tier meets
+   it when idle and the adaptive policy may climb to it; the output says
+   in which phases it misses.
    ``best_fixed`` is the most accurate tier meeting the objective (>= 99 %
-   of requests within it) in every phase where the cheapest tier does.
+   of requests within it) in every phase where the cheapest tier does
+   (`load_test.best_fixed_tier`): the cheapest tier runs, then the others
+   most accurate first, each ending at the first such phase it certainly
+   misses, until one meets; the tiers below it are not run.
 4. The timeline with --phase_seconds phases, for every policy in
    --policies, --repeats times (policies interleaved within a repeat; one
    arrival schedule per repeat, the same for every policy): open-loop
@@ -79,7 +84,11 @@ flags.DEFINE_integer(
     "threads", None, "Server intra/inter-op threads (default: its CPUs).", lower_bound=1
 )
 flags.DEFINE_float("phase_seconds", 30.0, "Seconds per phase of the measured timelines.", 1.0)
-flags.DEFINE_float("calibration_seconds", 10.0, "Seconds per phase of calibration.", 1.0)
+flags.DEFINE_float(
+    "calibration_seconds", None,
+    "Seconds per phase of calibration (default: --phase_seconds; a tier calibrated on "
+    "shorter phases is judged on fewer requests than it is measured on).", 1.0,
+)  # fmt: skip
 flags.DEFINE_float("rate", None, "Requests per second (default: from --utilization).")
 flags.DEFINE_float(
     "utilization", 0.35, "Default rate: this share of the largest tier's idle capacity."
@@ -265,7 +274,7 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
             "adapt; use a job whose tiers differ more (e.g. resolutions 64..128)."
         )
     rate = F.rate or F.utilization * 1000 / idle[largest.name]
-    calib = load_test.default_timeline(F.calibration_seconds, rate, F.rate_step)
+    calib = load_test.default_timeline(F.calibration_seconds or F.phase_seconds, rate, F.rate_step)
     phases = load_test.default_timeline(F.phase_seconds, rate, F.rate_step)
     minutes = (
         len(kept) * sum(p.seconds for p in calib)
@@ -276,23 +285,24 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
             f"these settings need about {minutes:.0f} min of timelines, more than --max_minutes="
             f"{F.max_minutes:g}; shorten --phase_seconds / --calibration_seconds or --repeats."
         )
-    print(f"rate {rate:.1f}/s; about {minutes:.0f} min of timelines", flush=True)
+    print(f"rate {rate:.1f}/s; at most {minutes:.0f} min of timelines", flush=True)
 
-    def timeline(phases, choose, observe=None, seed=F.seed, label=""):
+    def timeline(phases, choose, observe=None, seed=F.seed, label="", stop_when=None):
         with load_test.CpuHogs(server_cpus) as hogs:
             bar = _Progress(label)
             requests = load_test.run_timeline(
                 send, choose, phases, observe=observe,
                 on_phase=lambda p: hogs.set(p.hogs * per_hog),
-                seed=seed, max_inflight=F.max_inflight, progress=bar,
+                seed=seed, max_inflight=F.max_inflight, progress=bar, stop_when=stop_when,
             )  # fmt: skip
             bar.end()
         return requests
 
-    calibration = {
-        t.name: timeline(calib, lambda n=t.name: n, label=f"calibration {t.name}") for t in kept
-    }
-    every = [(f"calibration {n}", 1, calib, r) for n, r in calibration.items()]
+    def calibrate(name, stop_when=None):
+        return timeline(calib, lambda: name, label=f"calibration {name}", stop_when=stop_when)
+
+    # The largest tier's whole timeline first: its idle phases set the objective.
+    calibration = {largest.name: calibrate(largest.name)}
     idle_phases = [i for i, p in enumerate(calib) if p.hogs == 0 and p.rate == rate]
     if F.objective_ms:
         objective, how = F.objective_ms, "given (--objective_ms)"
@@ -309,10 +319,21 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
             f"({p99:.2f} and {p95:.2f} ms): the largest tier meets it when idle, and the "
             "adaptive policy may step up to it"
         )
-    calib_summary = {
-        n: load_test.summarize(r, calib, objective, top1) for n, r in calibration.items()
-    }
-    best = load_test.best_fixed_tier(calib_summary, kept)
+
+    def run(name, needed):
+        # A tier's calibration ends at the first needed phase it certainly misses.
+        if name not in calibration:
+            calibration[name] = calibrate(
+                name, None if needed is None else
+                lambda ended, requests, now: ended in needed
+                and load_test.phase_missed(requests, ended, objective, now),
+            )  # fmt: skip
+        return load_test.summarize(calibration[name], calib, objective, top1)
+
+    best, calib_summary = load_test.best_fixed_tier(kept, run)
+    calib_summary[largest.name] = run(largest.name, None)
+    every = [(f"calibration {n}", 1, calib, r) for n, r in calibration.items()]
+    skipped = [t.name for t in kept if t.name not in calibration]
     misses = [
         calib[i].name
         for i in range(len(calib))
@@ -321,7 +342,8 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
     print(
         f"objective {objective:.2f} ms ({how}); the largest tier misses it in: "
         f"{misses or 'no phase (raise --rate or lower the objective to stress it)'}; "
-        f"best_fixed = {best}",
+        f"best_fixed = {best}"
+        + (f" (more accurate than {skipped}: not calibrated)" if skipped else ""),
         flush=True,
     )
 
@@ -425,12 +447,16 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
         ),  # fmt: skip
         "timeline": [dataclasses.asdict(p) for p in phases],
         "calibration": {
-            "phase_seconds": F.calibration_seconds,
+            "phase_seconds": calib[0].seconds,
+            # Per calibrated tier (cheapest first), per phase; None: a phase
+            # not run, the tier having already missed an earlier one.
             "within_objective": {
-                n: [row["within_objective"] for row in s["phases"]]
-                for n, s in calib_summary.items()
+                t.name: [row["within_objective"] for row in calib_summary[t.name]["phases"]]
+                for t in kept
+                if t.name in calib_summary
             },
             "best_fixed": best,
+            "not_calibrated": skipped,
         },
         "adaptive": {
             "percentile": F.percentile,

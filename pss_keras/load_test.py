@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import math
 import os
 import re
 import subprocess
@@ -245,8 +246,9 @@ def run_timeline(
     max_requests: int = 100_000,
     clock=time.perf_counter,
     progress=None,
+    stop_when=None,
 ) -> list[Request]:
-    """Drives one timeline open-loop; returns every request, in send order.
+    """Drives one timeline open-loop; returns every request sent, in send order.
 
     Args:
         send: ``send(tier_name) -> None``, one request (raises on failure;
@@ -265,6 +267,13 @@ def run_timeline(
         max_requests: refuses a timeline that would send more.
         clock: seconds.
         progress: ``progress(done, total)`` now and then (a progress bar).
+        stop_when: ``stop_when(ended, requests, now) -> bool`` when a phase
+            ends (``ended``: its index; ``requests``: those sent so far,
+            the ones still in flight with a nan latency; ``now``: seconds
+            since the start). True ends the timeline there: the later
+            phases do not start and their requests are neither sent nor
+            returned (a calibration that already knows its tier fails,
+            see `phase_missed`).
 
     Raises:
         ValueError: if the schedule holds more than ``max_requests``.
@@ -297,7 +306,7 @@ def run_timeline(
         if wait > 0:
             time.sleep(wait)
 
-    futures = []
+    futures, sent = [], 0
     pool = concurrent.futures.ThreadPoolExecutor(max_inflight)
     try:
         start, phase = clock(), -1
@@ -306,21 +315,28 @@ def run_timeline(
             nonlocal phase
             for k in range(phase + 1, last + 1):
                 wait_until(starts[k])
+                if k and stop_when is not None:
+                    if stop_when(k - 1, requests[:sent], clock() - start):
+                        return False
                 if on_phase is not None:
                     on_phase(phases[k])
-            phase = max(phase, last)
+                phase = k
+            return True
 
         for n, request in enumerate(requests):
-            enter(request.phase)
+            if not enter(request.phase):
+                break
             wait_until(request.scheduled)
             request.tier = choose()
             handed = clock()
             request.send_lag_ms = 1000 * (handed - start - request.scheduled)
             futures.append(pool.submit(call, request, start, handed))
+            sent += 1
             if progress is not None and n % 50 == 0:
                 progress(n, len(requests))
-        enter(len(phases) - 1)  # phases after the last request still start
-        for _ in requests:
+        else:
+            enter(len(phases) - 1)  # phases after the last request still start
+        for _ in range(sent):
             done.acquire()
     finally:
         # An interrupted timeline drops the requests not yet sent.
@@ -329,7 +345,7 @@ def run_timeline(
         future.result()  # an observe that failed
     if progress is not None:
         progress(len(requests), len(requests))
-    return requests
+    return requests[:sent]
 
 
 def _first_line(e: Exception) -> str:
@@ -398,16 +414,51 @@ def meets(summary: dict, phase: int) -> bool:
     return within is not None and within >= MEETS
 
 
-def best_fixed_tier(summaries: dict, tiers) -> str:
+def phase_missed(requests, phase: int, objective_ms: float, now: float) -> bool:
+    """Whether a phase already certainly missed the objective (kept < 99 %
+    within it) while some of its requests may still be in flight: failed
+    requests, answers over the objective and requests in flight for longer
+    than it are misses whatever the rest do. For `run_timeline`'s
+    ``stop_when``."""
+    rs = [r for r in requests if r.phase == phase]
+    missed = sum(
+        r.error is not None
+        or (r.latency_ms > objective_ms if not math.isnan(r.latency_ms)
+            else 1000 * (now - r.scheduled) > objective_ms)
+        for r in rs
+    )  # fmt: skip
+    return bool(rs) and (len(rs) - missed) / len(rs) < MEETS
+
+
+def best_fixed_tier(tiers, run) -> tuple[str, dict]:
     """The most accurate tier that meets the objective in every phase where
-    the cheapest tier does (``summaries``: {tier name: `summarize` of a
-    timeline run on that tier alone}; ``tiers``: cheapest first, with
-    ``top1``). The cheapest tier when none does better."""
+    the cheapest tier does, found running as few tiers as it can.
+
+    The cheapest tier runs first (the phases where it meets are the ones
+    every tier must meet); then the others, most accurate first, until one
+    meets in all of those phases. The cheapest when none does.
+
+    Args:
+        tiers: cheapest first, with ``name`` and ``top1``.
+        run: ``run(name, needed) -> summary`` (`summarize` of a timeline on
+            that tier alone); ``needed``: the phases it must meet (None for
+            the cheapest). It may end a timeline once a needed phase is
+            missed (`phase_missed`): the phases not run have no requests,
+            and do not meet.
+
+    Returns:
+        ``(name, {name: summary of every tier that ran})``.
+    """
     cheapest = tiers[0].name
+    summaries = {cheapest: run(cheapest, None)}
     phases = range(len(summaries[cheapest]["phases"]))
     needed = [i for i in phases if meets(summaries[cheapest], i)]
-    fits = [t for t in tiers if all(meets(summaries[t.name], i) for i in needed)]
-    return max(fits, key=lambda t: t.top1).name if fits else cheapest
+    for t in sorted(tiers, key=lambda t: t.top1, reverse=True):
+        if t.name not in summaries:
+            summaries[t.name] = run(t.name, needed)
+        if all(meets(summaries[t.name], i) for i in needed):
+            return t.name, summaries
+    return cheapest, summaries  # not reached: the cheapest meets its own phases
 
 
 def aggregate(runs: list[dict]) -> dict:

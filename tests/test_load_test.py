@@ -372,34 +372,108 @@ Tier = collections.namedtuple("Tier", "name top1")
 TIERS = [Tier("small", 0.5), Tier("mid", 0.7), Tier("large", 0.8), Tier("huge", 0.9)]
 
 
+class Calibration:
+    """A fake ``run`` for best_fixed_tier: canned summaries, every call recorded."""
+
+    def __init__(self, summaries):
+        self.summaries, self.calls = summaries, []
+
+    def __call__(self, name, needed):
+        self.calls.append((name, needed))
+        return self.summaries[name]
+
+
 def test_best_fixed_tier_ignores_phases_the_cheapest_misses():
-    summaries = {
+    run = Calibration({
         # The cheapest meets phases 0 and 1, misses phase 2 (so phase 2 is ignored).
         "small": _summary(1.0, 0.995, 0.5),
         "mid": _summary(1.0, 0.99, 0.1),  # meets 0 and 1: fits
         "large": _summary(1.0, 0.98, 1.0),  # misses phase 1: out, however good in phase 2
         "huge": _summary(0.9, 1.0, 1.0),  # misses phase 0: out
-    }
-    assert load_test.best_fixed_tier(summaries, TIERS) == "mid"
-    # Once "large" meets phase 1 it is the most accurate that fits.
-    summaries["large"] = _summary(1.0, 0.99, 0.0)
-    assert load_test.best_fixed_tier(summaries, TIERS) == "large"
+    })  # fmt: skip
+    best, summaries = load_test.best_fixed_tier(TIERS, run)
+    assert best == "mid"
+    # The cheapest first (no phases to meet yet), then the most accurate first,
+    # each told the phases it must meet; none runs twice.
+    assert run.calls == [("small", None), ("huge", [0, 1]), ("large", [0, 1]), ("mid", [0, 1])]
+    assert summaries == {n: run.summaries[n] for n in ("small", "huge", "large", "mid")}
+    # Once "large" meets phase 1 it is the most accurate that fits, and "mid"
+    # is never run.
+    run = Calibration(dict(run.summaries, large=_summary(1.0, 0.99, 0.0)))
+    best, summaries = load_test.best_fixed_tier(TIERS, run)
+    assert best == "large" and "mid" not in summaries
+    assert [name for name, _ in run.calls] == ["small", "huge", "large"]
     # The order after the cheapest does not matter: accuracy decides.
     shuffled = [TIERS[0], TIERS[2], TIERS[3], TIERS[1]]
-    assert load_test.best_fixed_tier(summaries, shuffled) == "large"
+    assert load_test.best_fixed_tier(shuffled, Calibration(run.summaries))[0] == "large"
 
 
 def test_best_fixed_tier_falls_back_to_the_cheapest():
-    summaries = {
+    run = Calibration({
         "small": _summary(1.0, 1.0),
         "mid": _summary(0.98, 1.0),
         "large": _summary(1.0, 0.5),
-        "huge": _summary(None, 1.0),  # a phase without requests does not meet
-    }
-    assert load_test.best_fixed_tier(summaries, TIERS) == "small"
+        "huge": _summary(None, 1.0),  # a phase without requests (a run ended early) does not meet
+    })  # fmt: skip
+    best, summaries = load_test.best_fixed_tier(TIERS, run)
+    assert best == "small" and set(summaries) == {"small", "mid", "large", "huge"}
+    assert run.calls[-1] == ("mid", [0, 1]) and len(run.calls) == 4
     # A cheapest tier that meets no phase constrains nothing: the most accurate wins.
-    nothing = {name: _summary(0.0, 0.0) for name in ("small", "mid", "large", "huge")}
-    assert load_test.best_fixed_tier(nothing, TIERS) == "huge"
+    run = Calibration({name: _summary(0.0, 0.0) for name in ("small", "mid", "large", "huge")})
+    assert load_test.best_fixed_tier(TIERS, run)[0] == "huge"
+    assert run.calls == [("small", None), ("huge", [])]
+
+
+def _timed(scheduled, phase, latency_ms=float("nan"), error=None):
+    return Request(scheduled, phase, "t", latency_ms=latency_ms, error=error)
+
+
+def test_phase_missed_counts_only_certain_misses():
+    """100 requests in phase 0, objective 10 ms, now = 5.0 s: a miss is
+    a failure, an answer over 10 ms, or a request in flight for more than
+    10 ms; 99 % must be within, so 2 certain misses fail the phase."""
+    ok = [_timed(1 + i / 100, 0, latency_ms=5.0) for i in range(98)]
+    other = [_timed(0.5, 1, latency_ms=99.0)] * 5  # another phase's misses do not count
+    # One answer over, one still in flight but only for 5 ms: not yet certain.
+    rs = ok + [_timed(2.0, 0, latency_ms=10.5), _timed(4.995, 0)] + other
+    assert not load_test.phase_missed(rs, 0, 10.0, now=5.0)
+    # 20 ms later the one in flight has taken 25 ms: a second certain miss.
+    assert load_test.phase_missed(rs, 0, 10.0, now=5.02)
+    # A failure is a miss however fast it failed.
+    rs = ok + [_timed(2.0, 0, latency_ms=10.5), _timed(3.0, 0, latency_ms=1.0, error="x")]
+    assert load_test.phase_missed(rs, 0, 10.0, now=5.0)
+    # Exactly at the objective is within; a phase without requests is not missed.
+    rs = ok + [_timed(2.0, 0, latency_ms=10.0), _timed(3.0, 0, latency_ms=10.5)]
+    assert not load_test.phase_missed(rs, 0, 10.0, now=5.0)
+    assert not load_test.phase_missed(other, 0, 10.0, now=5.0)
+
+
+def test_stop_when_ends_the_timeline_at_a_phase_end():
+    """stop_when runs at each phase end with what was sent so far; True
+    stops there: later phases neither start nor send."""
+    phases = [Phase("a", 0.15, 200), Phase("b", 0.15, 200), Phase("c", 0.15, 200)]
+    schedule = load_test.poisson_schedule(phases, seed=3)
+    counts = collections.Counter(i for _, i in schedule)
+    asked, started = [], []
+
+    def stop_when(ended, requests, now):
+        asked.append((ended, len(requests), now))
+        return ended == 1
+
+    send = Recorder()
+    requests = load_test.run_timeline(
+        send, lambda: "t", phases, seed=3, stop_when=stop_when,
+        on_phase=lambda p: started.append(p.name),
+    )  # fmt: skip
+    assert started == ["a", "b"]  # c never started
+    assert len(requests) == len(send.sent) == counts[0] + counts[1]
+    assert [(r.scheduled, r.phase) for r in requests] == schedule[: len(requests)]
+    assert all(not math.isnan(r.latency_ms) for r in requests)  # every sent one answered
+    assert [(e, n) for e, n, _ in asked] == [(0, counts[0]), (1, counts[0] + counts[1])]
+    assert asked[0][2] >= 0.15 - 1e-3 and asked[1][2] >= 0.30 - 1e-3  # at the phase ends
+    # Never stopping runs it all.
+    assert len(load_test.run_timeline(Recorder(), lambda: "t", phases, seed=3,
+                                      stop_when=lambda *a: False)) == len(schedule)  # fmt: skip
 
 
 def test_aggregate_means_spreads_and_summed_tiers():
@@ -760,8 +834,18 @@ def test_the_benchmark_runs_end_to_end(tmp_path, run_script):
         assert len(mine) == 2 * r["overall"]["requests"]
         assert {row["repeat"] for row in mine} == {"1", "2"}
         assert {row["phase"] for row in mine} <= set(names)
+    # Calibration ran the largest and the cheapest tier, and the others most
+    # accurate first down to best_fixed; the rest were not run.
     calibration = {row["policy"] for row in rows if row["policy"] not in policies}
-    assert calibration == {f"calibration {t['name']}" for t in kept}
+    calib = record["calibration"]
+    ran = set(calib["within_objective"])
+    assert calibration == {f"calibration {name}" for name in ran}
+    best = calib["best_fixed"]
+    largest = max(kept, key=lambda t: t["idle_ms"])["name"]
+    assert {largest, smallest, best} <= ran
+    assert ran | set(calib["not_calibrated"]) == {t["name"] for t in kept}
+    assert all(top1[n] < top1[best] for n in calib["not_calibrated"])
+    assert calib["phase_seconds"] == 1
     assert "within the objective" in result.stdout and "machine: " in result.stdout
 
 
