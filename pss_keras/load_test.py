@@ -344,7 +344,7 @@ def run_timeline(
     for future in futures:
         future.result()  # an observe that failed
     if progress is not None:
-        progress(len(requests), len(requests))
+        progress(sent, len(requests))  # short of the total when stop_when ended it
     return requests[:sent]
 
 
