@@ -8,7 +8,7 @@ objective while the machine's free CPU changes, at the best accuracy it can?
    ``--export_dir`` names an export of it, and serves it in its own process
    on 127.0.0.1: tensorflow_model_server when on PATH, named by
    TF_MODEL_SERVER or --server_binary (its intra/inter-op threads set to
-   --threads), else the project's stand-in (`pss_keras.model_server`, a
+   --threads), else the project's stand-in (`pss_keras.testing.model_server`, a
    session with --threads threads). --server_cpus=auto pins the server and
    the busy processes to every CPU but the last, and the load generator to
    the last: the server's free CPU is what changes, and the generator's own
@@ -19,7 +19,7 @@ objective while the machine's free CPU changes, at the best accuracy it can?
    Requests carry --batch random images of the largest tier's resolution,
    or with --request_size=tier of the tier's own (a client that resizes
    before sending, so that bytes and decoding shrink with the tier too).
-3. Calibration: the timeline (`pss_keras.load_test.default_timeline`:
+3. Calibration: the timeline (`pss_keras.benchmarking.load_test.default_timeline`:
    idle, 1 busy process per server CPU, 2, the rate doubled, idle again;
    real busy-looping processes) on one tier at a time, with
    --calibration_seconds phases (default --phase_seconds: a tier judged
@@ -47,7 +47,7 @@ objective while the machine's free CPU changes, at the best accuracy it can?
    spreads) and the PNG beside it (repeat 1's timelines).
 
 Policies: ``fixed_largest``, ``fixed_smallest``, ``best_fixed``,
-``adaptive`` (`pss_keras.serving.AdaptiveTierPolicy` with --percentile,
+``adaptive`` (`pss_keras.serving.client.AdaptiveTierPolicy` with --percentile,
 --window, --headroom, --queueing, --backlog, on the measured idle latencies) and ``median5`` (the
 earlier `MedianStepPolicy`: median of 5, for comparison).
 """
@@ -151,13 +151,13 @@ def _check_flags():
         _fail(f"--utilization must be in (0, 1), got {F.utilization}.")
     if F.objective_margin <= 0:
         _fail(f"--objective_margin must be positive, got {F.objective_margin}.")
-    from pss_keras import load_test
+    from pss_keras.benchmarking import load_test
 
     try:
         cpus = load_test.split_cpus(F.server_cpus)
     except ValueError as e:
         _fail(f"--server_cpus: {e}")
-    from pss_keras import serving
+    from pss_keras.serving import client as serving
 
     try:  # the policy's own checks, before any minute is spent
         if F.backlog < 0:
@@ -205,7 +205,10 @@ def main(argv):
         os.sched_setaffinity(0, client_cpus)  # threads started from now on inherit it
     # A SIGTERM unwinds like Ctrl-C: the busy processes and the server stop.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("error: stopped by SIGTERM"))
-    from pss_keras import export, load_test, plots, serving, soak, timing
+    from pss_keras.benchmarking import load_test, soak
+    from pss_keras.export import saved_model as export
+    from pss_keras.serving import client as serving
+    from pss_keras.utils import plots, timing
 
     binary = F.server_binary or soak.server_binary()
     if F.server == "binary" and not binary:
@@ -489,7 +492,7 @@ def _write_requests(path, every):
     import csv
     import io
 
-    from pss_keras.fileio import atomic_write_text
+    from pss_keras.utils.fileio import atomic_write_text
 
     out = io.StringIO()
     writer = csv.writer(out)
@@ -507,7 +510,7 @@ def _done_when(results) -> dict:
     """The issue's two claims, checked on these results: adaptive keeps >= 99 %
     within the objective in every phase where fixed_smallest does, and its
     mean top-1 is above best_fixed's."""
-    from pss_keras.load_test import MEETS
+    from pss_keras.benchmarking.load_test import MEETS
 
     out, lines = {}, []
     if "adaptive" in results and "fixed_smallest" in results:
@@ -536,7 +539,7 @@ def _done_when(results) -> dict:
 
 def _export_mode(export_dir):
     """The mode recorded in the export's summary (None when unreadable)."""
-    from pss_keras.model_server import version_dir
+    from pss_keras.testing.model_server import version_dir
 
     try:
         with open(os.path.join(version_dir(export_dir)[0], "assets.extra", "tiers.json")) as f:

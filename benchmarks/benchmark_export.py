@@ -45,7 +45,7 @@ def measure_saved_model(path: str, repeats: int, size: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from pss_keras import timing
+    from pss_keras.utils import timing
 
     before = _rss_mb()
     start = time.perf_counter()
@@ -79,7 +79,8 @@ def main(argv):
     if F.measure_saved_model:
         print(json.dumps(measure_saved_model(F.measure_saved_model, F.repeats, F.image_size)))
         return
-    from pss_keras import export, timing
+    from pss_keras.export import saved_model as export
+    from pss_keras.utils import timing
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,7 +4,7 @@
     python benchmarks/benchmark_serving.py --models=mobilenet_v1 --tier_counts=4 --repeats=10
 
 For each architecture and tier count, writes a synthetic job (random
-weights, `pss_keras.synthetic_job`: N tiers across the FLOPs range at full
+weights, `pss_keras.testing.synthetic_job`: N tiers across the FLOPs range at full
 width, 128..224 px, 1000 classes), exports it in every mode, then, each in
 a fresh process, loads the SavedModel as TF Serving does
 (`model_server.ServedModel`: a session restores the variables, runs the
@@ -81,7 +81,7 @@ def _pixels(batch, size):
 
 def measure_load(spec: dict) -> dict:
     """In a fresh process: load one version as TF Serving does."""
-    from pss_keras.model_server import ServedModel
+    from pss_keras.testing.model_server import ServedModel
 
     warm_up, warmup_s = ServedModel._warm_up, []
 
@@ -115,7 +115,7 @@ def measure_latency(spec: dict) -> dict:
     ``{mode: {"tier/batch": median ms}}``."""
     import numpy as np
 
-    from pss_keras.model_server import ServedModel
+    from pss_keras.testing.model_server import ServedModel
 
     models = {mode: ServedModel(path, threads=spec["threads"] or None)
               for mode, path in spec["paths"].items()}  # fmt: skip
@@ -144,8 +144,9 @@ def measure_supernet_graph(spec: dict) -> dict:
     with the tier's code and statistics as constants), traced."""
     import tensorflow as tf
 
-    from pss_keras import jobs, timing
-    from pss_keras.preprocessing import preprocess
+    from pss_keras.data.preprocessing import preprocess
+    from pss_keras.jobs import directory as jobs
+    from pss_keras.utils import timing
 
     job = jobs.Job(spec["job_dir"])
     latency = {}
@@ -183,7 +184,9 @@ def _in_fresh_process(spec: dict) -> dict:
 
 def run_one(work_dir, model_name, n_tiers, modes, batches) -> dict:
     """One synthetic job of ``n_tiers``, exported and measured per mode."""
-    from pss_keras import export, jobs, synthetic_job
+    from pss_keras.export import saved_model as export
+    from pss_keras.jobs import directory as jobs
+    from pss_keras.testing import synthetic_job
 
     # Keyed by every setting of the job, so a reused --work_dir never serves
     # a job written with other flags.
@@ -273,7 +276,8 @@ def main(argv):
         )  # fmt: skip
         print(json.dumps(fn(spec)))
         return
-    from pss_keras import export, timing
+    from pss_keras.export import saved_model as export
+    from pss_keras.utils import timing
 
     modes = F.modes or list(export.MODES)
     unknown = sorted(set(modes) - set(export.MODES))

@@ -6,14 +6,14 @@
 
 Starts the server in its own process on 127.0.0.1 (tensorflow_model_server
 when on PATH, named by TF_MODEL_SERVER or given by --server_binary, else the
-stand-in, `pss_keras.model_server`), then sends --requests requests over
+stand-in, `pss_keras.testing.model_server`), then sends --requests requests over
 gRPC and as many over REST from --clients threads, every request on the
 next tier in turn (one image of the export's input size). Prints, per
 transport and tier, requests, errors, p50 and p99 latency (ms, as the
 client sees it), with the server and, under the table, the machine
-(`pss_keras.timing.write_benchmark`); writes JSON. Without
+(`pss_keras.utils.timing.write_benchmark`); writes JSON. Without
 --export_dir it exports a tiny supernet with random weights first
-(`pss_keras.synthetic_job`: MobileNetV1 at width 0.25, 16..32 px, 3 tiers;
+(`pss_keras.testing.synthetic_job`: MobileNetV1 at width 0.25, 16..32 px, 3 tiers;
 no training, no download). Measured on 2 CPU cores with the tiny export: about
 65 s in all (30 s of it the export), zero errors; it exits with an error if
 any request failed or the time limit cut a transport short.
@@ -42,8 +42,11 @@ F = flags.FLAGS
 
 def main(argv):
     del argv
-    from pss_keras import export, soak, synthetic_job, timing
-    from pss_keras.model_server import version_dir
+    from pss_keras.benchmarking import soak
+    from pss_keras.export import saved_model as export
+    from pss_keras.testing import synthetic_job
+    from pss_keras.testing.model_server import version_dir
+    from pss_keras.utils import timing
 
     binary = F.server_binary or soak.server_binary()
     if F.server == "binary" and not binary:

@@ -17,13 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pss_keras import (  # noqa: E402
-    extraction,
-    flops,
-    specs,
-    supernet,
-    timing,  # noqa: E402
-)
+from pss_keras.cost import flops
+from pss_keras.supernet import extraction, specs
+from pss_keras.supernet import model as supernet
+from pss_keras.utils import timing
 
 _MODEL = flags.DEFINE_enum("model", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.", lower_bound=1)

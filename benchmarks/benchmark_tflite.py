@@ -5,7 +5,7 @@
 Converts every retained tier of the job as float32, fp16, int8 (post-training)
 and int8 after quantization-aware fine-tuning (--qat_epochs), each verified
 with the LiteRT interpreter against the tier's serving signature on the
-validation set (pss_keras.tflite.convert), and prints one table: file size,
+validation set (pss_keras.tflite.converter.convert), and prints one table: file size,
 validation top-1 (the SavedModel's and each file's), top-1 agreement with the
 SavedModel, and batch-1 latency (median). Writes JSON with the manifests.
 
@@ -54,9 +54,10 @@ _SETTINGS = {
 def full_size(models):
     import numpy as np
 
-    from pss_keras import extraction, tflite
-    from pss_keras.flops import count_mflops
-    from pss_keras.supernet import Supernet
+    from pss_keras.cost.flops import count_mflops
+    from pss_keras.supernet import extraction
+    from pss_keras.supernet.model import Supernet
+    from pss_keras.tflite import converter as tflite
 
     rows = []
     print(f"{'subnet':<28}{'MFLOPs':>8}{'mode':>8}{'MB':>8}{'1 thread ms':>13}{'2 threads ms':>14}")
@@ -95,7 +96,10 @@ def full_size(models):
 def multi_signature(job_dir):
     import tensorflow as tf
 
-    from pss_keras import extraction, jobs, tflite, tflite_conversion
+    from pss_keras.jobs import directory as jobs
+    from pss_keras.supernet import extraction
+    from pss_keras.tflite import converter as tflite
+    from pss_keras.tflite import model_conversion as tflite_conversion
 
     job = jobs.Job(job_dir)
     endpoints, separate = {}, {}
@@ -124,7 +128,8 @@ def multi_signature(job_dir):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    from pss_keras import tflite, timing
+    from pss_keras.tflite import converter as tflite
+    from pss_keras.utils import timing
 
     if F.multi_signature:
         timing.write_benchmark(F.output, multi_signature(F.job_dir))

@@ -22,16 +22,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pss_keras import (  # noqa: E402
-    data,
-    distribution,
-    sampling,
-    specs,
-    timing,  # noqa: E402
-    training,
-)
-from pss_keras.pools import TargetGrid  # noqa: E402
-from pss_keras.run_config import PRECISIONS  # noqa: E402
+from pss_keras.data import pipelines as data
+from pss_keras.jobs.config import PRECISIONS  # noqa: E402
+from pss_keras.supernet import specs
+from pss_keras.training import distribution, sampling
+from pss_keras.training import driver as training
+from pss_keras.training.pools import TargetGrid  # noqa: E402
+from pss_keras.utils import timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MODEL = flags.DEFINE_enum("model", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")

@@ -1,27 +1,21 @@
 """pss_keras: PSS-Net resource-adaptive supernets in Keras 3 / TensorFlow.
 
-The pipeline, one module per concept, in the order data flows:
-    run_config           a run's settings (TrainConfig, DataConfig; no TF)
-    data, toydata        input pipelines (TFDS, image folders, generated shapes)
-    preprocessing        the one evaluation transform (training, serving, TFLite)
-    specs, blocks, flops the search space, the architecture plan, subnet cost
-    latency, latency_measurement  latency look-up tables: predictor (no TF), measurement
-    reference_luts       the reference's .pkl latency tables (the paper's targets)
-    layers, supernet     width-switchable layers and the MobileNet supernets
-    pretrained           weights from keras.applications
-    pools, sampling      subnet pools, conditional and prioritized samplers
-    losses, trainer      the sandwich step (PSSTrainer) and its losses
-    callbacks            candidate choice, checkpoints, progress per epoch
-    checkpoints          atomic, resumable checkpoints (optimizer by name)
-    evaluation           post-BN calibration and accuracy of subnets
-    selection            the end-of-run choice of one subnet per target
-    distribution         tf.distribute strategy choice, CPU replicas for tests
-    training             the run driver (train, evaluate_job)
-    jobs                 the job directory's layout and records (no TF)
-    extraction           standalone Keras models of single subnets
-    export, serving      the TF Serving SavedModel and its client
-    tflite, tflite_*, qat  per-tier .tflite files (float, fp16, int8, QAT int8)
-    fileio, timing       atomic durable writes; the one latency loop
+The pipeline, one sub-package per stage, in the order data flows:
+    jobs        the contract every stage shares: a run's settings, the job
+                directory and its records (no TensorFlow)
+    data        input pipelines (TFDS, image folders, generated shapes) and
+                the one evaluation transform
+    supernet    search space, architecture plan, switchable layers, the
+                supernet, single-subnet extraction, pretrained weights
+    cost        FLOPs and latency tables (no TensorFlow but the measurement)
+    training    pools, samplers, the sandwich step, checkpoints, selection,
+                the run driver
+    export      the multi-signature SavedModel for TF Serving
+    tflite      per-tier .tflite files, and choosing a tier on the device
+    serving     the TF Serving client and its tier policies
+    utils       atomic writes, the timing loop, losses, plots
+Test and benchmark rigs live in ``pss_keras.testing`` and
+``pss_keras.benchmarking``; importing the library loads neither.
 
 The TensorFlow-backed names are imported on first use, so that counting
 FLOPs or sampling configs does not pay for importing TensorFlow.
@@ -29,19 +23,20 @@ FLOPs or sampling configs does not pay for importing TensorFlow.
 
 import importlib
 
-from pss_keras import latency
-from pss_keras.blocks import make_divisible
-from pss_keras.flops import count_mflops, count_mflops_np, count_params
-from pss_keras.latency import LatencyTable
-from pss_keras.reference_luts import ReferenceLatencyTable, load_reference_table
-from pss_keras.specs import SearchSpace, SubnetConfig
+from pss_keras import _moved
+from pss_keras.cost import latency
+from pss_keras.cost.flops import count_mflops, count_mflops_np, count_params
+from pss_keras.cost.latency import LatencyTable
+from pss_keras.cost.reference_tables import ReferenceLatencyTable, load_reference_table
+from pss_keras.supernet.blocks import make_divisible
+from pss_keras.supernet.specs import SearchSpace, SubnetConfig
 
 _LAZY = {
-    "Supernet": "pss_keras.supernet",
-    "build_supernet": "pss_keras.supernet",
-    "extract_subnet": "pss_keras.extraction",
-    "load_keras_applications_weights": "pss_keras.pretrained",
-    "initialize_supernet": "pss_keras.pretrained",
+    "Supernet": "pss_keras.supernet.model",
+    "build_supernet": "pss_keras.supernet.model",
+    "extract_subnet": "pss_keras.supernet.extraction",
+    "load_keras_applications_weights": "pss_keras.supernet.pretrained",
+    "initialize_supernet": "pss_keras.supernet.pretrained",
 }
 
 __all__ = [
@@ -64,7 +59,9 @@ __all__ = [
     "predict_latency_us_np",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+_moved.install()
 
 
 def load_latency_table(path: str) -> LatencyTable | ReferenceLatencyTable:

@@ -21,7 +21,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
-from pss_keras import latency, specs  # noqa: E402
+from pss_keras.cost import latency
+from pss_keras.supernet import specs  # noqa: E402
 
 F = flags.FLAGS
 flags.DEFINE_enum("model_name", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
@@ -78,7 +79,8 @@ def main(argv):
     if F.runtime == "tensorflow":
         tf.config.threading.set_intra_op_parallelism_threads(F.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    from pss_keras import latency_measurement, timing
+    from pss_keras.cost import latency_measurement
+    from pss_keras.utils import timing
 
     keys = latency.table_keys(space)
     print(f"Measuring {len(keys):,} block configurations of {space.model_name} "

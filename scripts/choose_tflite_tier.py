@@ -5,7 +5,7 @@
 
 Prints each tier (resolution, MFLOPs, the job's validation top-1 and top-5,
 the median batch-1 time here, dominated or not), the machine, and per budget
-the chosen tier: the most accurate one within it (pss_keras.tflite_chooser,
+the chosen tier: the most accurate one within it (pss_keras.tflite.chooser,
 the logic an app mirrors). Errors are one line, exit status 1.
 """
 
@@ -27,7 +27,7 @@ F = flags.FLAGS
 
 def main(argv):
     del argv
-    from pss_keras import tflite_chooser
+    from pss_keras.tflite import chooser as tflite_chooser
 
     try:
         budgets = [float(b) for b in F.budget_ms]

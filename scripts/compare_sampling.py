@@ -74,7 +74,8 @@ def _dataset() -> str:
 
 
 def _base_config(dataset: str):
-    from pss_keras import data, training
+    from pss_keras.data import pipelines as data
+    from pss_keras.training import driver as training
 
     resolution = tuple(int(v) for v in F.resolution_range)
     return training.TrainConfig(
@@ -104,7 +105,8 @@ def _base_config(dataset: str):
 
 def _run_arm(base, arm: str) -> dict:
     """Trains (or resumes, or reuses) one arm; returns its result record."""
-    from pss_keras import jobs, training
+    from pss_keras.jobs import directory as jobs
+    from pss_keras.training import driver as training
 
     job_dir = os.path.join(F.job_root, arm)
     config = dataclasses.replace(base, job_dir=job_dir, **ARMS[arm])
@@ -118,7 +120,7 @@ def _run_arm(base, arm: str) -> dict:
         start = time.perf_counter()
         training.train(config)
         spent += time.perf_counter() - start
-        from pss_keras.fileio import atomic_write_json
+        from pss_keras.utils.fileio import atomic_write_json
 
         atomic_write_json(clock, {"seconds": spent})
     tiers = jobs.read_retained(job_dir)
@@ -135,7 +137,7 @@ def _run_arm(base, arm: str) -> dict:
 
 def main(argv):
     del argv
-    from pss_keras import plots, timing
+    from pss_keras.utils import plots, timing
 
     unknown = sorted(set(F.arms) - set(ARMS))
     if unknown:

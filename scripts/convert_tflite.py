@@ -50,7 +50,8 @@ F = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # TF's SavedModel writer logs every step at INFO
-    from pss_keras import tflite, tflite_manifest
+    from pss_keras.tflite import converter as tflite
+    from pss_keras.tflite import manifest as tflite_manifest
 
     config = tflite.ConvertConfig(
         quantize=F.quantize,

@@ -36,7 +36,7 @@ F = flags.FLAGS
 def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
-    from pss_keras import training
+    from pss_keras.training import driver as training
 
     try:
         retained = training.evaluate_job(

@@ -31,7 +31,7 @@ F = flags.FLAGS
 
 def main(argv):
     del argv
-    from pss_keras import export
+    from pss_keras.export import saved_model as export
 
     export_dir = F.export_dir or os.path.join(
         "saved_models", os.path.basename(os.path.normpath(F.job_dir))

@@ -7,7 +7,7 @@ Loads the latest version as TF Serving does (session over the serve
 MetaGraph, warm-up requests replayed; a model whose warm-up fails is
 refused), prints the ports it serves on (--port=0 / --rest_api_port=0: any
 free port, printed) and serves gRPC and REST until Ctrl-C. See
-`pss_keras.model_server`.
+`pss_keras.testing.model_server`.
 """
 
 import os
@@ -29,7 +29,7 @@ F = flags.FLAGS
 
 def main(argv):
     del argv
-    from pss_keras import model_server
+    from pss_keras.testing import model_server
 
     config = model_server.ServeConfig(
         F.model_dir, F.model_name, F.host, F.port, F.rest_api_port, F.threads, F.request_workers

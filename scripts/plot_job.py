@@ -18,7 +18,8 @@ F = flags.FLAGS
 
 def main(argv):
     del argv
-    from pss_keras import jobs, plots
+    from pss_keras.jobs import directory as jobs
+    from pss_keras.utils import plots
 
     try:
         tiers = jobs.read_retained(F.job_dir)

@@ -10,7 +10,8 @@ import sys
 
 from absl import app, flags  # noqa: E402
 
-from pss_keras import flops, specs  # noqa: E402
+from pss_keras.cost import flops
+from pss_keras.supernet import specs  # noqa: E402
 
 FLAGS = flags.DEFINE_enum("model", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
 _SUBNET = flags.DEFINE_string(

@@ -21,8 +21,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
-from pss_keras import specs  # noqa: E402
-from pss_keras.run_config import BAD_IMAGES, PRECISIONS, STRATEGIES  # noqa: E402
+from pss_keras.jobs.config import BAD_IMAGES, PRECISIONS, STRATEGIES  # noqa: E402
+from pss_keras.supernet import specs  # noqa: E402
 
 F = flags.FLAGS
 flags.DEFINE_string("job_dir", None, "Output directory (checkpoints, logs, retained subnets).")
@@ -157,50 +157,21 @@ def _pair(name, cast):
 
 
 def _config():
-    from pss_keras import data, training
+    from pss_keras.jobs.config import DataConfig, MetricTargets, TrainConfig
 
     if not F.job_dir:
         raise ValueError("--job_dir is required (where checkpoints and results go).")
-    types = [m.strip() for m in F.infer_metric_types]
-    luts = list(F.lut_dirs) if F.lut_dirs is not None else ["None"] * len(types)
-    if len(luts) != len(types):
-        raise ValueError(
-            f"--lut_dirs needs one entry per metric type ({','.join(types)}): None for flops, "
-            f"a table file for each latency type; got {','.join(luts)}."
-        )
-    ranges = []
-    for name in (
-        "infer_metric_target_range_starts",
-        "infer_metric_target_range_stops",
-        "infer_metric_target_steps",
-    ):
-        values = getattr(F, name)
-        if len(values) != len(types):
-            raise ValueError(
-                f"--{name} needs one value per metric type ({','.join(types)}), got {values}."
-            )
-        try:
-            ranges.append([float(v) for v in values])
-        except ValueError:
-            raise ValueError(f"--{name}={','.join(values)} must be numbers.") from None
-    targets = dict(zip(types, zip(*ranges)))
-    for metric_type, lut in zip(types, luts):
-        if (metric_type == "flops") != (lut.lower() == "none"):
-            raise ValueError(
-                f"--lut_dirs: {metric_type} needs "
-                + (
-                    "None (FLOPs are counted)"
-                    if metric_type == "flops"
-                    else "a latency table (your own .json from scripts/build_latency_lut.py, or "
-                    "the reference's .pkl from PSS-Net's scripts/lut/)"
-                )
-                + f", got {lut}."
-            )
-    latency_types = [m for m in types if m != "flops"]
+    targets = MetricTargets.parse(
+        F.infer_metric_types,
+        F.infer_metric_target_range_starts,
+        F.infer_metric_target_range_stops,
+        F.infer_metric_target_steps,
+        F.lut_dirs,
+    )
     resolution = _pair("resolution_range", int)
-    return training.TrainConfig(
+    return TrainConfig(
         job_dir=F.job_dir,
-        data=data.DataConfig(
+        data=DataConfig(
             dataset=F.dataset,
             data_dir=F.dataset_dir,
             manual_dir=F.manual_dir,
@@ -219,10 +190,10 @@ def _config():
         resolution_range=resolution,
         resolution_step=F.resolution_step,
         width_range=_pair("width_mult_range", float),
-        flops_targets=targets.get("flops", training.TrainConfig.flops_targets),
-        metric_types=tuple(types),
-        latency_targets=tuple(targets[m] for m in latency_types),
-        lut_paths=tuple(lut for m, lut in zip(types, luts) if m != "flops"),
+        flops_targets=targets.flops or TrainConfig.flops_targets,
+        metric_types=targets.metric_types,
+        latency_targets=targets.latency_targets,
+        lut_paths=targets.lut_paths,
         num_map_samples=F.gen_map_num,
         pool_size=F.pool_size,
         pool_ema=F.metric_lambda,
@@ -251,7 +222,7 @@ def _config():
 
 
 def _dry_run(config):
-    from pss_keras import run_plan
+    from pss_keras.training import run_plan
 
     plan, problem = run_plan.dry_run(config)
     print("\n".join(plan.dry_run_report()))
@@ -273,7 +244,8 @@ def _end_progress_bar():
 def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
-    from pss_keras import distribution, training
+    from pss_keras.training import distribution
+    from pss_keras.training import driver as training
 
     try:
         distribution.configure_cpu_replicas(F.cpu_replicas)  # before TF runs anything

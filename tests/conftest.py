@@ -48,7 +48,7 @@ def tiny_supernets():
     """One tiny supernet per architecture, shared by the tests that only read it."""
     import keras
 
-    from pss_keras.supernet import Supernet
+    from pss_keras.supernet.model import Supernet
 
     keras.utils.set_random_seed(0)
     return {name: Supernet(name, **TINY) for name in ("mobilenet_v1", "mobilenet_v2")}
@@ -199,7 +199,7 @@ def random_bn_stats(model, config, rng):
 @pytest.fixture(scope="session")
 def tiny_image_folder(tmp_path_factory):
     """A small generated image folder (10 classes, 16 train / 6 val each, 32 px)."""
-    from pss_keras import toydata
+    from pss_keras.data import toydata
 
     root = tmp_path_factory.mktemp("data") / "shapes"
     return str(toydata.make_synthetic_shapes(str(root), 16, 6, image_size=32, seed=1))
@@ -207,9 +207,10 @@ def tiny_image_folder(tmp_path_factory):
 
 def tiny_train_config(job_dir, dataset, **overrides):
     """A PSS run that takes seconds: width 0.25, 16..32 px, 3 targets."""
-    from pss_keras import data, training
-    from pss_keras.flops import count_mflops
-    from pss_keras.specs import SearchSpace
+    from pss_keras.cost.flops import count_mflops
+    from pss_keras.data import pipelines as data
+    from pss_keras.supernet.specs import SearchSpace
+    from pss_keras.training import driver as training
 
     space = SearchSpace("mobilenet_v1", (16, 32), 8, (0.75, 1.0), 0.25, 10)
     lo = count_mflops(space.smallest(), 10, 0.25)
@@ -244,7 +245,7 @@ def tiny_train_config(job_dir, dataset, **overrides):
 @pytest.fixture(scope="session")
 def trained_job(tiny_image_folder, tmp_path_factory):
     """A finished tiny PSS run (3 epochs): (TrainConfig, train() summary)."""
-    from pss_keras import training
+    from pss_keras.training import driver as training
 
     config = tiny_train_config(
         tmp_path_factory.mktemp("trained") / "job",

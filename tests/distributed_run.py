@@ -17,13 +17,14 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # conftest's helpers
 
-from pss_keras import distribution  # noqa: E402
+from pss_keras.training import distribution  # noqa: E402
 
 distribution.configure_cpu_replicas(2)
 
 from conftest import tiny_train_config  # noqa: E402
 
-from pss_keras import callbacks, training  # noqa: E402
+from pss_keras.training import callbacks  # noqa: E402
+from pss_keras.training import driver as training  # noqa: E402
 
 
 def run(folder, job_dir, strategy):
@@ -66,8 +67,8 @@ def aggregation() -> dict:
     import keras
     import tensorflow as tf
 
-    from pss_keras.supernet import Supernet
-    from pss_keras.trainer import PSSTrainer
+    from pss_keras.supernet.model import Supernet
+    from pss_keras.training.trainer import PSSTrainer
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 32, 32, 3)).astype("float32")

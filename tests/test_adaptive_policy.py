@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from pss_keras import serving
+from pss_keras.serving import client as serving
 
 
 def _tier(name, cost_ms, top1, mflops=None):

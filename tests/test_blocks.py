@@ -2,7 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from pss_keras import blocks, flops, pretrained, specs
+from pss_keras.cost import flops
+from pss_keras.supernet import blocks, pretrained, specs
 
 APPS = {
     "mobilenet_v1": keras.applications.MobileNet,

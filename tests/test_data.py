@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pss_keras import data, preprocessing
+from pss_keras.data import pipelines as data
+from pss_keras.data import preprocessing
 
 MEAN = np.array(preprocessing.MEAN_RGB)
 STD = np.array(preprocessing.STDDEV_RGB)
@@ -235,7 +236,7 @@ def test_dataset_errors(tiny_image_folder, tmp_path):
 _BUILDER = """
 import os, sys, time
 import tensorflow as tf  # imported before the start signal, so both build at once
-from pss_keras import toydata
+from pss_keras.data import toydata
 built = []
 original = toydata._build
 toydata._build = lambda *a: (built.append(1), original(*a))
@@ -546,7 +547,7 @@ def test_bad_validation_images_are_checked_before_training(bad_folders, tmp_path
 
 
 def test_bad_images_setting(tiny_image_folder):
-    from pss_keras.run_config import TrainConfig, json_round_trip
+    from pss_keras.jobs.config import TrainConfig, json_round_trip
 
     with pytest.raises(ValueError, match="bad_images='ignore' must be one of"):
         data.Pipelines(_config(tiny_image_folder, bad_images="ignore"))

@@ -14,8 +14,8 @@ import time
 import pytest
 from conftest import tiny_train_flags
 
-from pss_keras import distribution
-from pss_keras.run_config import TrainConfig
+from pss_keras.jobs.config import TrainConfig
+from pss_keras.training import distribution
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

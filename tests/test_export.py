@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pss_keras import export, jobs, preprocessing
+from pss_keras.data import preprocessing
+from pss_keras.export import saved_model as export
+from pss_keras.jobs import directory as jobs
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 
@@ -95,7 +97,7 @@ def test_export_loads_and_warms_up_as_tf_serving_loads_it(exports, mode):
     """The session TF Serving loads (the MetaGraph tagged serve, by the
     SignatureDef's tensor names) replays every warm-up request and answers
     as the SavedModel's own functions do."""
-    from pss_keras.model_server import ServedModel
+    from pss_keras.testing.model_server import ServedModel
 
     path = exports[mode]["path"]
     model = ServedModel(path)

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 from conftest import random_bn_stats
 
-from pss_keras import extraction, flops
-from pss_keras.specs import SubnetConfig
+from pss_keras.cost import flops
+from pss_keras.supernet import extraction
+from pss_keras.supernet.specs import SubnetConfig
 
 PLAIN = (
     keras.layers.InputLayer,
@@ -73,7 +74,7 @@ def test_pixel_input_and_tf_keras_build_equal_the_supernet(tiny_supernets, model
     import tensorflow as tf
     import tf_keras
 
-    from pss_keras import data
+    from pss_keras.data import pipelines as data
 
     net = tiny_supernets[model]
     config = net.space.random(py_rng)

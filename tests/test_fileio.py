@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from pss_keras import fileio
+from pss_keras.utils import fileio
 
 
 def test_atomic_write_replaces_whole_files_with_open_s_permissions(tmp_path):
@@ -130,7 +130,7 @@ def test_a_full_disk_adds_no_export_version(tmp_path, disk_full, monkeypatch, wh
     version folder (TF Serving loads any all-digit folder) and no temporary."""
     import tensorflow as tf
 
-    from pss_keras import export
+    from pss_keras.export import saved_model as export
 
     base = tmp_path / "model"
     (base / "3").mkdir(parents=True)

@@ -3,9 +3,10 @@ import random
 import numpy as np
 import pytest
 
-from pss_keras import flops, specs
-from pss_keras.blocks import make_divisible
-from pss_keras.specs import SearchSpace, SubnetConfig
+from pss_keras.cost import flops
+from pss_keras.supernet import specs
+from pss_keras.supernet.blocks import make_divisible
+from pss_keras.supernet.specs import SearchSpace, SubnetConfig
 
 
 def _conv(size, c_in, c_out, k, stride, groups=1):

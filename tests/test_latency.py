@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 from conftest import tiny_train_config
 
-from pss_keras import blocks, flops, jobs, latency, specs
-from pss_keras.pools import TargetGrid
+from pss_keras.cost import flops, latency
+from pss_keras.jobs import directory as jobs
+from pss_keras.jobs import tiers as tiers_lib
+from pss_keras.supernet import blocks, specs
+from pss_keras.training.pools import TargetGrid
 
 TINY = specs.SearchSpace("mobilenet_v1", (16, 32), 8, (0.75, 1.0), 0.25, 10)
 # Fixed widths, two resolutions: a table of a few dozen entries, built in seconds.
@@ -164,7 +167,7 @@ FIXED_V2 = specs.SearchSpace("mobilenet_v2", (16, 16), 8, (0.75, 1.0), 0.35, 10)
     ids=["tensorflow-v1", "tflite-v2"],
 )
 def test_build_table_measures_every_block_and_validates(runtime, space):
-    from pss_keras import latency_measurement
+    from pss_keras.cost import latency_measurement
 
     table = latency_measurement.build_table(
         space, runtime=runtime, num_classes=10, repeats=2, warmup=1, validate_subnets=1,
@@ -248,8 +251,10 @@ def _latency_grid(table, space, count=3):
 
 @pytest.mark.heavy
 def test_flops_and_cpu_latency_run_retains_exports_and_serves_both(tiny_image_folder, tmp_path):
-    from pss_keras import export, serving, training
-    from pss_keras.model_server import ModelServer
+    from pss_keras.export import saved_model as export
+    from pss_keras.serving import client as serving
+    from pss_keras.testing.model_server import ModelServer
+    from pss_keras.training import driver as training
 
     table = synthetic_table(TINY)
     lut = str(tmp_path / "L.json")
@@ -311,9 +316,9 @@ def test_served_tiers_without_prediction_columns_still_load():
         "names": [b"flops_1m"], "metric_types": [b"flops"], "targets": [1.0], "mflops": [1.0],
         "params": [10], "resolutions": [32], "top1": [0.5], "latency_ms": [2.0],
     }  # fmt: skip
-    (tier,) = jobs.served_tiers_from_outputs(outputs)
+    (tier,) = tiers_lib.served_tiers_from_outputs(outputs)
     assert tier.predicted_latency_ms is None and tier.latency_table == ""
-    from pss_keras import serving
+    from pss_keras.serving import client as serving
 
     assert serving.tier_latency_ms(tier, "auto") == 2.0
     with pytest.raises(serving.ServingError, match="has no predicted latency"):

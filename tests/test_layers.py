@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pss_keras import layers
+from pss_keras.supernet import layers
 
 
 def _x(rng, c, size=8):

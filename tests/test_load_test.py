@@ -1,4 +1,4 @@
-"""The open-loop load generator and its figures (pss_keras.load_test).
+"""The open-loop load generator and its figures (pss_keras.benchmarking.load_test).
 
 No server: `send` is a fake that records its calls, raises or sleeps. Every
 timing assertion here is a lower bound that sleeping guarantees on any
@@ -17,8 +17,9 @@ import time
 import numpy as np
 import pytest
 
-from pss_keras import load_test, plots
-from pss_keras.load_test import Phase, Request
+from pss_keras.benchmarking import load_test
+from pss_keras.benchmarking.load_test import Phase, Request
+from pss_keras.utils import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -758,7 +759,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path, run_script):
     one-second phases: every output field is there and consistent."""
     import json
 
-    from pss_keras import synthetic_job
+    from pss_keras.testing import synthetic_job
 
     job = tmp_path / "job"
     synthetic_job.write(str(job))
@@ -874,7 +875,7 @@ def test_a_busy_process_exits_when_its_parent_is_gone(tmp_path):
     import subprocess
 
     code = (
-        "import subprocess, sys; from pss_keras import load_test\n"
+        "import subprocess, sys; from pss_keras.benchmarking import load_test\n"
         "hogs = load_test.CpuHogs(); hogs.set(1); p = hogs._procs[0]\n"
         "print(p.pid, flush=True)\n"
         "import time; time.sleep(60)\n"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pss_keras import losses
+from pss_keras.utils import losses
 
 
 def test_kl_divergence_against_numpy(rng):

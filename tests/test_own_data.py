@@ -14,10 +14,12 @@ from collections import namedtuple
 import pytest
 from conftest import tiny_train_config, tiny_train_flags
 
-from pss_keras import data, jobs, training
-from pss_keras.callbacks import DivergenceError, DivergenceGuard, PSSCallback
-from pss_keras.run_config import AUTO_WARMUP_EPOCHS, DERIVED, TrainConfig
-from pss_keras.trainer import build_optimizer
+from pss_keras.data import pipelines as data
+from pss_keras.jobs import directory as jobs
+from pss_keras.jobs.config import AUTO_WARMUP_EPOCHS, DERIVED, TrainConfig
+from pss_keras.training import driver as training
+from pss_keras.training.callbacks import DivergenceError, DivergenceGuard, PSSCallback
+from pss_keras.training.trainer import build_optimizer
 
 CLASSES = 10
 LIMIT = 10 * math.log(CLASSES)  # the guard's limit for 10 classes (23.03)
@@ -578,7 +580,7 @@ def test_evaluation_names_an_image_of_the_split_that_is_gone(split_job):
 
 
 def test_epoch_time_estimate_leaves_out_the_tracing_step(monkeypatch, caplog):
-    from pss_keras import callbacks
+    from pss_keras.training import callbacks
 
     clock = iter([100.0, 102.0, 104.0, 106.0])  # after steps 1, 4 (3 steps of 2 s each)
     monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
@@ -624,7 +626,7 @@ def test_val_fraction_outside_0_1_is_refused(tmp_path):
 
 
 def test_a_signal_after_the_last_step_stops_at_the_fit_end():
-    from pss_keras import callbacks
+    from pss_keras.training import callbacks
 
     class Checkpointer:
         def latest(self):

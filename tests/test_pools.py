@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from pss_keras.pools import SubnetPool, TargetGrid
-from pss_keras.specs import SubnetConfig
+from pss_keras.supernet.specs import SubnetConfig
+from pss_keras.training.pools import SubnetPool, TargetGrid
 
 
 def cfg(i):

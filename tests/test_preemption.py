@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from conftest import start_script_until, tiny_train_config, tiny_train_flags
 
-from pss_keras import callbacks, training
-from pss_keras.checkpoints import checkpoint_name
+from pss_keras.training import callbacks
+from pss_keras.training import driver as training
+from pss_keras.training.checkpoints import checkpoint_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,8 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from pss_keras import blocks, jobs, pretrained, synthetic_job
-from pss_keras.supernet import Supernet
+from pss_keras.jobs import directory as jobs
+from pss_keras.supernet import blocks, pretrained
+from pss_keras.supernet.model import Supernet
+from pss_keras.testing import synthetic_job
 
 APPS = {
     "mobilenet_v1": keras.applications.MobileNet,
@@ -447,7 +449,8 @@ def test_a_run_started_from_a_file_has_its_weights_before_the_first_step(
     from, and a resume does not import them again."""
     from conftest import tiny_train_config
 
-    from pss_keras import jobs, training
+    from pss_keras.jobs import directory as jobs
+    from pss_keras.training import driver as training
 
     path, weights, _ = mbv1_file
     config = tiny_train_config(tmp_path / "job", tiny_image_folder, init_from=path, epochs=1)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import pss_keras
-from pss_keras import blocks, latency, specs
-from pss_keras import reference_luts as R
+from pss_keras.cost import latency
+from pss_keras.cost import reference_tables as R
+from pss_keras.supernet import blocks, specs
 
 K = R.BlockCfg
 REFERENCE_LUTS = os.path.join(
@@ -550,7 +551,9 @@ def test_run_trained_with_a_reference_pkl_table(tiny_image_folder, tmp_path, mon
 
     from conftest import tiny_train_config
 
-    from pss_keras import export, jobs, training
+    from pss_keras.export import saved_model as export
+    from pss_keras.jobs import directory as jobs
+    from pss_keras.training import driver as training
 
     space = specs.SearchSpace("mobilenet_v1", (32, 40), 8, (0.75, 1.0), 1.0, 10)
     pkl = _write_table(tmp_path, _covering_reference_entries(space), monkeypatch, "ref_cpu.pkl")

@@ -1,4 +1,4 @@
-"""The run plan: the run header, the dry run (`pss_keras.run_plan`) and
+"""The run plan: the run header, the dry run (`pss_keras.training.run_plan`) and
 ``scripts/train.py --dry_run``."""
 
 import dataclasses
@@ -8,9 +8,12 @@ import re
 import pytest
 from conftest import tiny_train_config, tiny_train_flags
 
-from pss_keras import jobs, run_plan, sampling, specs, training
-from pss_keras.flops import count_mflops
-from pss_keras.pools import TargetGrid
+from pss_keras.cost.flops import count_mflops
+from pss_keras.jobs import directory as jobs
+from pss_keras.supernet import specs
+from pss_keras.training import driver as training
+from pss_keras.training import run_plan, sampling
+from pss_keras.training.pools import TargetGrid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_LUTS = os.path.join(ROOT, "..", "shared", "data", "reference_luts")
@@ -52,7 +55,7 @@ def _beyond_config(job_dir, folder):
 
 
 def test_dry_run_marks_targets_and_counts_the_data(tiny_image_folder, tmp_path):
-    from pss_keras import data
+    from pss_keras.data import pipelines as data
 
     config = _beyond_config(tmp_path / "job", tiny_image_folder)
     plan, problem = run_plan.dry_run(config)

@@ -3,9 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from pss_keras import flops, sampling
-from pss_keras.pools import TargetGrid
-from pss_keras.specs import SearchSpace
+from pss_keras.cost import flops
+from pss_keras.supernet.specs import SearchSpace
+from pss_keras.training import sampling
+from pss_keras.training.pools import TargetGrid
 
 
 def test_exponential_schedule_ends():

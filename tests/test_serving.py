@@ -21,8 +21,11 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from pss_keras import export, model_server, serving, soak
-from pss_keras.model_server import ModelRefused, ModelServer
+from pss_keras.benchmarking import soak
+from pss_keras.export import saved_model as export
+from pss_keras.serving import client as serving
+from pss_keras.testing import model_server
+from pss_keras.testing.model_server import ModelRefused, ModelServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "pss"

@@ -4,9 +4,9 @@ import random
 import numpy as np
 import pytest
 
-from pss_keras import blocks, specs
-from pss_keras.blocks import make_divisible
-from pss_keras.specs import SearchSpace, SubnetConfig
+from pss_keras.supernet import blocks, specs
+from pss_keras.supernet.blocks import make_divisible
+from pss_keras.supernet.specs import SearchSpace, SubnetConfig
 
 V1 = SearchSpace("mobilenet_v1")
 V2 = SearchSpace("mobilenet_v2")

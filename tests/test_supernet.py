@@ -4,9 +4,10 @@ import pytest
 import tensorflow as tf
 from conftest import TINY, random_bn_stats
 
-from pss_keras import flops, layers
-from pss_keras.specs import SubnetConfig
-from pss_keras.supernet import Supernet, resize_to
+from pss_keras.cost import flops
+from pss_keras.supernet import layers
+from pss_keras.supernet.model import Supernet, resize_to
+from pss_keras.supernet.specs import SubnetConfig
 
 MODELS = ("mobilenet_v1", "mobilenet_v2")
 

@@ -8,7 +8,13 @@ import shutil
 import numpy as np
 import pytest
 
-from pss_keras import data, export, extraction, fileio, jobs, tflite, tflite_manifest
+from pss_keras.data import pipelines as data
+from pss_keras.export import saved_model as export
+from pss_keras.jobs import directory as jobs
+from pss_keras.supernet import extraction
+from pss_keras.tflite import converter as tflite
+from pss_keras.tflite import manifest as tflite_manifest
+from pss_keras.utils import fileio
 
 
 def _convert(trained_job, out, **kwargs):

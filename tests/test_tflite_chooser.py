@@ -1,4 +1,4 @@
-"""The on-device tier chooser (pss_keras.tflite_chooser) on a job's int8 files.
+"""The on-device tier chooser (pss_keras.tflite.chooser) on a job's int8 files.
 
 Timings are injected (a cache, or a scripted clock), so every choice asserted
 here follows from the tiers' accuracy and those timings, never from wall time.
@@ -14,7 +14,10 @@ import sys
 
 import pytest
 
-from pss_keras import jobs, tflite, tflite_chooser, tflite_manifest
+from pss_keras.jobs import directory as jobs
+from pss_keras.tflite import chooser as tflite_chooser
+from pss_keras.tflite import converter as tflite
+from pss_keras.tflite import manifest as tflite_manifest
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +242,7 @@ def test_chooses_without_tensorflow(int8_tiers):
     out, _ = int8_tiers
     code = (
         "import sys\n"
-        "from pss_keras import tflite_chooser\n"
+        "from pss_keras.tflite import chooser as tflite_chooser\n"
         f"chooser = tflite_chooser.OnDeviceChooser({str(out)!r}, warmup=1, repeats=3)\n"
         "assert all(ms > 0 for ms in chooser.timings_ms.values()), chooser.timings_ms\n"
         "print(chooser.choose(1e9).name)\n"

@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pss_keras import export, extraction, jobs, synthetic_job, tier_graph
-from pss_keras.preprocessing import preprocess
-from pss_keras.supernet import resize_to
+from pss_keras.data.preprocessing import preprocess
+from pss_keras.export import saved_model as export
+from pss_keras.export import tier_graph
+from pss_keras.jobs import directory as jobs
+from pss_keras.supernet import extraction
+from pss_keras.supernet.model import resize_to
+from pss_keras.testing import synthetic_job
 
 
 def _job(path, seed, model_name="mobilenet_v1", tiers=3):
@@ -92,7 +96,7 @@ def test_shared_exports_store_the_weights_once(tmp_path):
 
 
 def _weight_layers(job):
-    from pss_keras import blocks
+    from pss_keras.supernet import blocks
 
     return [
         spec
@@ -109,7 +113,7 @@ def test_two_shared_exports_in_one_process_keep_their_own_kernels(tmp_path, monk
     uuid in the names is fixed here): the loaders keep them apart."""
     import uuid
 
-    from pss_keras.model_server import ServedModel
+    from pss_keras.testing.model_server import ServedModel
 
     fixed = uuid.UUID(int=0)
     monkeypatch.setattr(tier_graph.uuid, "uuid4", lambda: fixed)

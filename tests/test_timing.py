@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pss_keras import timing
+from pss_keras.utils import timing
 
 
 def test_median_ms_times_every_repeat_after_the_warm_up(monkeypatch):

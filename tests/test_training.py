@@ -12,11 +12,16 @@ import tensorflow as tf
 from conftest import tiny_train_config
 from tensorflow.core.util import event_pb2
 
-from pss_keras import data, evaluation, fileio, jobs, layers, training
-from pss_keras.checkpoints import Checkpointer
-from pss_keras.flops import count_mflops
-from pss_keras.specs import SubnetConfig
-from pss_keras.supernet import Supernet
+from pss_keras.cost.flops import count_mflops
+from pss_keras.data import pipelines as data
+from pss_keras.jobs import directory as jobs
+from pss_keras.supernet import layers
+from pss_keras.supernet.model import Supernet
+from pss_keras.supernet.specs import SubnetConfig
+from pss_keras.training import driver as training
+from pss_keras.training import evaluation
+from pss_keras.training.checkpoints import Checkpointer
+from pss_keras.utils import fileio
 
 
 def _setup(config, seed=0):
@@ -538,7 +543,7 @@ def test_bn_calibration_changes_statistics_and_helps(rng):
     statistics against a direct computation, and the calibrated inference
     pass against the batch-statistics (training-mode) pass it stands in for.
     """
-    from pss_keras.supernet import resize_to
+    from pss_keras.supernet.model import resize_to
 
     keras.utils.set_random_seed(0)
     net = Supernet("mobilenet_v1", num_classes=2, width_scale=0.25, resolution_range=(16, 32))
@@ -778,7 +783,7 @@ def test_float16_loss_scaling_scales_the_weight_decay_term(rng):
 
 @pytest.mark.heavy
 def test_bfloat16_run_trains_and_exports_float32(tiny_image_folder, tmp_path):
-    from pss_keras import export
+    from pss_keras.export import saved_model as export
 
     config = tiny_train_config(tmp_path / "job", tiny_image_folder, epochs=1)
     config = dataclasses.replace(config, mixed_precision="bfloat16", tensorboard_update_freq=1)

@@ -1,0 +1,26 @@
+"""The model: search space, architecture plan, switchable layers, the supernet.
+
+specs        the search space and one subnet's configuration (no TF)
+blocks       the architecture plan every consumer walks (no TF)
+layers       width-switchable Keras layers
+model        `Supernet`: MobileNetV1/V2 with one active subnet at a time
+extraction   a standalone Keras model of one subnet
+pretrained   initial weights (keras.applications ImageNet, a file, a job)
+"""
+
+from pss_keras._lazy import exports
+
+_EXPORTS = {
+    "SearchSpace": "specs",
+    "SubnetConfig": "specs",
+    "make_divisible": "blocks",
+    "BatchNormStats": "model",
+    "resize_to": "model",
+    "Supernet": "model",
+    "build_supernet": "model",
+    "extract_subnet": "extraction",
+    "initialize_supernet": "pretrained",
+    "load_keras_applications_weights": "pretrained",
+}
+
+__getattr__, __dir__ = exports(__name__, _EXPORTS)

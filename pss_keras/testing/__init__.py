@@ -1,0 +1,5 @@
+"""Test rigs, not part of the library's API (`import pss_keras` loads none).
+
+model_server    a stand-in for tensorflow_model_server (gRPC and REST)
+synthetic_job   a job with random weights and N tiers, for benchmarks and tests
+"""
