@@ -4,7 +4,7 @@ Shows that slicing really shrinks compute (the smallest subnet's step is
 cheaper than the largest's) and what slicing costs against a standalone
 extracted model of the same subnet. Prints a table and writes JSON.
 
-    python benchmarks/benchmark_supernet.py --model=mobilenet_v1 --batch_size=16
+    python benchmarks/benchmark_supernet.py --model_name=mobilenet_v1 --batch_size=16
 
 All subnets run through ONE traced tf.function per mode (the subnet is a
 tensor argument); the script checks that it traced once.
@@ -22,7 +22,8 @@ from pss_keras.supernet import extraction, specs
 from pss_keras.supernet import model as supernet
 from pss_keras.utils import timing
 
-_MODEL = flags.DEFINE_enum("model", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
+_MODEL = flags.DEFINE_enum("model_name", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
+flags.DEFINE_alias("model", "model_name")  # its name before it agreed with train.py
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.", lower_bound=1)
 _SUBNETS = flags.DEFINE_list("subnets", ["max", "min"], "Subnets (see profile_subnet.py --subnet).")
 _REPEATS = flags.DEFINE_integer(

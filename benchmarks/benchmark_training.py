@@ -1,6 +1,6 @@
 """Measures PSS training costs: sampler map, input pipeline, train step.
 
-    python benchmarks/benchmark_training.py --model=mobilenet_v1 --batch_size=16
+    python benchmarks/benchmark_training.py --model_name=mobilenet_v1 --batch_size=16
 
 1. Conditional-sampler map: seconds to draw and bucket --gen_map_num subnets.
 2. Input pipeline alone: augmented training images/s (Imagenette from
@@ -23,15 +23,20 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from pss_keras.data import pipelines as data
-from pss_keras.jobs.config import PRECISIONS  # noqa: E402
+from pss_keras.jobs.config import (
+    PRECISIONS,  # noqa: E402
+    TrainConfig,
+)
 from pss_keras.supernet import specs
 from pss_keras.training import distribution, sampling
 from pss_keras.training import driver as training
 from pss_keras.training.pools import TargetGrid  # noqa: E402
+from pss_keras.training.trainer import PSSTrainer, build_optimizer
 from pss_keras.utils import timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_MODEL = flags.DEFINE_enum("model", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
+_MODEL = flags.DEFINE_enum("model_name", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
+flags.DEFINE_alias("model", "model_name")  # its name before it agreed with train.py
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size of the train step.")
 _STEPS = flags.DEFINE_integer("steps", 8, "Timed train steps (median reported).")
 _PIPE_BATCHES = flags.DEFINE_integer("pipeline_batches", 40, "Batches timed in the pipeline.")
@@ -88,11 +93,11 @@ def _train_step_ms(model, space, conditional, config, strategy) -> float:
     """Median PSS train step (largest, candidate, smallest) on random images,
     driven by ``fit`` as training is (so a mirrored strategy splits the global
     batch across its replicas)."""
-    train_config = training.TrainConfig(job_dir="unused", model_name=model, data=config)
+    train_config = TrainConfig(job_dir="unused", model_name=model, data=config)
     with strategy.scope(), training.precision_scope(_PRECISION.value):
         net = training.build_supernet(train_config, 1000)
-        trainer = training.PSSTrainer(net)
-        optimizer = training.build_optimizer(train_config, 1000)
+        trainer = PSSTrainer(net)
+        optimizer = build_optimizer(train_config, 1000)
         trainer.compile(optimizer=optimizer, jit_compile=False)
         trainer.optimizer.build(trainer.trainable_variables)
     rng = np.random.default_rng(0)

@@ -75,10 +75,10 @@ def _dataset() -> str:
 
 def _base_config(dataset: str):
     from pss_keras.data import pipelines as data
-    from pss_keras.training import driver as training
+    from pss_keras.jobs.config import TrainConfig
 
     resolution = tuple(int(v) for v in F.resolution_range)
-    return training.TrainConfig(
+    return TrainConfig(
         job_dir="",
         data=data.DataConfig(
             dataset=dataset,

@@ -244,8 +244,11 @@ def _end_progress_bar():
 def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
+    from pss_keras.jobs.directory import RETAINED
     from pss_keras.training import distribution
     from pss_keras.training import driver as training
+    from pss_keras.training.divergence import DivergenceError
+    from pss_keras.training.preemption import TrainingInterrupted
 
     try:
         distribution.configure_cpu_replicas(F.cpu_replicas)  # before TF runs anything
@@ -255,18 +258,18 @@ def main(argv):
             _dry_run(config)
             return
         summary = training.train(config)
-    except training.TrainingInterrupted as e:  # SIGTERM / SIGINT: checkpointed, resumable
+    except TrainingInterrupted as e:  # SIGTERM / SIGINT: checkpointed, resumable
         _end_progress_bar()
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_status)
     except ValueError as e:  # includes DatasetError: one line, no stack trace
-        if isinstance(e, training.DivergenceError):
+        if isinstance(e, DivergenceError):
             _end_progress_bar()
         sys.exit(f"error: {e}")
     if summary["retained"] is None:  # a multi-worker run's non-chief worker
-        print(f"Worker done; the chief writes {summary['job_dir']}/{training.RETAINED}.")
+        print(f"Worker done; the chief writes {summary['job_dir']}/{RETAINED}.")
         return
-    print(f"\nRetained subnets ({summary['job_dir']}/{training.RETAINED}):")
+    print(f"\nRetained subnets ({summary['job_dir']}/{RETAINED}):")
     latency_types = sorted({m for entry in summary["retained"] for m in entry["predicted_us"]})
     print(
         f"{'tier':<24}{'MFLOPs':>9}{'params':>11}{'val top1':>10}{'val top5':>10}"

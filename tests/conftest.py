@@ -209,8 +209,8 @@ def tiny_train_config(job_dir, dataset, **overrides):
     """A PSS run that takes seconds: width 0.25, 16..32 px, 3 targets."""
     from pss_keras.cost.flops import count_mflops
     from pss_keras.data import pipelines as data
+    from pss_keras.jobs.config import TrainConfig
     from pss_keras.supernet.specs import SearchSpace
-    from pss_keras.training import driver as training
 
     space = SearchSpace("mobilenet_v1", (16, 32), 8, (0.75, 1.0), 0.25, 10)
     lo = count_mflops(space.smallest(), 10, 0.25)
@@ -239,7 +239,7 @@ def tiny_train_config(job_dir, dataset, **overrides):
         verbose=0,
     )
     kwargs.update(overrides)
-    return training.TrainConfig(**kwargs)
+    return TrainConfig(**kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ from pss_keras.data import pipelines as data
 from pss_keras.jobs import directory as jobs
 from pss_keras.jobs.config import AUTO_WARMUP_EPOCHS, DERIVED, TrainConfig
 from pss_keras.training import driver as training
-from pss_keras.training.callbacks import DivergenceError, DivergenceGuard, PSSCallback
+from pss_keras.training.callbacks import PSSCallback
+from pss_keras.training.divergence import DivergenceError, DivergenceGuard
 from pss_keras.training.trainer import build_optimizer
 
 CLASSES = 10
@@ -626,15 +627,15 @@ def test_val_fraction_outside_0_1_is_refused(tmp_path):
 
 
 def test_a_signal_after_the_last_step_stops_at_the_fit_end():
-    from pss_keras.training import callbacks
+    from pss_keras.training import preemption
 
     class Checkpointer:
         def latest(self):
             return "/j/checkpoints/epoch-0003"
 
-    step = callbacks.StepCheckpoint(Checkpointer(), steps_per_epoch=8, first_epoch=2)
+    step = preemption.StepCheckpoint(Checkpointer(), steps_per_epoch=8, first_epoch=2)
     step.received = 15  # SIGTERM, e.g. during the last epoch's checkpoint or validation
-    with pytest.raises(callbacks.TrainingInterrupted) as caught:
+    with pytest.raises(preemption.TrainingInterrupted) as caught:
         step.on_train_end()
     assert caught.value.checkpoint == "/j/checkpoints/epoch-0003"
     assert "at the end of epoch 3" in str(caught.value) and caught.value.exit_status == 143

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from conftest import start_script_until, tiny_train_config, tiny_train_flags
 
-from pss_keras.training import callbacks
+from pss_keras.jobs.directory import RETAINED
 from pss_keras.training import driver as training
+from pss_keras.training import preemption
 from pss_keras.training.checkpoints import checkpoint_name
+from pss_keras.training.preemption import TrainingInterrupted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,13 +44,13 @@ def test_checkpoint_names_sort_in_training_order():
 
 
 def test_interrupted_message_and_exit_status():
-    e = callbacks.TrainingInterrupted(signal.SIGTERM, "/j/checkpoints/epoch-0001-step-000004", "X")
+    e = preemption.TrainingInterrupted(signal.SIGTERM, "/j/checkpoints/epoch-0001-step-000004", "X")
     assert e.exit_status == 143 and e.checkpoint.endswith("step-000004")
     assert str(e) == (
         "Stopped by SIGTERM at X: checkpoint /j/checkpoints/epoch-0001-step-000004 written; "
         "run the same command to resume."
     )
-    assert callbacks.TrainingInterrupted(signal.SIGINT, None, "X").exit_status == 130
+    assert preemption.TrainingInterrupted(signal.SIGINT, None, "X").exit_status == 130
 
 
 @pytest.mark.heavy
@@ -63,16 +65,16 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(
         tmp_path / "job", tiny_image_folder, epochs=3, checkpoint_every_steps=3,
         keep_checkpoints=20, tensorboard_update_freq=1,
     )  # fmt: skip
-    original = callbacks.StepCheckpoint.on_train_batch_end
+    original = preemption.StepCheckpoint.on_train_batch_end
 
     def signal_at_step_5(self, batch, logs=None):
         if self.epoch == 0 and batch == 4:
             os.kill(os.getpid(), signal.SIGTERM)  # handled by the callback's handler
         return original(self, batch, logs)
 
-    monkeypatch.setattr(callbacks.StepCheckpoint, "on_train_batch_end", signal_at_step_5)
+    monkeypatch.setattr(preemption.StepCheckpoint, "on_train_batch_end", signal_at_step_5)
     previous = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(training.TrainingInterrupted) as caught:
+    with pytest.raises(TrainingInterrupted) as caught:
         training.train(job)
     assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored
     assert caught.value.exit_status == 143
@@ -84,9 +86,9 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(
     assert sorted(os.listdir(checkpoints)) == [
         "epoch-0000-step-000003", "epoch-0000-step-000005", "latest",
     ]  # fmt: skip
-    assert not os.path.exists(os.path.join(job.job_dir, training.RETAINED))
+    assert not os.path.exists(os.path.join(job.job_dir, RETAINED))
 
-    monkeypatch.setattr(callbacks.StepCheckpoint, "on_train_batch_end", original)
+    monkeypatch.setattr(preemption.StepCheckpoint, "on_train_batch_end", original)
     summary = training.train(job)
     assert summary["resumed_from_epoch"] == 0
     assert sorted(os.listdir(checkpoints)) == [
@@ -106,7 +108,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(
     assert len(per_step) == len(set(per_step)) and per_step[-19:] == list(range(6, 25)), per_step
     import json
 
-    with open(os.path.join(straight.job_dir, training.RETAINED)) as f:
+    with open(os.path.join(straight.job_dir, RETAINED)) as f:
         expected = [e["config"] for e in json.load(f)]
     assert [e["config"] for e in summary["retained"]] == expected
 

@@ -468,7 +468,7 @@ def test_a_run_started_from_a_file_has_its_weights_before_the_first_step(
         assert np.isfinite(kernel).all() and 0.005 < kernel.std() < 0.02
         raise Stop
 
-    monkeypatch.setattr(training, "_fit_epochs", before_the_first_step)
+    monkeypatch.setattr(training, "fit_epochs", before_the_first_step)
     with pytest.raises(Stop):
         training.train(config)
     assert seen["classifier"] == (256, 10)
@@ -480,7 +480,7 @@ def test_a_run_started_from_a_file_has_its_weights_before_the_first_step(
     # A resume takes the checkpoint's weights: initialize_supernet is not called.
     calls = []
     monkeypatch.setattr(training, "initialize_supernet", lambda *a: calls.append(a) or "x")
-    monkeypatch.setattr(training, "_fit_epochs", lambda *a, **k: (_ for _ in ()).throw(Stop()))
+    monkeypatch.setattr(training, "fit_epochs", lambda *a, **k: (_ for _ in ()).throw(Stop()))
     with pytest.raises(Stop):
         training.train(config)
     assert calls == [] and jobs.read_weights_origin(config.job_dir) == origin

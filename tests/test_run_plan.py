@@ -11,9 +11,9 @@ from conftest import tiny_train_config, tiny_train_flags
 from pss_keras.cost.flops import count_mflops
 from pss_keras.jobs import directory as jobs
 from pss_keras.supernet import specs
-from pss_keras.training import driver as training
 from pss_keras.training import run_plan, sampling
 from pss_keras.training.pools import TargetGrid
+from pss_keras.training.preflight import build_maps, prioritized_sampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_LUTS = os.path.join(ROOT, "..", "shared", "data", "reference_luts")
@@ -145,7 +145,7 @@ def test_dry_run_states_why_a_run_would_not_start(tiny_image_folder, tmp_path, w
     # The prioritized sampler's own message.
     space = _space(config)
     with pytest.raises(ValueError) as error:
-        training.prioritized_sampler(config, training.build_maps(config, space, log=False))
+        prioritized_sampler(config, build_maps(config, space, log=False))
     assert str(error.value) == problem
     assert not os.path.exists(config.job_dir)
 

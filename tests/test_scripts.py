@@ -18,7 +18,7 @@ def _run(*args):
 
 
 def test_profile_subnet_prints_reference_mflops():
-    result = _run("scripts/profile_subnet.py", "--model=mobilenet_v1", "--subnet=max")
+    result = _run("scripts/profile_subnet.py", "--model_name=mobilenet_v1", "--subnet=max")
     assert result.returncode == 0, result.stderr
     assert "MFLOPs: 568.79" in result.stdout
     assert "block_13_pointwise" in result.stdout and "4,231,976" in result.stdout
@@ -27,7 +27,7 @@ def test_profile_subnet_prints_reference_mflops():
 
 
 def test_profile_subnet_rejects_bad_subnet_in_one_line():
-    result = _run("scripts/profile_subnet.py", "--model=mobilenet_v2", "--subnet=300:1")
+    result = _run("scripts/profile_subnet.py", "--model_name=mobilenet_v2", "--subnet=300:1")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "error: resolution=300 is not on this supernet's grid 128..224 step 8."

@@ -15,12 +15,17 @@ from tensorflow.core.util import event_pb2
 from pss_keras.cost.flops import count_mflops
 from pss_keras.data import pipelines as data
 from pss_keras.jobs import directory as jobs
+from pss_keras.jobs.config import TrainConfig
+from pss_keras.jobs.directory import RETAINED
 from pss_keras.supernet import layers
 from pss_keras.supernet.model import Supernet
 from pss_keras.supernet.specs import SubnetConfig
 from pss_keras.training import driver as training
 from pss_keras.training import evaluation
+from pss_keras.training.callbacks import PSSCallback
 from pss_keras.training.checkpoints import Checkpointer
+from pss_keras.training.preflight import build_samplers
+from pss_keras.training.trainer import PSSTrainer, build_optimizer
 from pss_keras.utils import fileio
 
 
@@ -28,9 +33,9 @@ def _setup(config, seed=0):
     pipelines = data.Pipelines(config.data)
     keras.utils.set_random_seed(seed)
     supernet = training.build_supernet(config, pipelines.num_classes)
-    sampler = training.build_samplers(config, supernet.space)
-    trainer = training.PSSTrainer(supernet, weight_decay=config.weight_decay)
-    optimizer = training.build_optimizer(config, pipelines.steps_per_epoch)
+    sampler = build_samplers(config, supernet.space)
+    trainer = PSSTrainer(supernet, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(config, pipelines.steps_per_epoch)
     trainer.compile(optimizer=optimizer, jit_compile=False)
     optimizer.build(trainer.trainable_variables)
     return pipelines, supernet, sampler, trainer
@@ -52,7 +57,7 @@ def test_train_step_runs_three_subnets_and_updates_one_pool(
     traces = []
     original_step = trainer.train_step
     monkeypatch.setattr(trainer, "train_step", lambda d: traces.append(1) or original_step(d))
-    callback = training.PSSCallback(trainer, sampler)
+    callback = PSSCallback(trainer, sampler)
     step_logs = []
     recorder = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: step_logs.append(
@@ -102,7 +107,7 @@ def test_train_step_runs_three_subnets_and_updates_one_pool(
 
 def test_weight_decay_only_on_conv_and_dense_kernels():
     net = Supernet("mobilenet_v2", num_classes=10, width_scale=0.25)
-    trainer = training.PSSTrainer(net)
+    trainer = PSSTrainer(net)
     decayed = {v.path for v in trainer.trainable_variables if trainer.decayed(v)}
     assert "block_2_expand/kernel" in decayed and "classifier/kernel" in decayed
     assert "block_2_depthwise/kernel" not in decayed
@@ -118,7 +123,7 @@ def test_weight_decay_only_on_conv_and_dense_kernels():
 def test_checkpoint_round_trip_continues_identically(tiny_image_folder, tmp_path):
     config = tiny_train_config(tmp_path / "job", tiny_image_folder)
     pipelines, supernet, sampler, trainer = _setup(config, seed=0)
-    callback = training.PSSCallback(trainer, sampler)
+    callback = PSSCallback(trainer, sampler)
     batches = list(pipelines.train_epoch(0).take(4))
 
     def ds(i, j):
@@ -143,7 +148,7 @@ def test_checkpoint_round_trip_continues_identically(tiny_image_folder, tmp_path
         ds(2, 4),
         epochs=1,
         verbose=0,
-        callbacks=[training.PSSCallback(trainer2, sampler2)],
+        callbacks=[PSSCallback(trainer2, sampler2)],
         shuffle=False,
     )
     # Same candidates (restored random state and pools), same weights.
@@ -159,8 +164,8 @@ def test_checkpoint_round_trip_continues_identically(tiny_image_folder, tmp_path
 
 def _tiny_checkpointer(directory, keep=2):
     net = Supernet("mobilenet_v1", num_classes=10, width_scale=0.25, resolution_range=(16, 32))
-    sampler = training.build_samplers(
-        training.TrainConfig(
+    sampler = build_samplers(
+        TrainConfig(
             job_dir="x",
             model_name="mobilenet_v1",
             width_scale=0.25,
@@ -353,7 +358,7 @@ def test_train_writes_retained_subnets(trained_job):
     config, summary = trained_job
     job = config.job_dir
     supernet = training.build_supernet(config, 10)
-    with open(os.path.join(job, training.RETAINED)) as f:
+    with open(os.path.join(job, RETAINED)) as f:
         retained = json.load(f)
     assert retained == json.loads(json.dumps(summary["retained"]))
     assert len(retained) >= 2
@@ -547,7 +552,7 @@ def test_bn_calibration_changes_statistics_and_helps(rng):
 
     keras.utils.set_random_seed(0)
     net = Supernet("mobilenet_v1", num_classes=2, width_scale=0.25, resolution_range=(16, 32))
-    trainer = training.PSSTrainer(net)
+    trainer = PSSTrainer(net)
     trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
     # Shifted, scaled inputs: far from the zero-mean / unit-variance defaults.
     images = (rng.normal(0.7, 1.5, (64, 32, 32, 3))).astype("float32")
@@ -614,18 +619,18 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_image_folder, tmp_
     interrupted = tiny_train_config(
         tmp_path / "interrupted", tiny_image_folder, tensorboard_update_freq=1
     )
-    original = training.PSSCallback.on_epoch_end
+    original = PSSCallback.on_epoch_end
 
     def crash_after_first(self, epoch, logs=None):
         original(self, epoch, logs)
         if epoch == 0:
             raise KeyboardInterrupt("simulated kill after epoch 1")
 
-    monkeypatch.setattr(training.PSSCallback, "on_epoch_end", crash_after_first)
+    monkeypatch.setattr(PSSCallback, "on_epoch_end", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
         training.train(interrupted)
-    assert not os.path.exists(os.path.join(interrupted.job_dir, training.RETAINED))
-    monkeypatch.setattr(training.PSSCallback, "on_epoch_end", original)
+    assert not os.path.exists(os.path.join(interrupted.job_dir, RETAINED))
+    monkeypatch.setattr(PSSCallback, "on_epoch_end", original)
     summary = training.train(interrupted)
     assert summary["resumed_from_epoch"] == 1
     # TensorBoard's step axis goes on where the killed process stopped (the
@@ -636,7 +641,7 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_image_folder, tmp_
     resumed.load_weights(os.path.join(interrupted.job_dir, "supernet.weights.h5"))
     for a, b in zip(expected.weights, resumed.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
-    with open(os.path.join(straight.job_dir, training.RETAINED)) as f:
+    with open(os.path.join(straight.job_dir, RETAINED)) as f:
         straight_retained = json.load(f)
     assert [e["config"] for e in summary["retained"]] == [e["config"] for e in straight_retained]
 
@@ -680,7 +685,7 @@ def test_bad_settings_fail_fast(tmp_path, overrides, message):
 def test_optimizer_state_is_restored_by_name(tmp_path, rng):
     """A reordered optimizer (same variables, other order) restores correctly."""
     net = Supernet("mobilenet_v1", num_classes=10, width_scale=0.25, resolution_range=(16, 32))
-    sampler = training.build_samplers(
+    sampler = build_samplers(
         tiny_train_config(tmp_path / "job", "unused", flops_targets=(0.2, 0.6, 0.2)), net.space
     )
     opt = keras.optimizers.SGD(0.1, momentum=0.9)
@@ -715,7 +720,7 @@ def test_optimizer_state_is_restored_by_name(tmp_path, rng):
 
 
 def test_steps_per_execution_is_refused():
-    trainer = training.PSSTrainer(
+    trainer = PSSTrainer(
         Supernet("mobilenet_v1", num_classes=10, width_scale=0.25, resolution_range=(16, 32))
     )
     with pytest.raises(ValueError, match="steps_per_execution=4 is not supported"):
@@ -727,7 +732,7 @@ def _one_step_update(mixed_precision, x, y, weight_decay, optimizer, init=None):
     decayed kernel, the step's logs, the trainer, the initial weights."""
     with training.precision_scope(mixed_precision):
         net = Supernet("mobilenet_v1", num_classes=10, width_scale=0.25, resolution_range=(16, 32))
-        trainer = training.PSSTrainer(net, weight_decay=weight_decay)
+        trainer = PSSTrainer(net, weight_decay=weight_decay)
         trainer.compile(optimizer=optimizer, jit_compile=False)
         trainer.optimizer.build(trainer.trainable_variables)
     if init is not None:

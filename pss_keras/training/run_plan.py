@@ -21,7 +21,7 @@ from pss_keras.cost.flops import count_mflops
 from pss_keras.jobs import directory as jobs
 from pss_keras.jobs.config import TrainConfig
 from pss_keras.supernet import specs
-from pss_keras.training import sampling
+from pss_keras.training import preflight, sampling
 
 # The class count a dry run assumes when the data cannot be opened (ImageNet's).
 ASSUMED_CLASSES = 1000
@@ -368,18 +368,12 @@ def dry_run(config: TrainConfig) -> tuple[RunPlan, str]:
     """
     from pss_keras.data import pipelines as data_lib
     from pss_keras.training import distribution
-    from pss_keras.training import driver as training
 
     config.validate()
     jobs.check_resume(config.job_dir, config)
     strategy, replicas = distribution.planned_strategy(config.strategy)
-    tables = training.load_latency_tables(config, specs.SearchSpace(**config.supernet_kwargs(1)))
-    problem = ""
-    if config.data.batch_size % replicas:
-        problem = (
-            f"batch_size={config.data.batch_size} (the global batch) must be divisible by "
-            f"the {replicas} replicas."
-        )
+    tables = preflight.load_latency_tables(config, specs.SearchSpace(**config.supernet_kwargs(1)))
+    problem = preflight.replicas_problem(config.data.batch_size, replicas)
     data, data_error = None, ""
     try:
         # A TFDS dataset that is not prepared is reported, not downloaded.
@@ -395,13 +389,13 @@ def dry_run(config: TrainConfig) -> tuple[RunPlan, str]:
     # The run's own space: the classifier's FLOPs depend on the class count.
     classes = len(data.class_names) if data is not None else ASSUMED_CLASSES
     space = specs.SearchSpace(**config.supernet_kwargs(classes))
-    conditionals = training.build_maps(config, space, tables, log=False)
+    conditionals = preflight.build_maps(config, space, tables, log=False)
     maps = tuple(
         MapReport.of(c, map_source(c.grid.metric_type, tables), config.num_map_samples)
         for c in conditionals
     )
     try:
-        training.prioritized_sampler(config, conditionals)
+        preflight.prioritized_sampler(config, conditionals)
     except ValueError as e:
         problem = problem or str(e)
     resume = resume_state(config.job_dir)
