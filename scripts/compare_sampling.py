@@ -74,7 +74,7 @@ def _dataset() -> str:
 
 
 def _base_config(dataset: str):
-    from pss_keras.data import pipelines as data
+    from pss_keras.jobs import config as data
     from pss_keras.jobs.config import TrainConfig
 
     resolution = tuple(int(v) for v in F.resolution_range)

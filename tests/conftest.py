@@ -208,7 +208,7 @@ def tiny_image_folder(tmp_path_factory):
 def tiny_train_config(job_dir, dataset, **overrides):
     """A PSS run that takes seconds: width 0.25, 16..32 px, 3 targets."""
     from pss_keras.cost.flops import count_mflops
-    from pss_keras.data import pipelines as data
+    from pss_keras.jobs import config as data
     from pss_keras.jobs.config import TrainConfig
     from pss_keras.supernet.specs import SearchSpace
 
@@ -279,3 +279,29 @@ def tiny_train_flags(job_dir, dataset, epochs=3):
         "--valid_topk=2",
         "--verbose=2",
     ]
+
+
+# -- pss_keras.data tests (tests/test_data_*.py; helpers in data_helpers.py) ----------
+@pytest.fixture(scope="session")
+def tiny_tfds(tiny_image_folder, tmp_path_factory):
+    """``(name, data_dir)``: the tiny folder as a prepared TFDS dataset (its
+    builder can be registered once per process); copy ``data_dir`` to alter it."""
+    from data_helpers import _as_tfds_dataset
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    return _as_tfds_dataset(tiny_image_folder, data_dir), str(data_dir)
+
+
+@pytest.fixture
+def bad_folders(tiny_image_folder, tmp_path):
+    """The tiny folder with a garbage and a truncated .jpg in train/, and the
+    same folder with good images under those names (same files, same
+    order, same record indices)."""
+    from data_helpers import _GARBAGE, _TRUNCATED, _jpeg, _with_images
+
+    bad = {_GARBAGE: b"<html><body>404 Not Found</body></html>", _TRUNCATED: _jpeg(1)[:400]}
+    good = {_GARBAGE: _jpeg(2), _TRUNCATED: _jpeg(1)}
+    return (
+        _with_images(tiny_image_folder, tmp_path / "bad", bad),
+        _with_images(tiny_image_folder, tmp_path / "repaired", good),
+    )

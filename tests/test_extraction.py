@@ -74,7 +74,7 @@ def test_pixel_input_and_tf_keras_build_equal_the_supernet(tiny_supernets, model
     import tensorflow as tf
     import tf_keras
 
-    from pss_keras.data import pipelines as data
+    from pss_keras.data import preprocessing as data
 
     net = tiny_supernets[model]
     config = net.space.random(py_rng)

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pss_keras.data import pipelines as data
+from pss_keras.data import decoding as data
 from pss_keras.export import saved_model as export
 from pss_keras.jobs import directory as jobs
 from pss_keras.supernet import extraction

@@ -1,6 +1,6 @@
 """The one image preprocessing of the project, shared by every stage.
 
-Training augmentation lives in `pss_keras.data.pipelines`; what every *evaluation*
+Training augmentation lives in `pss_keras.data.augmentation`; what every *evaluation*
 path does is here, written once, so that training-time evaluation, the
 exported SavedModel and the TFLite verification agree to the bit:
 

@@ -43,7 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pss_keras.data import pipelines as data_lib
+import pss_keras.data as data_lib
 from pss_keras.data import preprocessing
 from pss_keras.jobs import directory as jobs
 from pss_keras.supernet import extraction

@@ -366,7 +366,7 @@ def dry_run(config: TrainConfig) -> tuple[RunPlan, str]:
     Raises:
         ValueError: a bad setting, table or resume, with one line.
     """
-    from pss_keras.data import pipelines as data_lib
+    import pss_keras.data as data_lib
     from pss_keras.training import distribution
 
     config.validate()
