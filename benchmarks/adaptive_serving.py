@@ -151,13 +151,13 @@ def _check_flags():
         _fail(f"--utilization must be in (0, 1), got {F.utilization}.")
     if F.objective_margin <= 0:
         _fail(f"--objective_margin must be positive, got {F.objective_margin}.")
-    from pss_keras.benchmarking import load_test
+    from pss_keras import benchmarking as load_test
 
     try:
         cpus = load_test.split_cpus(F.server_cpus)
     except ValueError as e:
         _fail(f"--server_cpus: {e}")
-    from pss_keras.serving import client as serving
+    from pss_keras import serving
 
     try:  # the policy's own checks, before any minute is spent
         if F.backlog < 0:
@@ -205,9 +205,10 @@ def main(argv):
         os.sched_setaffinity(0, client_cpus)  # threads started from now on inherit it
     # A SIGTERM unwinds like Ctrl-C: the busy processes and the server stop.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("error: stopped by SIGTERM"))
-    from pss_keras.benchmarking import load_test, soak
+    from pss_keras import benchmarking as load_test
+    from pss_keras import serving
+    from pss_keras.benchmarking import soak
     from pss_keras.export import saved_model as export
-    from pss_keras.serving import client as serving
     from pss_keras.utils import plots, timing
 
     binary = F.server_binary or soak.server_binary()
@@ -510,7 +511,7 @@ def _done_when(results) -> dict:
     """The issue's two claims, checked on these results: adaptive keeps >= 99 %
     within the objective in every phase where fixed_smallest does, and its
     mean top-1 is above best_fixed's."""
-    from pss_keras.benchmarking.load_test import MEETS
+    from pss_keras.benchmarking.load_summary import MEETS
 
     out, lines = {}, []
     if "adaptive" in results and "fixed_smallest" in results:
@@ -539,7 +540,7 @@ def _done_when(results) -> dict:
 
 def _export_mode(export_dir):
     """The mode recorded in the export's summary (None when unreadable)."""
-    from pss_keras.testing.model_server import version_dir
+    from pss_keras.testing.served_model import version_dir
 
     try:
         with open(os.path.join(version_dir(export_dir)[0], "assets.extra", "tiers.json")) as f:

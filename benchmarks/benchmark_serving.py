@@ -81,7 +81,7 @@ def _pixels(batch, size):
 
 def measure_load(spec: dict) -> dict:
     """In a fresh process: load one version as TF Serving does."""
-    from pss_keras.testing.model_server import ServedModel
+    from pss_keras.testing.served_model import ServedModel
 
     warm_up, warmup_s = ServedModel._warm_up, []
 
@@ -115,7 +115,7 @@ def measure_latency(spec: dict) -> dict:
     ``{mode: {"tier/batch": median ms}}``."""
     import numpy as np
 
-    from pss_keras.testing.model_server import ServedModel
+    from pss_keras.testing.served_model import ServedModel
 
     models = {mode: ServedModel(path, threads=spec["threads"] or None)
               for mode, path in spec["paths"].items()}  # fmt: skip

@@ -45,7 +45,7 @@ def main(argv):
     from pss_keras.benchmarking import soak
     from pss_keras.export import saved_model as export
     from pss_keras.testing import synthetic_job
-    from pss_keras.testing.model_server import version_dir
+    from pss_keras.testing.served_model import version_dir
     from pss_keras.utils import timing
 
     binary = F.server_binary or soak.server_binary()

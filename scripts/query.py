@@ -50,7 +50,7 @@ def _cell(value, width, spec):
 
 def main(argv):
     paths = argv[1:]
-    from pss_keras.serving import client as serving
+    from pss_keras import serving
 
     client = serving.connect(F.server, F.model_name, F.protocol, F.timeout)
     try:

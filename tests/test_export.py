@@ -97,7 +97,7 @@ def test_export_loads_and_warms_up_as_tf_serving_loads_it(exports, mode):
     """The session TF Serving loads (the MetaGraph tagged serve, by the
     SignatureDef's tensor names) replays every warm-up request and answers
     as the SavedModel's own functions do."""
-    from pss_keras.testing.model_server import ServedModel
+    from pss_keras.testing.served_model import ServedModel
 
     path = exports[mode]["path"]
     model = ServedModel(path)

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
+from pss_keras import serving
 from pss_keras.jobs import directory as jobs
 from pss_keras.jobs import tiers as tiers_lib
-from pss_keras.serving import client as serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

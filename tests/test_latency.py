@@ -251,8 +251,8 @@ def _latency_grid(table, space, count=3):
 
 @pytest.mark.heavy
 def test_flops_and_cpu_latency_run_retains_exports_and_serves_both(tiny_image_folder, tmp_path):
+    from pss_keras import serving
     from pss_keras.export import saved_model as export
-    from pss_keras.serving import client as serving
     from pss_keras.testing.model_server import ModelServer
     from pss_keras.training import driver as training
 
@@ -318,7 +318,7 @@ def test_served_tiers_without_prediction_columns_still_load():
     }  # fmt: skip
     (tier,) = tiers_lib.served_tiers_from_outputs(outputs)
     assert tier.predicted_latency_ms is None and tier.latency_table == ""
-    from pss_keras.serving import client as serving
+    from pss_keras import serving
 
     assert serving.tier_latency_ms(tier, "auto") == 2.0
     with pytest.raises(serving.ServingError, match="has no predicted latency"):

@@ -55,7 +55,7 @@ def test_an_old_job_loads_and_gives_its_logits(legacy_job, expected):
 
 
 def test_an_old_export_serves(expected):
-    from pss_keras.testing.model_server import ServedModel
+    from pss_keras.testing.served_model import ServedModel
 
     record, images = expected
     served = ServedModel(os.path.join(LEGACY, "export", "1"))
@@ -69,7 +69,7 @@ def test_an_old_export_serves(expected):
 def test_an_old_job_exports_as_it_did(legacy_job, tmp_path, expected):
     """The new export of the old job answers as the old export did."""
     from pss_keras.export.saved_model import export
-    from pss_keras.testing.model_server import ServedModel
+    from pss_keras.testing.served_model import ServedModel
 
     record, images = expected
     summary = export(str(legacy_job), str(tmp_path / "export"), latency_repeats=1)

@@ -113,7 +113,7 @@ def test_two_shared_exports_in_one_process_keep_their_own_kernels(tmp_path, monk
     uuid in the names is fixed here): the loaders keep them apart."""
     import uuid
 
-    from pss_keras.testing.model_server import ServedModel
+    from pss_keras.testing.served_model import ServedModel
 
     fixed = uuid.UUID(int=0)
     monkeypatch.setattr(tier_graph.uuid, "uuid4", lambda: fixed)

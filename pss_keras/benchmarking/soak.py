@@ -27,6 +27,7 @@ import urllib.request
 import numpy as np
 
 from pss_keras.serving import client as serving
+from pss_keras.serving import transports
 
 
 @dataclasses.dataclass
@@ -74,77 +75,102 @@ def run_soak(
         ValueError: for a protocol other than ``grpc`` or ``rest`` (before
             any client starts).
     """
-    if protocol not in serving.PROTOCOLS:
-        raise ValueError(f"protocol {protocol!r} is unknown; use one of {serving.PROTOCOLS}.")
-    stats = {name: TierStats() for name in tiers}
-    lock, counter, first_errors = threading.Lock(), iter(range(requests)), []
-    connect_errors = 0
-    images = np.random.default_rng(seed).integers(0, 256, (8, 1, image_size, image_size, 3))
-    images = images.astype(np.uint8)
-    deadline = time.monotonic() + max_seconds
+    if protocol not in transports.PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r} is unknown; use one of {transports.PROTOCOLS}.")
+    soak = _Soak(tiers, requests, image_size, max_seconds, seed)
 
-    def client_loop():
-        nonlocal connect_errors
-        try:
-            client = serving.connect(address, model_name, protocol, timeout)
-        except Exception as e:  # this client sends nothing; the others take its share
-            with lock:
-                connect_errors += 1
-                if len(first_errors) < 5:
-                    first_errors.append(f"connect: {e!r}")
-            return
-        try:
-            while time.monotonic() < deadline:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                name = tiers[i % len(tiers)]
-                start = time.perf_counter()
-                try:
-                    outputs = client.transport.predict(name, {"images": images[i % len(images)]})
-                    ok = outputs["logits"].shape[0] == 1
-                    error = None if ok else f"{name}: logits of shape {outputs['logits'].shape}"
-                except Exception as e:  # a soak counts every failure, not only refusals
-                    error = f"{name}: {e if isinstance(e, serving.ServingError) else repr(e)}"
-                ms = 1000 * (time.perf_counter() - start)
-                with lock:
-                    s = stats[name]
-                    s.requests += 1
-                    if error:
-                        s.errors += 1
-                        if len(first_errors) < 5:
-                            first_errors.append(error)
-                    else:
-                        s.latencies_ms.append(ms)
-        finally:
-            client.close()
+    def connect():
+        return serving.connect(address, model_name, protocol, timeout)
 
     start = time.perf_counter()
-    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    threads = [threading.Thread(target=soak.client_loop, args=(connect,)) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    seconds = time.perf_counter() - start
-    return {
-        "protocol": protocol,
-        "clients": clients,
-        "requests": sum(s.requests for s in stats.values()),
-        "errors": connect_errors + sum(s.errors for s in stats.values()),
-        "connect_errors": connect_errors,
-        "seconds": seconds,
-        "first_errors": first_errors,
-        "tiers": {
-            name: {
-                "requests": s.requests,
-                "errors": s.errors,
-                "p50_ms": s.percentile(50),
-                "p99_ms": s.percentile(99),
-            }
-            for name, s in stats.items()
-        },
-    }
+    return soak.result(protocol, clients, time.perf_counter() - start)
+
+
+class _Soak:
+    """What the client threads of one `run_soak` share: the request counter
+    (under ``lock``), each tier's `TierStats`, the first errors, the images
+    and the deadline."""
+
+    def __init__(self, tiers, requests, image_size, max_seconds, seed):
+        self.tiers = tiers
+        self.stats = {name: TierStats() for name in tiers}
+        self.lock, self.counter, self.first_errors = threading.Lock(), iter(range(requests)), []
+        self.connect_errors = 0
+        images = np.random.default_rng(seed).integers(0, 256, (8, 1, image_size, image_size, 3))
+        self.images = images.astype(np.uint8)
+        self.deadline = time.monotonic() + max_seconds
+
+    def client_loop(self, connect) -> None:
+        """One client thread: ``connect()``, then requests from the shared
+        counter until it or the time runs out."""
+        try:
+            client = connect()
+        except Exception as e:  # this client sends nothing; the others take its share
+            with self.lock:
+                self.connect_errors += 1
+                self._note(f"connect: {e!r}")
+            return
+        try:
+            while time.monotonic() < self.deadline:
+                with self.lock:
+                    i = next(self.counter, None)
+                if i is None:
+                    return
+                self._send(client, i)
+        finally:
+            client.close()
+
+    def _send(self, client, i: int) -> None:
+        """Request ``i``: on the next tier of the rotation, timed, counted."""
+        name = self.tiers[i % len(self.tiers)]
+        start = time.perf_counter()
+        try:
+            outputs = client.transport.predict(name, {"images": self.images[i % len(self.images)]})
+            ok = outputs["logits"].shape[0] == 1
+            error = None if ok else f"{name}: logits of shape {outputs['logits'].shape}"
+        except Exception as e:  # a soak counts every failure, not only refusals
+            error = f"{name}: {e if isinstance(e, transports.ServingError) else repr(e)}"
+        ms = 1000 * (time.perf_counter() - start)
+        with self.lock:
+            s = self.stats[name]
+            s.requests += 1
+            if error:
+                s.errors += 1
+                self._note(error)
+            else:
+                s.latencies_ms.append(ms)
+
+    def _note(self, error: str) -> None:
+        """Keeps the first 5 errors (called under ``lock``)."""
+        if len(self.first_errors) < 5:
+            self.first_errors.append(error)
+
+    def result(self, protocol: str, clients: int, seconds: float) -> dict:
+        """`run_soak`'s answer, once every client thread has ended."""
+        stats = self.stats.values()
+        return {
+            "protocol": protocol,
+            "clients": clients,
+            "requests": sum(s.requests for s in stats),
+            "errors": self.connect_errors + sum(s.errors for s in stats),
+            "connect_errors": self.connect_errors,
+            "seconds": seconds,
+            "first_errors": self.first_errors,
+            "tiers": {
+                name: {
+                    "requests": s.requests,
+                    "errors": s.errors,
+                    "p50_ms": s.percentile(50),
+                    "p99_ms": s.percentile(99),
+                }
+                for name, s in self.stats.items()
+            },
+        }
 
 
 def format_table(results: list[dict]) -> str:
@@ -198,7 +224,7 @@ class ServerProcess:
             (None: its default).
         wait_s: how long loading and warm-up may take.
         cpus: CPUs the server process is pinned to (None: any; see
-            `pss_keras.benchmarking.load_test.split_cpus`).
+            `pss_keras.benchmarking.cpu_load.split_cpus`).
 
     Raises:
         RuntimeError: if the server exits or does not come up in time,
@@ -239,7 +265,7 @@ class ServerProcess:
         return f"{text[0] if text else 'tensorflow_model_server'}, {threads}{pinned}"
 
     def _pin(self):
-        from pss_keras.benchmarking.load_test import pin_to
+        from pss_keras.benchmarking.cpu_load import pin_to
 
         return pin_to(self.cpus)
 

@@ -1,25 +1,13 @@
-"""A stand-in for tensorflow_model_server that loads and runs a model as it does.
+"""A stand-in for tensorflow_model_server: one model over gRPC and REST.
 
-TF Serving loads a SavedModel version through the C++ ``SavedModelBundle``:
-a session over the MetaGraph tagged ``serve``, with the variables restored
-by the graph's own restore op. A request runs by the names its SignatureDef
-gives: each input alias is fed to its tensor name, each output alias is
-fetched from its tensor name. Before the version becomes available, every
-request in ``assets.extra/tf_serving_warmup_requests`` is replayed through
-that same path, and a failing one makes the load fail: the server refuses
-the model.
-
-This module does the same in Python: `ServedModel` is a ``tf.compat.v1``
-Session with its own Graph, loaded by
-``tf.compat.v1.saved_model.loader.load(sess, ["serve"], model_dir)``, which
-runs requests with ``sess.run`` on the SignatureDef's tensor names and
-replays the warm-up file at load (`ModelRefused` when a request fails).
-`ModelServer` serves it over TF Serving's gRPC PredictionService (Predict,
-GetModelMetadata) and its REST routes (``POST /v1/models/<name>:predict``,
-``GET /v1/models/<name>/metadata``, ``GET /v1/models/<name>``), with TF
-Serving's status codes and messages for an unknown model (NOT_FOUND / HTTP
-404), an unknown signature (gRPC FAILED_PRECONDITION; REST
-INVALID_ARGUMENT, HTTP 400) and bad inputs (INVALID_ARGUMENT / HTTP 400).
+`ModelServer` loads a `pss_keras.testing.served_model.ServedModel` (as TF
+Serving loads and warms up a SavedModel version) and serves it over TF
+Serving's gRPC PredictionService (Predict, GetModelMetadata) and its REST
+routes (``POST /v1/models/<name>:predict``, ``GET /v1/models/<name>/metadata``,
+``GET /v1/models/<name>``), with TF Serving's status codes and messages for
+an unknown model (NOT_FOUND / HTTP 404), an unknown signature (gRPC
+FAILED_PRECONDITION; REST INVALID_ARGUMENT, HTTP 400) and bad inputs
+(INVALID_ARGUMENT / HTTP 400).
 
 It serves one model; it does not poll for new versions, batch requests or
 run Classify / Regress. It imports no training module and reads no flags:
@@ -29,8 +17,9 @@ its command line is ``scripts/model_server.py``::
         --model_name=quickstart --port=8500 --rest_api_port=8501 --threads=2
 
 which prints the ports it serves on (useful with ``--port=0``) once the
-model has loaded and warmed up. `serve_json` is the same for a process
-started without the script (``pss_keras.benchmarking.soak.ServerProcess``).
+model has loaded and warmed up (`ServeConfig`, `serve`). `serve_json` is
+the same for a process started without the script
+(``pss_keras.benchmarking.soak.ServerProcess``).
 """
 
 from __future__ import annotations
@@ -38,7 +27,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
-import os
 import socket
 import sys
 import threading
@@ -48,50 +36,19 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
-from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     predict_pb2,
-    prediction_log_pb2,
     prediction_service_pb2_grpc,
 )
 
-SERVE_TAG = "serve"
-DEFAULT_SIGNATURE = "serving_default"
-WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
-# TF Serving reads at most this many warm-up records
-# (servables/tensorflow/saved_model_warmup_util.cc).
-MAX_WARMUP_RECORDS = 1000
-# TensorFlow's error codes are gRPC's: the name a failed run is reported with.
-_CODE_NAMES = {
-    getattr(tf.errors, name): name
-    for name in (
-        "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-        "UNAUTHENTICATED",
-    )
-}  # fmt: skip
-
-
-def _type_string(dtype: tf.DType) -> str:
-    """TensorFlow's C++ name of a dtype, as its messages print it (``float``
-    for float32, ``uint8``, ``string``)."""
-    return types_pb2.DataType.Name(dtype.as_datatype_enum)[3:].lower()
-
-
-class RequestError(Exception):
-    """A request TF Serving would reject: ``code`` is its status code's name
-    (NOT_FOUND, FAILED_PRECONDITION, INVALID_ARGUMENT), the message its text."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-class ModelRefused(RuntimeError):
-    """The model cannot be served (not a SavedModel, or its warm-up failed);
-    TF Serving would not make the version available."""
+from pss_keras.testing.served_model import (
+    DEFAULT_SIGNATURE,
+    ModelRefused,
+    RequestError,
+    ServedModel,
+    version_dir,
+)
 
 
 def standin_label(threads: int | None) -> str:
@@ -112,32 +69,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def version_dir(model_dir: str) -> tuple[str, int | None]:
-    """The SavedModel to serve: ``model_dir`` itself when it holds
-    ``saved_model.pb``, else its highest integer version (TF Serving's
-    default version policy, "latest"). Returns (path, version or None).
-
-    Raises:
-        ModelRefused: if there is neither.
-    """
-    if os.path.exists(os.path.join(model_dir, "saved_model.pb")):
-        name = os.path.basename(os.path.normpath(model_dir))
-        return model_dir, int(name) if name.isdigit() else None
-    versions = []
-    if os.path.isdir(model_dir):
-        versions = [
-            int(n)
-            for n in os.listdir(model_dir)
-            if n.isdigit() and os.path.exists(os.path.join(model_dir, n, "saved_model.pb"))
-        ]
-    if not versions:
-        raise ModelRefused(
-            f"{model_dir} is neither a SavedModel nor a base path with integer versions "
-            "holding one (saved_model.pb)."
-        )
-    return os.path.join(model_dir, str(max(versions))), max(versions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,157 +93,6 @@ class ServeConfig:
     rest_api_port: int = 8501
     threads: int | None = None
     request_workers: int = 16
-
-
-class ServedModel:
-    """One SavedModel version loaded as TF Serving loads it, warmed up.
-
-    Args:
-        model_dir: the version's directory (``saved_model.pb`` inside).
-        threads: intra- and inter-op threads of its session (None:
-            TensorFlow's default). Given, the session gets its own pools,
-            so two models in one process do not share them.
-
-    Raises:
-        ModelRefused: if the SavedModel does not load, or a warm-up request
-            fails (the message names the request and TF Serving's status).
-    """
-
-    def __init__(self, model_dir: str, threads: int | None = None):
-        self.model_dir, self.threads = model_dir, threads
-        config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
-        if threads:
-            config.intra_op_parallelism_threads = threads
-            config.inter_op_parallelism_threads = threads
-            config.use_per_session_threads = True
-        self.graph = tf.Graph()
-        self.session = tf.compat.v1.Session(graph=self.graph, config=config)
-        try:
-            with self.graph.as_default():
-                meta_graph = tf.compat.v1.saved_model.loader.load(
-                    self.session, [SERVE_TAG], model_dir
-                )
-        except (OSError, RuntimeError, ValueError, tf.errors.OpError) as e:
-            self.session.close()
-            raise ModelRefused(f"Cannot load the SavedModel at {model_dir}: {e}") from None
-        # The TF2 SavedModel's init op is stored as a signature; TF Serving
-        # runs it at load and never serves it.
-        self.signature_defs = {
-            k: v for k, v in meta_graph.signature_def.items() if not k.startswith("__")
-        }
-        self._dtypes = {
-            name: {k: tf.dtypes.as_dtype(t.dtype) for k, t in sig.inputs.items()}
-            for name, sig in self.signature_defs.items()
-        }
-        self.warmup_requests = self._warm_up()
-
-    def predict(self, signature: str, inputs: dict) -> dict:
-        """Runs ``signature`` on ``inputs`` ``{alias: array}`` the way TF
-        Serving's Predict does: checked against the SignatureDef, then
-        ``sess.run`` fetching its output tensor names with the inputs fed to
-        its input tensor names. Returns ``{output alias: array}``.
-
-        Thread-safe (a Session's run is).
-
-        Raises:
-            RequestError: FAILED_PRECONDITION for an unknown signature,
-                INVALID_ARGUMENT for missing, extra, mistyped or misshaped
-                inputs, or a failure of the graph on them.
-        """
-        signature = signature or DEFAULT_SIGNATURE
-        sig = self.signature_defs.get(signature)
-        if sig is None:
-            raise RequestError(
-                "FAILED_PRECONDITION", f'Serving signature key "{signature}" not found.'
-            )
-        if set(inputs) != set(sig.inputs):
-            sent, expected = sorted(inputs), sorted(sig.inputs)
-            raise RequestError(
-                "INVALID_ARGUMENT",
-                f"input size does not match signature: {len(inputs)}!={len(expected)} "
-                f"len({{{','.join(sent)}}}) != len({{{','.join(expected)}}}). "
-                f"Sent extra: {{{','.join(sorted(set(sent) - set(expected)))}}}. "
-                f"Missing but required: {{{','.join(sorted(set(expected) - set(sent)))}}}.",
-            )
-        feed = {}
-        # TF Serving feeds the tensors as sent and the session refuses a
-        # wrong dtype; Python's sess.run would cast silently, so check here.
-        for position, alias in enumerate(sorted(sig.inputs)):
-            info, value = sig.inputs[alias], np.asarray(inputs[alias])
-            dtype = self._dtypes[signature][alias]
-            if value.dtype != dtype.as_numpy_dtype:
-                sent = tf.string if value.dtype == object else tf.dtypes.as_dtype(value.dtype)
-                raise RequestError(
-                    "INVALID_ARGUMENT",
-                    f"Expects arg[{position}] to be {_type_string(dtype)} but "
-                    f"{_type_string(sent)} is provided",
-                )
-            shape = tf.TensorShape(info.tensor_shape)
-            if not shape.is_compatible_with(value.shape):
-                raise RequestError(
-                    "INVALID_ARGUMENT",
-                    f"input {alias} has shape {list(value.shape)}, the signature expects "
-                    f"{shape.as_list() if shape.rank is not None else 'any'}",
-                )
-            feed[info.name] = value
-        fetches = {alias: info.name for alias, info in sig.outputs.items()}
-        try:
-            return self.session.run(fetches, feed_dict=feed)
-        except tf.errors.OpError as e:
-            raise RequestError(_CODE_NAMES.get(e.error_code, "UNKNOWN"), e.message) from None
-
-    def _warm_up(self) -> int:
-        """Replays the warm-up file through `predict`; returns the count.
-
-        TF Serving does this before the version becomes available and fails
-        the load on the first failing request; so does this.
-        """
-        path = os.path.join(self.model_dir, WARMUP_PATH)
-        if not os.path.exists(path):
-            return 0
-        count = 0
-        try:
-            for count, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator(), 1):
-                if count > MAX_WARMUP_RECORDS:
-                    raise ModelRefused(
-                        f"Refused {self.model_dir}: {path} has more than {MAX_WARMUP_RECORDS} "
-                        "warm-up records, the most TF Serving reads."
-                    )
-                log = prediction_log_pb2.PredictionLog.FromString(record)
-                if log.WhichOneof("log_type") != "predict_log":
-                    raise ModelRefused(
-                        f"Refused {self.model_dir}: warm-up record {count} of {path} is a "
-                        f"{log.WhichOneof('log_type')}; this stand-in replays only predict_log."
-                    )
-                request = log.predict_log.request
-                inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-                try:
-                    self.predict(request.model_spec.signature_name, inputs)
-                except RequestError as e:
-                    raise ModelRefused(
-                        f"Refused {self.model_dir}: warm-up request {count} of {path} "
-                        f"(signature {request.model_spec.signature_name or DEFAULT_SIGNATURE!r}) "
-                        f"failed: {e.code}: {e}"
-                    ) from None
-        except (tf.errors.OpError, ValueError) as e:  # a truncated or corrupt record
-            self.session.close()
-            raise ModelRefused(
-                f"Refused {self.model_dir}: cannot read warm-up record {count + 1} of {path}: {e}"
-            ) from None
-        except BaseException:  # ModelRefused, or anything unforeseen: no session left open
-            self.session.close()
-            raise
-        return count
-
-    def metadata(self) -> get_model_metadata_pb2.SignatureDefMap:
-        """What GetModelMetadata's ``signature_def`` field carries."""
-        defs = get_model_metadata_pb2.SignatureDefMap()
-        for k, v in self.signature_defs.items():
-            defs.signature_def[k].CopyFrom(v)
-        return defs
-
-    def close(self):
-        self.session.close()
 
 
 class ModelServer:
@@ -543,7 +323,7 @@ def _rest_request(model: ServedModel, body: dict) -> tuple[str, dict]:
             raise RequestError(
                 "INVALID_ARGUMENT", f"input {alias}: lists of unequal lengths (not a tensor)"
             ) from None
-        dtype = model._dtypes[signature].get(alias)
+        dtype = model.input_dtypes[signature].get(alias)
         if dtype is None:
             inputs[alias] = array
             continue

@@ -73,6 +73,25 @@ def write(
     if os.path.exists(os.path.join(job_dir, jobs.RETAINED)):
         raise ValueError(f"{job_dir} already holds a job; give an empty directory.")
     keras.utils.set_random_seed(seed)
+    config, space = _config_and_space(
+        job_dir, model_name, width_scale, resolution_range, num_classes
+    )
+    subnets = _subnets_along_path(space, tiers, num_classes, width_scale)
+    os.makedirs(job_dir, exist_ok=True)
+    jobs.write_run_config(job_dir, config)
+    jobs.write_classes(job_dir, [f"class_{i}" for i in range(num_classes)])
+    net = Supernet(**config.supernet_kwargs(num_classes))
+    net.save_weights(os.path.join(job_dir, jobs.WEIGHTS))
+    retained = []
+    for i, entry in enumerate(subnets):
+        fraction, rng = i / max(1, tiers - 1), np.random.default_rng([seed, i])
+        retained.append(_random_tier(job_dir, net, entry, fraction, rng, num_classes, width_scale))
+    jobs.write_retained(job_dir, retained)
+    return retained
+
+
+def _config_and_space(job_dir, model_name, width_scale, resolution_range, num_classes):
+    """The run configuration `write` records, and its search space."""
     config = TrainConfig(
         job_dir=job_dir,
         data=DataConfig(image_size=int(resolution_range[1])),
@@ -84,40 +103,36 @@ def write(
         model_name, config.resolution_range, config.resolution_step, config.width_range,
         width_scale, num_classes,
     )  # fmt: skip
-    subnets = _subnets_along_path(space, tiers, num_classes, width_scale)
-    os.makedirs(job_dir, exist_ok=True)
-    jobs.write_run_config(job_dir, config)
-    jobs.write_classes(job_dir, [f"class_{i}" for i in range(num_classes)])
-    net = Supernet(**config.supernet_kwargs(num_classes))
-    net.save_weights(os.path.join(job_dir, jobs.WEIGHTS))
-    retained = []
-    for i, (name, subnet, mflops) in enumerate(subnets):
-        fraction = i / max(1, tiers - 1)
-        rng = np.random.default_rng([seed, i])
-        stats = {
-            layer: (
-                rng.normal(0.0, 0.1, c).astype(np.float32),
-                rng.uniform(0.5, 1.5, c).astype(np.float32),
-            )
-            for layer, c in net.bn_channels(subnet).items()
-        }
-        retained.append(
-            tiers_lib.RetainedTier(
-                name=name,
-                config=subnet,
-                metric_type="flops",
-                target=round(mflops, 2),
-                mflops=mflops,
-                params=flops.count_params(subnet, num_classes, width_scale),
-                top1=0.1 + 0.8 * fraction,
-                top5=0.5,
-                minival_top1=0.1 + 0.8 * fraction,
-                pool_score=0.0,
-                bn_stats=jobs.save_bn_stats(job_dir, name, stats),
-            )
+    return config, space
+
+
+def _random_tier(
+    job_dir, net, entry, fraction, rng, num_classes, width_scale
+) -> tiers_lib.RetainedTier:
+    """One tier of `write`: ``entry`` is ``(name, subnet, mflops)``; random
+    batch-norm statistics from ``rng`` (saved in ``job_dir``), a made-up
+    top-1 at ``fraction`` of the way from 0.1 to 0.9."""
+    name, subnet, mflops = entry
+    stats = {
+        layer: (
+            rng.normal(0.0, 0.1, c).astype(np.float32),
+            rng.uniform(0.5, 1.5, c).astype(np.float32),
         )
-    jobs.write_retained(job_dir, retained)
-    return retained
+        for layer, c in net.bn_channels(subnet).items()
+    }
+    return tiers_lib.RetainedTier(
+        name=name,
+        config=subnet,
+        metric_type="flops",
+        target=round(mflops, 2),
+        mflops=mflops,
+        params=flops.count_params(subnet, num_classes, width_scale),
+        top1=0.1 + 0.8 * fraction,
+        top5=0.5,
+        minival_top1=0.1 + 0.8 * fraction,
+        pool_score=0.0,
+        bn_stats=jobs.save_bn_stats(job_dir, name, stats),
+    )
 
 
 def _subnets_along_path(space, tiers, num_classes, width_scale):

@@ -1,4 +1,6 @@
-"""The open-loop load generator and its figures (pss_keras.benchmarking.load_test).
+"""The open-loop load generator (pss_keras.benchmarking.load_test): phases,
+the Poisson schedule, run_timeline, idle latency; the timelines plot and
+benchmarks/adaptive_serving.py end to end.
 
 No server: `send` is a fake that records its calls, raises or sleeps. Every
 timing assertion here is a lower bound that sleeping guarantees on any
@@ -8,16 +10,14 @@ it have slept), never a speed figure.
 
 import collections
 import math
-import os
 import struct
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from pss_keras.benchmarking import load_test
+from pss_keras.benchmarking import cpu_load, load_summary, load_test
 from pss_keras.benchmarking.load_test import Phase, Request
 from pss_keras.utils import plots
 
@@ -42,9 +42,6 @@ def _counting_choose():
     """``choose()`` returning t0, t1, ... (each request a tier of its own)."""
     counter = iter(range(10**9))
     return lambda: f"t{next(counter)}"
-
-
-# -- Phase and default_timeline -------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -78,9 +75,6 @@ def test_default_timeline_has_five_phases_with_the_rate_step():
     default = load_test.default_timeline(3.0, 5.0)
     assert default[3].name == "rate x2" and default[3].rate == 10.0
     assert [p.rate for p in default] == [5.0, 5.0, 5.0, 10.0, 5.0]
-
-
-# -- poisson_schedule ---------------------------------------------------------------
 
 
 LONG = [Phase("fast", 10.0, 1000.0), Phase("slow", 10.0, 50.0), Phase("mid", 5.0, 200.0)]
@@ -117,9 +111,6 @@ def test_poisson_schedule_of_a_rare_phase_can_be_empty():
     phases = [Phase("a", 0.2, 100), Phase("blink", 0.001, 0.001), Phase("c", 0.2, 100)]
     counts = collections.Counter(i for _, i in load_test.poisson_schedule(phases, seed=0))
     assert counts[1] == 0 and counts[0] > 5 and counts[2] > 5
-
-
-# -- run_timeline -------------------------------------------------------------------
 
 
 def test_run_timeline_sends_every_scheduled_request_once_in_order():
@@ -261,7 +252,7 @@ def test_latency_runs_from_the_scheduled_time_not_the_send():
     # The median request is ~n/2 x 10 ms late, far above one answer's 10 ms.
     assert np.median(latency) > 20 * np.median(service_ms)
     assert latency[-1] >= 10 * n - 100 - 1
-    summary = load_test.summarize(requests, phases, objective_ms=50.0, top1={"t": 1.0})
+    summary = load_summary.summarize(requests, phases, objective_ms=50.0, top1={"t": 1.0})
     # Only the first few requests can be within 50 ms: (k+1) x 10 - 1000 x t <= 50.
     assert summary["phases"][0]["within_objective"] < 0.25
 
@@ -295,160 +286,6 @@ def test_progress_reports_every_50_requests_and_the_end():
     assert calls == [(k, n) for k in range(0, n, 50)] + [(n, n)]
 
 
-# -- summarize, meets, best_fixed_tier, aggregate ----------------------------------------
-
-PHASES3 = [Phase("p0", 1, 1), Phase("p1", 1, 1), Phase("empty", 1, 1)]
-TOP1 = {"s": 0.5, "l": 0.8}
-
-
-def _requests():
-    """Phase 0: within, over, within, failed (fast). Phase 1: within, at
-    the objective (within), over. Phase 2: none. Objective 10 ms."""
-    return [
-        Request(0.1, 0, "s", latency_ms=5.0, send_lag_ms=0.1),
-        Request(0.2, 0, "l", latency_ms=12.0, send_lag_ms=0.4),
-        Request(0.3, 0, "l", latency_ms=8.0, send_lag_ms=0.2),
-        Request(0.4, 0, "s", latency_ms=3.0, send_lag_ms=0.3, error="boom"),
-        Request(1.1, 1, "l", latency_ms=9.0, send_lag_ms=1.0),
-        Request(1.2, 1, "l", latency_ms=10.0, send_lag_ms=2.0),
-        Request(1.5, 1, "s", latency_ms=11.0, send_lag_ms=3.0),
-    ]
-
-
-def test_summarize_per_phase_figures():
-    requests = _requests()
-    summary = load_test.summarize(requests, PHASES3, objective_ms=10.0, top1=TOP1)
-    p0, p1, empty = summary["phases"]
-    assert p0["name"] == "p0" and p0["requests"] == 4 and p0["errors"] == 1
-    assert p0["within_objective"] == 0.5  # the failed one is a miss, fast as it was
-    assert p0["mean_top1"] == pytest.approx((0.5 + 0.8 + 0.8 + 0.0) / 4)  # failure: 0 credit
-    assert p0["switches"] == 2  # s -> l, l -> l, l -> s
-    assert p0["tiers"] == {"s": 2, "l": 2}
-    lat0 = [5.0, 12.0, 8.0, 3.0]  # the failure's elapsed time included
-    for q in (50, 95, 99):
-        assert p0[f"p{q}_ms"] == pytest.approx(np.percentile(lat0, q))
-    assert p0["p50_ms"] == pytest.approx(6.5)
-    assert p0["send_lag_p99_ms"] == pytest.approx(np.percentile([0.1, 0.4, 0.2, 0.3], 99))
-
-    assert p1["requests"] == 3 and p1["errors"] == 0
-    assert p1["within_objective"] == pytest.approx(2 / 3)  # 10.0 <= 10.0 is within
-    assert p1["mean_top1"] == pytest.approx((0.8 + 0.8 + 0.5) / 3)
-    assert p1["switches"] == 1 and p1["tiers"] == {"l": 2, "s": 1}
-    assert p1["p99_ms"] == pytest.approx(np.percentile([9.0, 10.0, 11.0], 99))
-
-    assert empty == {
-        "name": "empty", "requests": 0, "errors": 0, "within_objective": None,
-        "p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_top1": None,
-        "switches": 0, "tiers": {}, "send_lag_p99_ms": None, "queue_p99_ms": None,
-    }  # fmt: skip
-    assert summary["overall"] == {
-        "requests": 7,
-        "within_objective": pytest.approx(4 / 7),
-        "mean_top1": pytest.approx((0.5 + 0.8 + 0.8 + 0.0 + 0.8 + 0.8 + 0.5) / 7),
-    }
-
-
-def test_summarize_tighter_objective_and_unknown_tier():
-    requests = _requests()
-    tight = load_test.summarize(requests, PHASES3, objective_ms=5.0, top1=TOP1)
-    assert [row["within_objective"] for row in tight["phases"][:2]] == [0.25, 0.0]
-    assert tight["overall"]["within_objective"] == pytest.approx(1 / 7)
-    empty = load_test.summarize([], PHASES3, objective_ms=5.0, top1=TOP1)
-    assert empty["overall"] == {"requests": 0, "within_objective": None, "mean_top1": None}
-    with pytest.raises(KeyError):
-        load_test.summarize(requests, PHASES3, objective_ms=5.0, top1={"s": 0.5})
-
-
-def _summary(*within):
-    return {"phases": [{"within_objective": w} for w in within]}
-
-
-def test_meets_needs_99_percent_within():
-    summary = _summary(1.0, 0.99, 0.9899, None, 0.0)
-    assert [load_test.meets(summary, i) for i in range(5)] == [True, True, False, False, False]
-    assert load_test.MEETS == 0.99
-
-
-Tier = collections.namedtuple("Tier", "name top1")
-TIERS = [Tier("small", 0.5), Tier("mid", 0.7), Tier("large", 0.8), Tier("huge", 0.9)]
-
-
-class Calibration:
-    """A fake ``run`` for best_fixed_tier: canned summaries, every call recorded."""
-
-    def __init__(self, summaries):
-        self.summaries, self.calls = summaries, []
-
-    def __call__(self, name, needed):
-        self.calls.append((name, needed))
-        return self.summaries[name]
-
-
-def test_best_fixed_tier_ignores_phases_the_cheapest_misses():
-    run = Calibration({
-        # The cheapest meets phases 0 and 1, misses phase 2 (so phase 2 is ignored).
-        "small": _summary(1.0, 0.995, 0.5),
-        "mid": _summary(1.0, 0.99, 0.1),  # meets 0 and 1: fits
-        "large": _summary(1.0, 0.98, 1.0),  # misses phase 1: out, however good in phase 2
-        "huge": _summary(0.9, 1.0, 1.0),  # misses phase 0: out
-    })  # fmt: skip
-    best, summaries = load_test.best_fixed_tier(TIERS, run)
-    assert best == "mid"
-    # The cheapest first (no phases to meet yet), then the most accurate first,
-    # each told the phases it must meet; none runs twice.
-    assert run.calls == [("small", None), ("huge", [0, 1]), ("large", [0, 1]), ("mid", [0, 1])]
-    assert summaries == {n: run.summaries[n] for n in ("small", "huge", "large", "mid")}
-    # Once "large" meets phase 1 it is the most accurate that fits, and "mid"
-    # is never run.
-    run = Calibration(dict(run.summaries, large=_summary(1.0, 0.99, 0.0)))
-    best, summaries = load_test.best_fixed_tier(TIERS, run)
-    assert best == "large" and "mid" not in summaries
-    assert [name for name, _ in run.calls] == ["small", "huge", "large"]
-    # The order after the cheapest does not matter: accuracy decides.
-    shuffled = [TIERS[0], TIERS[2], TIERS[3], TIERS[1]]
-    assert load_test.best_fixed_tier(shuffled, Calibration(run.summaries))[0] == "large"
-
-
-def test_best_fixed_tier_falls_back_to_the_cheapest():
-    run = Calibration({
-        "small": _summary(1.0, 1.0),
-        "mid": _summary(0.98, 1.0),
-        "large": _summary(1.0, 0.5),
-        "huge": _summary(None, 1.0),  # a phase without requests (a run ended early) does not meet
-    })  # fmt: skip
-    best, summaries = load_test.best_fixed_tier(TIERS, run)
-    assert best == "small" and set(summaries) == {"small", "mid", "large", "huge"}
-    assert run.calls[-1] == ("mid", [0, 1]) and len(run.calls) == 4
-    # A cheapest tier that meets no phase constrains nothing: the most accurate wins.
-    run = Calibration({name: _summary(0.0, 0.0) for name in ("small", "mid", "large", "huge")})
-    assert load_test.best_fixed_tier(TIERS, run)[0] == "huge"
-    assert run.calls == [("small", None), ("huge", [])]
-
-
-def _timed(scheduled, phase, latency_ms=float("nan"), error=None):
-    return Request(scheduled, phase, "t", latency_ms=latency_ms, error=error)
-
-
-def test_phase_missed_counts_only_certain_misses():
-    """100 requests in phase 0, objective 10 ms, now = 5.0 s: a miss is
-    a failure, an answer over 10 ms, or a request in flight for more than
-    10 ms; 99 % must be within, so 2 certain misses fail the phase."""
-    ok = [_timed(1 + i / 100, 0, latency_ms=5.0) for i in range(98)]
-    other = [_timed(0.5, 1, latency_ms=99.0)] * 5  # another phase's misses do not count
-    # One answer over, one still in flight but only for 5 ms: not yet certain.
-    rs = ok + [_timed(2.0, 0, latency_ms=10.5), _timed(4.995, 0)] + other
-    assert not load_test.phase_missed(rs, 0, 10.0, now=5.0)
-    # 20 ms later the one in flight has taken 25 ms: a second certain miss.
-    assert load_test.phase_missed(rs, 0, 10.0, now=5.02)
-    # A failure is a miss however fast it failed.
-    rs = ok + [_timed(2.0, 0, latency_ms=10.5), _timed(3.0, 0, latency_ms=1.0, error="x")]
-    assert load_test.phase_missed(rs, 0, 10.0, now=5.0)
-    # Exactly at the objective is within; a phase without requests is not missed.
-    rs = ok + [_timed(2.0, 0, latency_ms=10.0), _timed(3.0, 0, latency_ms=10.5)]
-    assert not load_test.phase_missed(rs, 0, 10.0, now=5.0)
-    assert not load_test.phase_missed(other, 0, 10.0, now=5.0)
-
-
 def test_stop_when_ends_the_timeline_at_a_phase_end():
     """stop_when runs at each phase end with what was sent so far; True
     stops there: later phases neither start nor send."""
@@ -477,153 +314,6 @@ def test_stop_when_ends_the_timeline_at_a_phase_end():
                                       stop_when=lambda *a: False)) == len(schedule)  # fmt: skip
 
 
-def test_aggregate_means_spreads_and_summed_tiers():
-    first = load_test.summarize(_requests(), PHASES3[:2], objective_ms=10.0, top1=TOP1)
-    second_requests = [
-        Request(0.1, 0, "l", latency_ms=20.0, send_lag_ms=0.5),
-        Request(0.5, 0, "l", latency_ms=4.0, send_lag_ms=0.1),
-        Request(1.5, 1, "s", latency_ms=1.0, send_lag_ms=0.2),
-    ]
-    second = load_test.summarize(second_requests, PHASES3[:2], objective_ms=10.0, top1=TOP1)
-    out = load_test.aggregate([first, second])
-    assert out["repeats"] == 2
-    p0, p1 = out["phases"]
-    assert p0["name"] == "p0" and "name_spread" not in p0
-    assert p0["requests"] == 3.0 and p0["requests_spread"] == [2.0, 4.0]
-    assert p0["within_objective"] == pytest.approx(0.5)
-    assert p0["within_objective_spread"] == [0.5, 0.5]
-    assert p0["p99_ms"] == pytest.approx(
-        (np.percentile([5, 12, 8, 3], 99) + np.percentile([20, 4], 99)) / 2
-    )
-    assert p0["p99_ms_spread"] == pytest.approx(
-        [np.percentile([5, 12, 8, 3], 99), np.percentile([20, 4], 99)]
-    )
-    assert p0["mean_top1"] == pytest.approx((0.525 + 0.8) / 2)
-    assert p0["mean_top1_spread"] == pytest.approx([0.525, 0.8])
-    assert p0["switches"] == 1.0 and p0["switches_spread"] == [0.0, 2.0]
-    assert p0["errors"] == 0.5 and p0["errors_spread"] == [0.0, 1.0]
-    assert p0["tiers"] == {"s": 2, "l": 4}  # summed, not averaged
-    assert "tiers_spread" not in p0
-    assert p1["tiers"] == {"l": 2, "s": 2}
-    assert p1["within_objective"] == pytest.approx((2 / 3 + 1.0) / 2)
-    assert p1["within_objective_spread"] == pytest.approx([2 / 3, 1.0])
-    overall = out["overall"]
-    assert overall["requests"] == 5.0 and overall["requests_spread"] == [3.0, 7.0]
-    assert overall["within_objective"] == pytest.approx((4 / 7 + 2 / 3) / 2)
-    assert overall["within_objective_spread"] == pytest.approx([4 / 7, 2 / 3])
-    assert overall["mean_top1"] == pytest.approx((4.2 / 7 + 2.1 / 3) / 2)
-    # One run: its own figures, spreads of zero width.
-    single = load_test.aggregate([first])
-    assert single["repeats"] == 1
-    assert single["overall"]["within_objective_spread"] == pytest.approx([4 / 7, 4 / 7])
-
-
-# -- CpuHogs ----------------------------------------------------------------------------
-
-
-def test_cpu_hogs_start_and_stop_real_processes():
-    with load_test.CpuHogs() as hogs:
-        assert hogs.running == 0
-        hogs.set(2)
-        procs = list(hogs._procs)
-        assert hogs.running == 2 and len(procs) == 2
-        assert all(p.poll() is None for p in procs)
-        assert all(
-            p.args == [sys.executable, "-c", load_test._HOG, str(os.getpid())] for p in procs
-        )
-        hogs.set(1)
-        assert hogs.running == 1
-        assert procs[0].poll() is None and procs[1].poll() is not None  # the last one stopped
-        hogs.set(1)  # already so: nothing started
-        assert hogs._procs == procs[:1]
-        hogs.set(2)
-        procs += [p for p in hogs._procs if p not in procs]
-        assert hogs.running == 2 and len(procs) == 3
-    assert hogs.running == 0 and hogs._procs == []
-    assert all(p.poll() is not None for p in procs)
-
-
-def test_cpu_hogs_stop_when_the_block_raises():
-    with pytest.raises(RuntimeError, match="in the block"):
-        with load_test.CpuHogs() as hogs:
-            hogs.set(1)
-            procs = list(hogs._procs)
-            raise RuntimeError("in the block")
-    assert len(procs) == 1 and procs[0].poll() is not None
-
-
-# -- CPU pinning -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "text, server, client",
-    [
-        ("auto", [0, 1, 2], [3]),  # the generator gets the last CPU to itself
-        ("none", None, None),
-        (" None ", None, None),
-        ("1", [1], [0, 2, 3]),
-        ("0-1,3", [0, 1, 3], [2]),
-        ("3,0", [0, 3], [1, 2]),
-        ("0-3", [0, 1, 2, 3], [0, 1, 2, 3]),  # nothing left: the generator shares them
-    ],
-)
-def test_split_cpus_gives_the_server_and_the_generator_their_cpus(
-    monkeypatch, text, server, client
-):
-    monkeypatch.setattr(load_test.os, "sched_getaffinity", lambda pid: {3, 1, 0, 2})
-    assert load_test.split_cpus(text) == (server, client)
-
-
-def test_split_cpus_does_not_pin_on_one_cpu_or_without_affinity(monkeypatch):
-    monkeypatch.setattr(load_test.os, "sched_getaffinity", lambda pid: {5})
-    assert load_test.split_cpus("auto") == (None, None)
-    assert load_test.split_cpus("5") == ([5], [5])
-    monkeypatch.delattr(load_test.os, "sched_getaffinity")
-    assert load_test.split_cpus("auto") == (None, None)
-    assert load_test.split_cpus("none") == (None, None)
-    with pytest.raises(ValueError, match=r"^CPU pinning needs Linux .*; use 'none'\.$"):
-        load_test.split_cpus("0")
-
-
-NOT_A_LIST = "is not 'auto', 'none' or a list such as '1' or '0-2,4'."
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ("x", f"server CPUs 'x' {NOT_A_LIST}"),
-        ("1-", f"server CPUs '1-' {NOT_A_LIST}"),
-        ("3-1", f"server CPUs '3-1' {NOT_A_LIST}"),
-        ("1,,2", f"server CPUs '1,,2' {NOT_A_LIST}"),
-        (
-            "2-9",
-            "server CPUs '2-9' names CPUs [4, 5, 6, 7, 8, 9] this process may not use; "
-            "it may use [0, 1, 2, 3].",
-        ),  # fmt: skip
-    ],
-)
-def test_split_cpus_refuses_bad_lists_in_one_line(monkeypatch, text, message):
-    monkeypatch.setattr(load_test.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    with pytest.raises(ValueError) as e:
-        load_test.split_cpus(text)
-    assert str(e.value) == message
-
-
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
-def test_busy_processes_run_on_the_cpus_they_are_given():
-    cpu = max(os.sched_getaffinity(0))
-    assert load_test.pin_to(None) is None
-    with load_test.CpuHogs(cpus=[cpu]) as pinned, load_test.CpuHogs() as free:
-        pinned.set(2)
-        free.set(1)
-        assert [os.sched_getaffinity(p.pid) for p in pinned._procs] == [{cpu}, {cpu}]
-        assert os.sched_getaffinity(free._procs[0].pid) == os.sched_getaffinity(0)
-    assert pinned.cpus == [cpu] and free.cpus is None
-
-
-# -- idle_latency_ms --------------------------------------------------------------------
-
-
 def test_idle_latency_is_the_median_after_warm_up_interleaving_tiers(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(load_test.time, "perf_counter", lambda: clock[0])
@@ -648,9 +338,6 @@ def test_idle_latency_defaults_and_real_clock():
     assert set(result) == {"x", "y", "z"} and all(v >= 0 for v in result.values())
 
 
-# -- plots.plot_load_timelines ----------------------------------------------------------
-
-
 def test_plot_load_timelines_writes_a_png(tmp_path):
     phases = load_test.default_timeline(1.0, 4.0)
     fixed = [Request(0.1 + 0.4 * k, k // 3, "small", latency_ms=2.0 + k) for k in range(12)]
@@ -669,9 +356,6 @@ def test_plot_load_timelines_writes_a_png(tmp_path):
     # figsize (9, 1.9 x 2 panels + 0.8) at 110 dpi.
     assert width == 990 and abs(height - 506) <= 1
     assert [p.name for p in path.parent.iterdir()] == ["timelines.png"]  # no temp file left
-
-
-# -- defects found in review, fixed ---------------------------------------------------
 
 
 def test_on_phase_reaches_a_trailing_empty_phase():
@@ -709,23 +393,11 @@ def test_an_error_with_an_empty_first_line_earns_no_accuracy():
 
     phases = [Phase("a", 0.05, 200)]
     requests = load_test.run_timeline(send, lambda: "t", phases, seed=0)
-    summary = load_test.summarize(requests, phases, objective_ms=1e6, top1={"t": 0.9})
+    summary = load_summary.summarize(requests, phases, objective_ms=1e6, top1={"t": 0.9})
     assert summary["phases"][0]["errors"] == len(requests) > 0
     assert summary["overall"]["within_objective"] == 0.0
     assert summary["overall"]["mean_top1"] == 0.0  # failures credit 0 ...
     assert all(r.error for r in requests)  # ... and are drawn as failed (plots test `if r.error`)
-
-
-def test_aggregate_of_a_phase_empty_in_one_repeat_is_order_independent():
-    phases = [Phase("a", 1, 1)]
-    answered = load_test.summarize([Request(0.1, 0, "s", 5.0, 0.1)], phases, 10.0, TOP1)
-    empty = load_test.summarize([], phases, 10.0, TOP1)
-    one, other = load_test.aggregate([answered, empty]), load_test.aggregate([empty, answered])
-    assert one["phases"][0]["within_objective"] == other["phases"][0]["within_objective"]
-    assert one["phases"][0]["within_objective"] == 1.0
-    assert one["phases"][0]["within_objective_spread"] == [1.0, 1.0]
-    both_empty = load_test.aggregate([empty, empty])["phases"][0]
-    assert both_empty["within_objective"] is None and both_empty["within_objective_spread"] is None
 
 
 def test_a_failing_observe_is_raised_not_hung():
@@ -748,9 +420,6 @@ def test_a_failing_observe_is_raised_not_hung():
     thread.start()
     thread.join(60)
     assert not thread.is_alive() and outcome == ["policy bug"]
-
-
-# -- the benchmark script ------------------------------------------------------------------
 
 
 @pytest.mark.heavy
@@ -781,7 +450,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path, run_script):
     assert record["machine"]["cores"] >= 1 and record["rate"] == 15
     assert record["server"].startswith("stand-in") and record["export"]["mode"] == "shared"
     cpus = record["cpus"]  # --server_cpus=auto: the generator gets the last CPU to itself
-    server, client = load_test.split_cpus("auto")
+    server, client = cpu_load.split_cpus("auto")
     assert (cpus["server_and_busy_processes"], cpus["load_generator"]) == (server, client)
     n = len(server) if server else 1
     assert cpus["busy_processes"] == [0, n, 2 * n, 0, 0]
@@ -867,33 +536,3 @@ def test_the_benchmark_refuses_bad_settings_in_one_line(tmp_path, run_script):
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(tmp_path / "none") in last
-
-
-def test_a_busy_process_exits_when_its_parent_is_gone(tmp_path):
-    """A benchmark killed with SIGKILL leaves no busy process behind: each
-    one watches its parent."""
-    import subprocess
-
-    code = (
-        "import subprocess, sys; from pss_keras.benchmarking import load_test\n"
-        "hogs = load_test.CpuHogs(); hogs.set(1); p = hogs._procs[0]\n"
-        "print(p.pid, flush=True)\n"
-        "import time; time.sleep(60)\n"
-    )
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    pid = int(parent.stdout.readline())
-    parent.kill()
-    parent.wait()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            break
-        if state in ("Z", "X"):  # exited; waits for init to reap it
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, 9)
-        pytest.fail("the busy process outlived its parent by 30 s")

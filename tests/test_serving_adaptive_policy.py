@@ -1,12 +1,19 @@
-"""AdaptiveTierPolicy on injected latencies and an injected clock (no wall time)."""
+"""AdaptiveTierPolicy (pss_keras.serving.adaptive_policy) on injected latencies
+and an injected clock (no wall time), and driving a real client under
+simulated load."""
 
 import collections
+import dataclasses
 import threading
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from serving_fixtures import _images, _SimulatedClock
 
-from pss_keras.serving import client as serving
+from pss_keras import serving
+
+pytest_plugins = ["serving_fixtures"]
 
 
 def _tier(name, cost_ms, top1, mflops=None):
@@ -360,3 +367,77 @@ def test_queueing_keeps_the_policy_off_tiers_that_would_load_the_server_past_one
         clock.now += 1 / 200
         plain.observe(1.5 * {"a": 1, "b": 2, "c": 3, "d": 4}[plain.tier.name])
     assert plain.tier.name == "d"
+
+
+class _SimulatedLoad:
+    """Wraps a transport: every request still reaches the server, and then
+    the clock advances by that tier's cost alone times ``load`` (the requests
+    a saturated server would be serving at once)."""
+
+    def __init__(self, transport, clock, cost_ms):
+        self.transport, self.clock, self.cost_ms = transport, clock, cost_ms
+        self.load, self.sent = 1, []
+
+    def predict(self, signature, inputs):
+        outputs = self.transport.predict(signature, inputs)
+        if signature in self.cost_ms:
+            self.sent.append(signature)
+            self.clock.now += self.cost_ms[signature] * self.load / 1000
+        return outputs
+
+    def close(self):
+        self.transport.close()
+
+
+def test_adaptive_policy_under_load(client, served):
+    """The policy driving a real client: under 8x load every tier misses the
+    objective, so after one window it jumps straight to the cheapest; without
+    load every tier meets it with headroom, so after a window (the hold) it
+    goes straight back to the largest. The requests reach the server; only their latency
+    is simulated (a clock that advances by tier cost x load), so the outcome
+    does not depend on the machine's speed."""
+    _, _, loaded = served
+    tiers = client.tiers()
+    # Alone, 10 ms (cheapest) to 20 ms (largest): below headroom x objective
+    # (0.7 x 60 = 42 ms). Under 8x load, 80 to 160 ms: above the objective.
+    n = len(tiers)
+    cost = {t.name: 10 + 10 * i / (n - 1) for i, t in enumerate(tiers)}
+    clock = _SimulatedClock()
+    load = _SimulatedLoad(client.transport, clock, cost)
+    policy_client = serving.PSSClient(load)
+    # Accuracy rising with cost, so that no tier is dominated (the tiny job's
+    # own top-1 may tie at chance).
+    simulated = [
+        dataclasses.replace(t, latency_ms=cost[t.name], top1=0.5 + i / 100)
+        for i, t in enumerate(policy_client.tiers())
+    ]
+    policy = serving.AdaptiveTierPolicy(
+        simulated, objective_ms=60, latency_source="measured", clock=clock
+    )
+    kept = policy.tiers
+    assert [t.name for t in kept] == [t.name for t in tiers] and n >= 2 and policy.window == 20
+    images = _images((1, 32, 32, 3))
+    expected = {
+        t.name: loaded.signatures[t.name](images=tf.constant(images))["logits"].numpy()
+        for t in tiers
+    }
+
+    def run(requests):
+        for _ in range(requests):
+            outputs, tier, ms = policy.predict(policy_client, images)
+            np.testing.assert_allclose(outputs["logits"], expected[tier.name], atol=1e-5)
+            assert ms == pytest.approx(cost[tier.name] * load.load)
+
+    load.load = 8
+    run(20)
+    assert policy.tier == kept[0] and policy.switches == 1
+    load.load = 1
+    run(40)  # a window at the cheapest, then straight up to the largest, which stays
+    assert policy.tier == kept[-1] and policy.switches == 2
+    down = [kept[-1].name] * 20
+    up = [kept[0].name] * 20 + [kept[-1].name] * 20
+    assert [name for name, _ in policy.history] == down + up
+    assert load.sent == down + up  # the tier the policy chose is the one requested
+    assert [ms for _, ms in policy.history] == pytest.approx(
+        [cost[name] * 8 for name in down] + [cost[name] for name in up]
+    )
