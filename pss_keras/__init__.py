@@ -24,7 +24,7 @@ FLOPs or sampling configs does not pay for importing TensorFlow.
 import importlib
 
 from pss_keras import _moved
-from pss_keras.cost import latency
+from pss_keras.cost import tables
 from pss_keras.cost.flops import count_mflops, count_mflops_np, count_params
 from pss_keras.cost.latency import LatencyTable
 from pss_keras.cost.reference_tables import ReferenceLatencyTable, load_reference_table
@@ -35,7 +35,7 @@ _LAZY = {
     "Supernet": "pss_keras.supernet.model",
     "build_supernet": "pss_keras.supernet.model",
     "extract_subnet": "pss_keras.supernet.extraction",
-    "load_keras_applications_weights": "pss_keras.supernet.pretrained",
+    "load_keras_applications_weights": "pss_keras.supernet.keras_applications",
     "initialize_supernet": "pss_keras.supernet.pretrained",
 }
 
@@ -82,11 +82,11 @@ def load_latency_table(path: str) -> LatencyTable | ReferenceLatencyTable:
         ValueError: one line naming the file if it is missing, unreadable,
             not a table, or (a pickle) names anything but its records.
     """
-    return latency.load_table(path)
+    return tables.load_table(path)
 
 
 def _check_table(table) -> None:
-    if not isinstance(table, (LatencyTable, ReferenceLatencyTable)):
+    if not isinstance(table, tables.BlockLatencyTable):
         raise TypeError(
             f"Expected a latency table (from pss_keras.load_latency_table), got "
             f"{type(table).__name__}."

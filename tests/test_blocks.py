@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from pss_keras.cost import flops
-from pss_keras.supernet import blocks, pretrained, specs
+from pss_keras.supernet import blocks, keras_applications, specs
 
 APPS = {
     "mobilenet_v1": keras.applications.MobileNet,
@@ -24,7 +24,7 @@ def _largest(model_name):
 
 def test_plan_matches_keras_applications_layers(app):
     model_name, model = app
-    names = pretrained.keras_applications_name_map(model_name)
+    names = keras_applications.keras_applications_name_map(model_name)
     theirs = {layer.name: layer for layer in model.layers}
     config = _largest(model_name)
     channels = blocks.stage_channels(config)

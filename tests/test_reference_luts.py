@@ -10,10 +10,12 @@ import pytest
 
 import pss_keras
 from pss_keras.cost import latency
+from pss_keras.cost import reference_keys as RK
 from pss_keras.cost import reference_tables as R
+from pss_keras.cost import tables as tables_lib
 from pss_keras.supernet import blocks, specs
 
-K = R.BlockCfg
+K = RK.BlockCfg
 REFERENCE_LUTS = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
     "reference_luts",
@@ -172,7 +174,7 @@ def test_table_pickled_in_the_reference_format_loads(tmp_path, monkeypatch):
 
     table = R.load_reference_table(path)
     assert table.entries == entries
-    assert all(type(key) is R.BlockCfg for key in table.entries)
+    assert all(type(key) is RK.BlockCfg for key in table.entries)
     assert (table.path, table.name, len(table), table.model_name) == (
         path, "mbv1_tiny", 2, "mobilenet_v1"
     )  # fmt: skip
@@ -213,7 +215,7 @@ def test_pickle_naming_another_class_is_refused_without_running_it(tmp_path, mon
 
     # The control: a plain pickle.load does run it (so the marker would show).
     with monkeypatch.context() as m:
-        m.setattr(sys.modules["__main__"], "BlockCfg", R.BlockCfg, raising=False)
+        m.setattr(sys.modules["__main__"], "BlockCfg", RK.BlockCfg, raising=False)
         pickle.loads(path.read_bytes())
     assert marker.exists()
 
@@ -268,14 +270,14 @@ def test_tables_with_bad_entries_are_refused(tmp_path, monkeypatch, entries, mat
     "config, keys", [pair for pairs in HAND_WRITTEN.values() for pair in pairs], ids=str
 )
 def test_keys_are_the_references(config, keys):
-    assert R.reference_keys(config) == keys
+    assert RK.reference_keys(config) == keys
 
 
 def test_quirks_the_ninth_multiplier_and_1000_classes():
     # The network keeps MobileNetV2's last conv at 1280 whatever its multiplier ...
     assert blocks.stage_channels(V2_MIXED)[8] == 1280
     # ... but the reference keys it (and the classifier) at make_divisible(1280 * 0.75).
-    *_, head, linear = R.reference_keys(V2_MIXED)
+    *_, head, linear = RK.reference_keys(V2_MIXED)
     assert (head.cout, linear.cin, linear.cout) == (960, 960, 1000)
 
 
@@ -284,7 +286,7 @@ def test_prediction_is_the_sum_of_the_blocks(hand_tables, model_name):
     table, values = hand_tables[model_name], _hand_table(model_name)
     configs = [config for config, _ in HAND_WRITTEN[model_name]]
     expected = [sum(values[k] for k in keys) for _, keys in HAND_WRITTEN[model_name]]
-    assert [R.predict_us(table, c) for c in configs] == expected
+    assert [RK.predict_us(table, c) for c in configs] == expected
     assert [pss_keras.predict_latency_us(table, c) for c in configs] == expected
     r, m = specs.configs_to_arrays(configs)
     assert pss_keras.predict_latency_us_np(table, model_name, r, m).tolist() == expected
@@ -437,7 +439,7 @@ def test_json_copy_round_trips(tmp_path, monkeypatch, model_name):
     copy = pss_keras.load_latency_table(path)
     assert type(copy) is R.ReferenceLatencyTable
     assert copy.entries == table.entries
-    assert all(type(key) is R.BlockCfg for key in copy.entries)
+    assert all(type(key) is RK.BlockCfg for key in copy.entries)
     assert all(type(us) is float for us in copy.entries.values())
     assert (copy.name, copy.model_name, copy.path) == ("ref_cpu", model_name, path)
     assert copy.digest() == table.digest()
@@ -496,7 +498,7 @@ def test_damaged_json_copy_is_refused_in_one_line(tmp_path, monkeypatch, damage,
     message = str(error.value)
     assert str(path) in message and len(message.splitlines()) == 1, message
     with pytest.raises(ValueError, match=match):
-        latency.load_table(str(path))
+        tables_lib.load_table(str(path))
 
 
 @pytest.mark.parametrize(
@@ -530,15 +532,15 @@ def _covering_reference_entries(space, scale=1.0):
     representatives = {}
     for i in range(steps + 1):
         m = round(w_min + i / 10**specs.MULT_DECIMALS, specs.MULT_DECIMALS)
-        widths = tuple(R.reference_channels(space.model_name, (m,) * space.num_stages))
+        widths = tuple(RK.reference_channels(space.model_name, (m,) * space.num_stages))
         representatives.setdefault(widths, m)
-    keys = set(R.reference_keys(space.largest())) | set(R.reference_keys(space.smallest()))
+    keys = set(RK.reference_keys(space.largest())) | set(RK.reference_keys(space.smallest()))
     for resolution in space.resolutions:
         for a in representatives.values():
             for b in representatives.values():
                 mults = tuple(a if s % 2 == 0 else b for s in range(space.num_stages))
                 keys.update(
-                    R.reference_keys(specs.SubnetConfig(space.model_name, resolution, mults))
+                    RK.reference_keys(specs.SubnetConfig(space.model_name, resolution, mults))
                 )
     return {key: scale * (1.0 + key.in_size**2 * (key.cin + key.cout) / 1000.0) for key in keys}
 
@@ -598,7 +600,7 @@ def test_run_trained_with_a_reference_pkl_table(tiny_image_folder, tmp_path, mon
     assert copy.endswith(os.path.join("latency_tables", "latency_cpu.json"))
     with open(copy) as f:
         assert json.load(f)["format"] == R.FORMAT
-    saved = latency.load_table(copy)
+    saved = tables_lib.load_table(copy)
     assert type(saved) is R.ReferenceLatencyTable and saved.digest() == table.digest()
     assert saved.name == "ref_cpu"
     job_tables = jobs.Job(config.job_dir).latency_tables()
@@ -612,7 +614,7 @@ def test_run_trained_with_a_reference_pkl_table(tiny_image_folder, tmp_path, mon
     )
     with pytest.raises(ValueError, match="was trained with another latency_cpu table"):
         training.train(dataclasses.replace(config, lut_paths=(other,)))
-    assert latency.load_table(copy).digest() == table.digest()  # the copy is untouched
+    assert tables_lib.load_table(copy).digest() == table.digest()  # the copy is untouched
 
     # Exported: every row names the reference table and its runtime.
     out = export.export(config.job_dir, str(tmp_path / "served"), latency_repeats=2)

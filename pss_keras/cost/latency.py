@@ -27,9 +27,9 @@ import os
 
 import numpy as np
 
+from pss_keras.cost.tables import BlockLatencyTable, read_table_json
 from pss_keras.jobs.config import METRIC_TYPES
 from pss_keras.supernet import blocks, specs
-from pss_keras.utils.fileio import atomic_write_json
 
 FORMAT = "pss_keras.latency_table/1"
 LATENCY_TYPES = tuple(m for m in METRIC_TYPES if m != "flops")
@@ -162,7 +162,7 @@ def describe_device(device: dict) -> str:
     return text
 
 
-class LatencyTable:
+class LatencyTable(BlockLatencyTable):
     """A measured look-up table and the predictor over it.
 
     Args:
@@ -249,19 +249,6 @@ class LatencyTable:
             total = total + self._values[at]
         return total
 
-    def predict_us(self, config: specs.SubnetConfig) -> float:
-        """Predicted latency of one subnet in microseconds."""
-        r, m = specs.configs_to_arrays([config])
-        return float(self.predict_us_np(config.model_name, r, m)[0])
-
-    def metric_fn(self):
-        """The sampler's metric function (`pss_keras.training.sampling.MetricFn`)."""
-
-        def metric(space, resolutions, mults):
-            return self.predict_us_np(space.model_name, resolutions, mults)
-
-        return metric
-
     def block_us(self, config: specs.SubnetConfig) -> list[tuple[str, float]]:
         """``(block name, us)`` of every block of ``config`` (a breakdown)."""
         self.predict_us(config)  # a config outside the table: one clear message
@@ -291,10 +278,6 @@ class LatencyTable:
             ],
             "entries": rows,
         }  # fmt: skip
-
-    def save(self, path: str) -> None:
-        """Writes the table as JSON (atomically: never half a file in place)."""
-        atomic_write_json(path, self.to_dict())
 
     def digest(self) -> str:
         """A content digest (space, overhead and entries), to tell tables apart."""
@@ -350,7 +333,9 @@ class LatencyTable:
             ValueError: one line naming the file if it is missing, not JSON,
                 or not a table.
         """
-        data = _read_json(path, "build it with scripts/build_latency_lut.py --output=FILE.json")
+        data = read_table_json(
+            path, "build it with scripts/build_latency_lut.py --output=FILE.json"
+        )
         return cls.from_dict(data, path)
 
 
@@ -377,52 +362,3 @@ def mape(predicted, measured) -> float:
     """Mean absolute percentage error, as a fraction of the measured value."""
     predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
     return float(np.mean(np.abs(predicted - measured) / measured))
-
-
-def load_table(path: str):
-    """Reads a latency table of either kind.
-
-    Args:
-        path: a ``.pkl`` file is one of the reference's tables (PSS-Net's
-            ``scripts/lut/``, measured on its authors' devices: the paper's
-            latency targets), read safely
-            (`pss_keras.cost.reference_tables.load_reference_table`); a JSON file
-            is the project's own table, measured on your device
-            (``scripts/build_latency_lut.py``), or a job's JSON copy of a
-            reference table.
-
-    Returns:
-        A `LatencyTable` or a `pss_keras.cost.reference_tables.ReferenceLatencyTable`.
-
-    Raises:
-        ValueError: one line naming the file if it is missing, unreadable,
-            not a table, or (a pickle) names anything but its records.
-    """
-    from pss_keras.cost import reference_tables as reference_luts  # it needs nothing from here
-
-    if path.lower().endswith(".pkl"):
-        return reference_luts.load_reference_table(path)
-    data = _read_json(
-        path,
-        "build one with scripts/build_latency_lut.py --output=FILE.json, or give one of the "
-        "reference's .pkl tables",
-    )
-    if isinstance(data, dict) and data.get("format") == reference_luts.FORMAT:
-        return reference_luts.ReferenceLatencyTable.from_dict(data, path)
-    return LatencyTable.from_dict(data, path)
-
-
-def _read_json(path: str, missing_hint: str):
-    """A table file's JSON.
-
-    Raises:
-        ValueError: one line naming ``path`` if it is missing (with
-            ``missing_hint``) or not readable JSON.
-    """
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"Latency table {path} does not exist; {missing_hint}.") from None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"Latency table {path} is not readable JSON ({e}).") from None

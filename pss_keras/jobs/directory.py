@@ -249,9 +249,9 @@ class Job:
 
     def latency_tables(self) -> dict:
         """The run's latency tables ``{metric_type: table}`` (the job's
-        copies, of either kind: `pss_keras.cost.latency.load_table`; empty for a
+        copies, of either kind: `pss_keras.cost.tables.load_table`; empty for a
         FLOPs-only run)."""
-        from pss_keras.cost.latency import load_table
+        from pss_keras.cost.tables import load_table
 
         tables = {}
         for metric_type, _, _ in self.config.target_ranges():

@@ -5,7 +5,8 @@ blocks       the architecture plan every consumer walks (no TF)
 layers       width-switchable Keras layers
 model        `Supernet`: MobileNetV1/V2 with one active subnet at a time
 extraction   a standalone Keras model of one subnet
-pretrained   initial weights (keras.applications ImageNet, a file, a job)
+keras_applications   keras.applications' MobileNets: alphas, files, layer names, the copy
+pretrained   a run's initial weights (--init_from: ImageNet, a file, a job)
 """
 
 from pss_keras._lazy import exports
@@ -20,7 +21,7 @@ _EXPORTS = {
     "build_supernet": "model",
     "extract_subnet": "extraction",
     "initialize_supernet": "pretrained",
-    "load_keras_applications_weights": "pretrained",
+    "load_keras_applications_weights": "keras_applications",
 }
 
 __getattr__, __dir__ = exports(__name__, _EXPORTS)

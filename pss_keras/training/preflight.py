@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from pss_keras.cost import latency
+from pss_keras.cost import tables as tables_lib
 from pss_keras.jobs import directory as jobs
 from pss_keras.jobs.config import TrainConfig
 from pss_keras.supernet import specs
@@ -53,10 +53,10 @@ def load_latency_tables(config: TrainConfig, space: specs.SearchSpace, job_dir=N
                     path, metric_type, copy,
                 )  # fmt: skip
             path = copy
-        table = latency.load_table(path)
+        table = tables_lib.load_table(path)
         table.check_space(space)
         if os.path.exists(copy):
-            saved = latency.load_table(copy)
+            saved = tables_lib.load_table(copy)
             if saved.digest() != table.digest():
                 raise ValueError(
                     f"{config.job_dir} was trained with another {metric_type} table ({copy}) "
