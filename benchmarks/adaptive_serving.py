@@ -31,7 +31,7 @@ objective while the machine's free CPU changes, at the best accuracy it can?
    in which phases it misses.
    ``best_fixed`` is the most accurate tier meeting the objective (>= 99 %
    of requests within it) in every phase where the cheapest tier does
-   (`load_test.best_fixed_tier`): the cheapest tier runs, then the others
+   (`load_summary.best_fixed_tier`): the cheapest tier runs, then the others
    most accurate first, each ending at the first such phase it certainly
    misses, until one meets; the tiers below it are not run.
 4. The timeline with --phase_seconds phases, for every policy in
@@ -151,10 +151,10 @@ def _check_flags():
         _fail(f"--utilization must be in (0, 1), got {F.utilization}.")
     if F.objective_margin <= 0:
         _fail(f"--objective_margin must be positive, got {F.objective_margin}.")
-    from pss_keras import benchmarking as load_test
+    from pss_keras.benchmarking import cpu_load
 
     try:
-        cpus = load_test.split_cpus(F.server_cpus)
+        cpus = cpu_load.split_cpus(F.server_cpus)
     except ValueError as e:
         _fail(f"--server_cpus: {e}")
     from pss_keras import serving
@@ -205,7 +205,6 @@ def main(argv):
         os.sched_setaffinity(0, client_cpus)  # threads started from now on inherit it
     # A SIGTERM unwinds like Ctrl-C: the busy processes and the server stop.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("error: stopped by SIGTERM"))
-    from pss_keras import benchmarking as load_test
     from pss_keras import serving
     from pss_keras.benchmarking import soak
     from pss_keras.export import saved_model as export
@@ -232,15 +231,17 @@ def main(argv):
         try:
             record = _run(
                 server, export_dir, (server_cpus, client_cpus),
-                load_test, plots, serving, timing, started,
+                plots, serving, timing, started,
             )  # fmt: skip
         finally:
             server.stop()
     print(f"wrote {record['png']} ({(time.monotonic() - started) / 60:.1f} min in all)")
 
 
-def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
+def _run(server, export_dir, cpus, plots, serving, timing, started):
     import numpy as np
+
+    from pss_keras.benchmarking import cpu_load, load_summary, load_test
 
     server_cpus, client_cpus = cpus
     # Busy processes per phase: the timeline's count per server CPU.
@@ -292,7 +293,7 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
     print(f"rate {rate:.1f}/s; at most {minutes:.0f} min of timelines", flush=True)
 
     def timeline(phases, choose, observe=None, seed=F.seed, label="", stop_when=None):
-        with load_test.CpuHogs(server_cpus) as hogs:
+        with cpu_load.CpuHogs(server_cpus) as hogs:
             bar = _Progress(label)
             requests = load_test.run_timeline(
                 send, choose, phases, observe=observe,
@@ -330,18 +331,18 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
             calibration[name] = calibrate(
                 name, None if needed is None else
                 lambda ended, requests, now: ended in needed
-                and load_test.phase_missed(requests, ended, objective, now),
+                and load_summary.phase_missed(requests, ended, objective, now),
             )  # fmt: skip
-        return load_test.summarize(calibration[name], calib, objective, top1)
+        return load_summary.summarize(calibration[name], calib, objective, top1)
 
     # The search runs the largest (most accurate) tier: from the cache above.
-    best, calib_summary = load_test.best_fixed_tier(kept, run)
+    best, calib_summary = load_summary.best_fixed_tier(kept, run)
     every = [(f"calibration {n}", 1, calib, r) for n, r in calibration.items()]
     skipped = [t.name for t in kept if t.name not in calibration]
     misses = [
         calib[i].name
         for i in range(len(calib))
-        if i not in idle_phases and not load_test.meets(calib_summary[largest.name], i)
+        if i not in idle_phases and not load_summary.meets(calib_summary[largest.name], i)
     ]
     print(
         f"objective {objective:.2f} ms ({how}); the largest tier misses it in: "
@@ -380,10 +381,10 @@ def _run(server, export_dir, cpus, load_test, plots, serving, timing, started):
             )  # fmt: skip
             if p is not None:  # its own moves, and requests sent below its tier
                 moves[policy].append({"switches": p.switches, "shed": getattr(p, "shed", 0)})
-            runs[policy].append(load_test.summarize(requests, phases, objective, top1))
+            runs[policy].append(load_summary.summarize(requests, phases, objective, top1))
             every.append((policy, repeat + 1, phases, requests))
             first.setdefault(policy, requests)
-    results = {policy: load_test.aggregate(r) for policy, r in runs.items()}
+    results = {policy: load_summary.aggregate(r) for policy, r in runs.items()}
     print()
     print(_table(measured, idle, results, phases))
     machine = timing.machine_record()

@@ -157,7 +157,8 @@ def _pair(name, cast):
 
 
 def _config():
-    from pss_keras.jobs.config import DataConfig, MetricTargets, TrainConfig
+    from pss_keras.jobs.config import DataConfig, TrainConfig
+    from pss_keras.jobs.targets import MetricTargets
 
     if not F.job_dir:
         raise ValueError("--job_dir is required (where checkpoints and results go).")

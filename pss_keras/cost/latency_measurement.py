@@ -220,28 +220,8 @@ def build_table(
     """
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)
-    keys = latency.table_keys(space)
-    plan = {latency.block_kind(space.model_name, b): b for b in blocks.plan(space.model_name)}
-    groups = collections.defaultdict(list)  # (kind, c_in, c_out) -> in_sizes
-    for kind, in_size, c_in, c_out in keys:
-        groups[(kind, c_in, c_out)].append(in_size)
     timer = _Runtime(runtime, threads, repeats, warmup)
-    timer.load([_trivial_model()])
-    overhead = timer.time_us(0, (1, 1, 1, 8))
-    bar = keras.utils.Progbar(len(keys), unit_name="block") if progress else None
-    entries = {}
-    group_keys = list(groups)
-    for first in range(0, len(group_keys), _MODELS_PER_FILE):
-        chunk = group_keys[first : first + _MODELS_PER_FILE]
-        timer.load(
-            [block_model(space.model_name, plan[k], ci, co, num_classes) for k, ci, co in chunk]
-        )
-        for i, (kind, c_in, c_out) in enumerate(chunk):
-            for in_size in groups[(kind, c_in, c_out)]:
-                us = timer.time_us(i, (1, in_size, in_size, c_in))
-                entries[(kind, in_size, c_in, c_out)] = max(0.0, us - overhead)
-                if bar is not None:
-                    bar.add(1)
+    entries, overhead = _measure_blocks(space, timer, num_classes, progress)
     gpus = timing.gpu_names() if runtime == "tensorflow" else []
     meta = {
         "runtime": runtime,
@@ -278,6 +258,37 @@ def build_table(
                                             progress)  # fmt: skip
     table.meta["build_seconds"] = round(time.perf_counter() - start, 1)
     return table
+
+
+def _measure_blocks(space: specs.SearchSpace, timer, num_classes: int, progress: bool):
+    """Every block configuration of ``space`` timed on ``timer``, less the
+    per-call overhead (a trivial model's time).
+
+    Returns:
+        ``({(kind, in_size, c_in, c_out): us}, overhead_us)``.
+    """
+    keys = latency.table_keys(space)
+    plan = {latency.block_kind(space.model_name, b): b for b in blocks.plan(space.model_name)}
+    groups = collections.defaultdict(list)  # (kind, c_in, c_out) -> in_sizes
+    for kind, in_size, c_in, c_out in keys:
+        groups[(kind, c_in, c_out)].append(in_size)
+    timer.load([_trivial_model()])
+    overhead = timer.time_us(0, (1, 1, 1, 8))
+    bar = keras.utils.Progbar(len(keys), unit_name="block") if progress else None
+    entries = {}
+    group_keys = list(groups)
+    for first in range(0, len(group_keys), _MODELS_PER_FILE):
+        chunk = group_keys[first : first + _MODELS_PER_FILE]
+        timer.load(
+            [block_model(space.model_name, plan[k], ci, co, num_classes) for k, ci, co in chunk]
+        )
+        for i, (kind, c_in, c_out) in enumerate(chunk):
+            for in_size in groups[(kind, c_in, c_out)]:
+                us = timer.time_us(i, (1, in_size, in_size, c_in))
+                entries[(kind, in_size, c_in, c_out)] = max(0.0, us - overhead)
+                if bar is not None:
+                    bar.add(1)
+    return entries, overhead
 
 
 def _runtime_version(runtime: str) -> str:

@@ -188,7 +188,19 @@ class TrainConfig:
                     f"{label} target range {start:g}..{stop:g} step {step:g} is empty; "
                     "give start <= stop and a positive step."
                 )
-        checks = [
+        for ok, message in self._range_checks():
+            if not ok:
+                raise ValueError(message)
+        specs.SearchSpace(**self.supernet_kwargs(1))  # the ranges, before any data is read
+        if self.data.image_size != self.resolution_range[1]:
+            raise ValueError(
+                f"image_size={self.data.image_size} must equal the largest resolution "
+                f"{self.resolution_range[1]} (the supernet receives max-resolution crops)."
+            )
+
+    def _range_checks(self) -> list[tuple[bool, str]]:
+        """``(holds, message)`` for every numeric setting's range."""
+        return [
             (self.pool_size >= 1, f"pool_size={self.pool_size} must be at least 1."),
             (0 <= self.pool_ema < 1, f"pool_ema={self.pool_ema} must be in [0, 1)."),
             (self.epochs >= 1, f"epochs={self.epochs} must be at least 1."),
@@ -218,15 +230,6 @@ class TrainConfig:
                 f"warmup_epochs={self.warmup_in_use:g} must be in [0, epochs={self.epochs}).",
             ),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        specs.SearchSpace(**self.supernet_kwargs(1))  # the ranges, before any data is read
-        if self.data.image_size != self.resolution_range[1]:
-            raise ValueError(
-                f"image_size={self.data.image_size} must equal the largest resolution "
-                f"{self.resolution_range[1]} (the supernet receives max-resolution crops)."
-            )
 
     def target_ranges(self) -> list[tuple[str, tuple[float, float, float], str | None]]:
         """``(metric_type, (start, stop, step), table path or None)`` per metric type.
@@ -359,75 +362,3 @@ class TrainConfig:
 def json_round_trip(value):
     """``value`` as JSON would give it back (tuples become lists)."""
     return json.loads(json.dumps(value))
-
-
-@dataclasses.dataclass(frozen=True)
-class MetricTargets:
-    """The pools' targets as a command line gives them, one entry per type.
-
-    Attributes:
-        metric_types: as given (their order is the run's).
-        flops: ``(start, stop, step)`` in MFLOPs, or None without FLOPs pools.
-        latency_targets: ``(start, stop, step)`` in microseconds per latency
-            type, in the order of ``metric_types``.
-        lut_paths: the latency tables, in the same order.
-    """
-
-    metric_types: tuple[str, ...]
-    flops: tuple[float, float, float] | None
-    latency_targets: tuple[tuple[float, float, float], ...]
-    lut_paths: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, types, starts, stops, steps, lut_dirs=None) -> MetricTargets:
-        """Checks the per-type lists against each other (train.py's
-        ``--infer_metric_types``, ``--infer_metric_target_range_*``,
-        ``--lut_dirs``).
-
-        Args:
-            types: metric types, e.g. ``["flops", "latency_cpu"]``.
-            starts, stops, steps: one value (number or text) per type.
-            lut_dirs: one entry per type: ``None`` (text) for flops, a latency
-                table for each latency type; None: every entry ``None``.
-
-        Raises:
-            ValueError: one line naming the flag that does not fit and what it
-                needs.
-        """
-        types = [m.strip() for m in types]
-        luts = list(lut_dirs) if lut_dirs is not None else ["None"] * len(types)
-        if len(luts) != len(types):
-            raise ValueError(
-                f"--lut_dirs needs one entry per metric type ({','.join(types)}): None for flops, "
-                f"a table file for each latency type; got {','.join(luts)}."
-            )
-        ranges = []
-        for name, values in (
-            ("infer_metric_target_range_starts", starts),
-            ("infer_metric_target_range_stops", stops),
-            ("infer_metric_target_steps", steps),
-        ):
-            if len(values) != len(types):
-                raise ValueError(
-                    f"--{name} needs one value per metric type ({','.join(types)}), got {values}."
-                )
-            try:
-                ranges.append([float(v) for v in values])
-            except ValueError:
-                raise ValueError(f"--{name}={','.join(values)} must be numbers.") from None
-        targets = dict(zip(types, zip(*ranges)))
-        for metric_type, lut in zip(types, luts):
-            if (metric_type == "flops") != (lut.lower() == "none"):
-                needs = (
-                    "None (FLOPs are counted)"
-                    if metric_type == "flops"
-                    else "a latency table (your own .json from scripts/build_latency_lut.py, or "
-                    "the reference's .pkl from PSS-Net's scripts/lut/)"
-                )
-                raise ValueError(f"--lut_dirs: {metric_type} needs {needs}, got {lut}.")
-        return cls(
-            metric_types=tuple(types),
-            flops=targets.get("flops"),
-            latency_targets=tuple(targets[m] for m in types if m != "flops"),
-            lut_paths=tuple(lut for m, lut in zip(types, luts) if m != "flops"),
-        )

@@ -130,7 +130,7 @@ class ServedTier:
       mobile-like LiteRT path, ``tensorflow`` for the served path).
 
     A tier found through GetModelMetadata instead of the ``tiers`` signature
-    (`pss_keras.serving.client.tiers_from_metadata`) has its name and at most its
+    (`pss_keras.serving.tiers.tiers_from_metadata`) has its name and at most its
     resolution; its other fields are None.
     """
 
@@ -203,7 +203,7 @@ def split_dominated(tiers, cost) -> tuple[list, list]:
     """(kept, dominated) for any records with ``top1`` and ``mflops``:
     ordered by ``cost(tier)``, then MFLOPs, a tier is kept when it is more
     accurate than every tier before it. Shared by the served tiers
-    (`pss_keras.serving.client.dominant_tiers`) and the on-device chooser
+    (`pss_keras.serving.tiers.dominant_tiers`) and the on-device chooser
     (`pss_keras.tflite.chooser.dominant_tiers`)."""
     kept, dominated = [], []
     for t in sorted(tiers, key=lambda t: (cost(t), t.mflops, -t.top1)):

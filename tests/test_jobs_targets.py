@@ -1,8 +1,8 @@
-"""A run's settings (pss_keras.jobs.config): the per-metric target lists."""
+"""The per-metric target lists of a command line (pss_keras.jobs.targets)."""
 
 import pytest
 
-from pss_keras.jobs.config import MetricTargets
+from pss_keras.jobs.targets import MetricTargets
 
 
 def test_targets_per_metric_type_in_the_given_order():
