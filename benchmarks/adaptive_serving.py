@@ -242,6 +242,7 @@ def _run(server, export_dir, cpus, plots, serving, timing, started):
     import numpy as np
 
     from pss_keras.benchmarking import cpu_load, load_summary, load_test
+    from pss_keras.utils import machine as machine_lib
 
     server_cpus, client_cpus = cpus
     # Busy processes per phase: the timeline's count per server CPU.
@@ -387,7 +388,7 @@ def _run(server, export_dir, cpus, plots, serving, timing, started):
     results = {policy: load_summary.aggregate(r) for policy, r in runs.items()}
     print()
     print(_table(measured, idle, results, phases))
-    machine = timing.machine_record()
+    machine = machine_lib.machine_record()
     lags = [row["send_lag_p99_ms"] for r in results.values() for row in r["phases"]]
     lag = max((v for v in lags if v is not None), default=float("nan"))
     print(f"generator: sends late by at most {lag:.2f} ms at p99 (it shares the cores)")

@@ -80,7 +80,7 @@ def main(argv):
         tf.config.threading.set_intra_op_parallelism_threads(F.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     from pss_keras.cost import latency_measurement
-    from pss_keras.utils import timing
+    from pss_keras.utils import machine
 
     keys = latency.table_keys(space)
     print(f"Measuring {len(keys):,} block configurations of {space.model_name} "
@@ -99,7 +99,7 @@ def main(argv):
             seed=F.seed,
         )
         print(latency_measurement.format_validation(table))
-        table.meta["machine"] = timing.print_machine()
+        table.meta["machine"] = machine.print_machine()
         table.save(F.output)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
@@ -110,7 +110,7 @@ def main(argv):
         f"{meta['overhead']['calibration_shortfall_us']:.1f}), "
         f"smallest subnet {meta['min_subnet_us']:.1f} us, largest {meta['max_subnet_us']:.1f} us "
         f"(random subnets {meta['random_subnets_us'][0]:.1f}..{meta['random_subnets_us'][1]:.1f}"
-        f" us); device: {latency.describe_device(table.device)}; "
+        f" us); device: {machine.describe_device(table.device)}; "
         f"built in {meta['build_seconds']:.0f} s."
     )
 

@@ -54,10 +54,10 @@ def test_benchmark_script_writes_a_table_and_json(tmp_path):
     assert data["traces"] == {"forward": 1, "train_step": 1}
     # The machine it ran on, under the table and in the JSON (issue #14).
     # The flags parser itself is tested on fixed cpuinfo texts (test_timing.py).
-    from pss_keras.utils import timing
+    from pss_keras.utils import machine
 
     assert data["machine"]["cores"] == os.cpu_count()
-    assert (data["machine"]["cpu_model"], data["machine"]["isa"]) == timing.cpu_model_and_isa()
+    assert (data["machine"]["cpu_model"], data["machine"]["isa"]) == machine.cpu_model_and_isa()
     assert f"machine: {data['machine']['description']}" in result.stdout
 
 

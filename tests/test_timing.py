@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from pss_keras.utils import machine as machine_lib
 from pss_keras.utils import timing
 
 
@@ -22,26 +23,12 @@ def test_median_ms_times_every_repeat_after_the_warm_up(monkeypatch):
     assert seconds == []
 
 
-@pytest.mark.parametrize(
-    "flags, isa",
-    [
-        ("fpu sse avx2 avx512f avx512_vnni avx512_bf16 amx_tile amx_int8",
-         ["AVX2", "AVX512F", "AVX512-VNNI", "AVX512-BF16", "AMX"]),
-        ("fpu sse avx2", ["AVX2", "no AMX"]),
-    ],
-)  # fmt: skip
-def test_cpu_model_and_isa_reads_the_flags_that_change_kernels(monkeypatch, flags, isa):
-    cpuinfo = f"processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: {flags}\n"
-    monkeypatch.setattr(timing, "open", lambda path: io.StringIO(cpuinfo), raising=False)
-    assert timing.cpu_model_and_isa() == ("Test CPU 9000", isa)
-
-
 def test_write_benchmark_prints_and_records_the_machine(tmp_path, capsys, monkeypatch):
     """Issue #14: every benchmark prints the machine with its table and
     records it in its JSON (CPU model, cores, ISA flags, GPUs)."""
     cpuinfo = "model name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f\n"
-    monkeypatch.setattr(timing, "open", lambda path: io.StringIO(cpuinfo), raising=False)
-    monkeypatch.setattr(timing, "gpu_names", lambda: ["Test GPU A", "Test GPU B"])
+    monkeypatch.setattr(machine_lib, "open", lambda path: io.StringIO(cpuinfo), raising=False)
+    monkeypatch.setattr(machine_lib, "gpu_names", lambda: ["Test GPU A", "Test GPU B"])
     path = tmp_path / "bench.json"
     print("subnet  ms\nmax     1.0")  # a benchmark's table
     record = timing.write_benchmark(str(path), {"rows": [{"ms": 1.0}]})

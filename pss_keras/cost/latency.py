@@ -23,13 +23,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 
 import numpy as np
 
 from pss_keras.cost.tables import BlockLatencyTable, read_table_json
 from pss_keras.jobs.config import METRIC_TYPES
 from pss_keras.supernet import blocks, specs
+from pss_keras.utils.machine import describe_device
 
 FORMAT = "pss_keras.latency_table/1"
 LATENCY_TYPES = tuple(m for m in METRIC_TYPES if m != "flops")
@@ -135,31 +135,6 @@ def _pack(kind_index, in_size, c_in, c_out):
                 f"keys (below {1 << _BITS})."
             )
     return (((kind_index << _BITS) | in_size) << _BITS | c_in) << _BITS | c_out
-
-
-def machine_info(threads: int | None = None, gpu: str | None = None) -> dict:
-    """The device a table is measured on: CPU model, ISA flags that change
-    kernels (AVX-512 VNNI/BF16, AMX), cores, threads used, GPU name."""
-    from pss_keras.utils import timing
-
-    model, isa = timing.cpu_model_and_isa()
-    return {
-        "cpu_model": model,
-        "isa": isa,
-        "cores": os.cpu_count(),
-        "threads": threads,
-        "gpu": gpu,
-    }
-
-
-def describe_device(device: dict) -> str:
-    """One line for a table's ``device`` record."""
-    text = f"{device.get('cpu_model')} ({', '.join(device.get('isa') or [])})"
-    if device.get("threads"):
-        text += f", {device['threads']} thread(s)"
-    if device.get("gpu"):
-        text += f", GPU {device['gpu']}"
-    return text
 
 
 class LatencyTable(BlockLatencyTable):

@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from pss_keras.cost import latency
 from pss_keras.supernet import blocks, specs
-from pss_keras.utils import timing
+from pss_keras.utils import machine, timing
 
 # Blocks converted into one .tflite file (one signature each).
 _MODELS_PER_FILE = 64
@@ -222,11 +222,11 @@ def build_table(
     keras.utils.set_random_seed(seed)
     timer = _Runtime(runtime, threads, repeats, warmup)
     entries, overhead = _measure_blocks(space, timer, num_classes, progress)
-    gpus = timing.gpu_names() if runtime == "tensorflow" else []
+    gpus = machine.gpu_names() if runtime == "tensorflow" else []
     meta = {
         "runtime": runtime,
         "runtime_version": _runtime_version(runtime),
-        "device": latency.machine_info(threads, gpus[0] if gpus else None),
+        "device": machine.device_record(threads, gpus[0] if gpus else None),
         "num_classes": int(num_classes),
         "repeats": int(repeats),
         "warmup": int(warmup),

@@ -41,7 +41,7 @@ import numpy as np
 from pss_keras.jobs.tiers import split_dominated
 from pss_keras.tflite.manifest import MANIFEST, file_digest
 from pss_keras.tflite.runner import TFLiteRunner
-from pss_keras.utils import timing
+from pss_keras.utils import machine
 
 __all__ = [
     "OnDeviceChooser",
@@ -338,11 +338,11 @@ class OnDeviceChooser:
     def format_table(self) -> str:
         """The tiers' table (`format_tiers`) and where the timings come from."""
         if self.timed_here:
-            model, isa = timing.cpu_model_and_isa()
+            cpu = machine.cpu_record()
             where = (
                 f"batch 1, median of {self.repeats} after {self.warmup} warm-up invokes, "
                 f"{self.num_threads} thread(s), {_runtime()}\n"
-                f"machine: {model}, {os.cpu_count()} cores ({', '.join(isa)})"
+                f"machine: {cpu['cpu_model']}, {cpu['cores']} cores ({', '.join(cpu['isa'])})"
             )
         else:
             where = "given (cached), not timed here"
