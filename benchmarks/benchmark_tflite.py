@@ -57,7 +57,8 @@ def full_size(models):
     from pss_keras.cost.flops import count_mflops
     from pss_keras.supernet import extraction
     from pss_keras.supernet.model import Supernet
-    from pss_keras.tflite import converter as tflite
+    from pss_keras.tflite.model_conversion import convert_model
+    from pss_keras.tflite.runner import TFLiteRunner
 
     rows = []
     print(f"{'subnet':<28}{'MFLOPs':>8}{'mode':>8}{'MB':>8}{'1 thread ms':>13}{'2 threads ms':>14}")
@@ -69,7 +70,7 @@ def full_size(models):
             rng = np.random.default_rng(0)
             pixels = rng.uniform(0, 255, (8, 1, r, r, 3)).astype(np.float32)
             for mode in ("none", "int8"):
-                content = tflite.convert_model(
+                content = convert_model(
                     model, r, mode, (lambda p=pixels: iter(p)) if mode == "int8" else None
                 )
                 row = {
@@ -80,7 +81,7 @@ def full_size(models):
                     "size_bytes": len(content),
                 }
                 for threads in (1, 2):
-                    runner = tflite.TFLiteRunner(content, num_threads=threads)
+                    runner = TFLiteRunner(content, num_threads=threads)
                     row[f"latency_ms_{threads}"] = runner.latency_ms(pixels[0], F.latency_repeats)
                 rows.append(row)
                 label = f"{model_name} {'max' if config == net.space.largest() else 'min'} r{r}"
@@ -98,8 +99,9 @@ def multi_signature(job_dir):
 
     from pss_keras.jobs import directory as jobs
     from pss_keras.supernet import extraction
-    from pss_keras.tflite import converter as tflite
     from pss_keras.tflite import model_conversion as tflite_conversion
+    from pss_keras.tflite.model_conversion import convert_model
+    from pss_keras.tflite.runner import TFLiteRunner
 
     job = jobs.Job(job_dir)
     endpoints, separate = {}, {}
@@ -109,13 +111,13 @@ def multi_signature(job_dir):
         model = extraction.extract_subnet(
             job.supernet, config, stats, fold_bn=True, pixel_input=True, name=entry.name
         )
-        separate[entry.name] = len(tflite.convert_model(model, r))
+        separate[entry.name] = len(convert_model(model, r))
         endpoints[entry.name] = (model, r)
     with tempfile.TemporaryDirectory() as tmp:
         tflite_conversion.write_conversion_saved_model(endpoints, tmp)
         names = list(separate)
         content = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=names).convert()
-    signatures = list(tflite.TFLiteRunner(content).interpreter.get_signature_list())
+    signatures = list(TFLiteRunner(content).interpreter.get_signature_list())
     assert sorted(signatures) == sorted(names), signatures
     for name, size in separate.items():
         print(f"{name:<14}{size / 1024:>10.1f} KB")

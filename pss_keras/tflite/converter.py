@@ -55,8 +55,6 @@ from pss_keras.tflite.model_conversion import IO_DTYPES, QUANTIZE_MODES, convert
 from pss_keras.tflite.runner import TFLiteRunner, tensor_info
 from pss_keras.utils.fileio import disk_full_guard
 
-__all__ = ["ConvertConfig", "TFLiteRunner", "convert", "convert_model"]
-
 
 @dataclasses.dataclass(frozen=True)
 class ConvertConfig:
