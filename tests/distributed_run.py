@@ -1,5 +1,6 @@
 """Trains the tiny test config with each strategy in one process, on 2
-logical CPU devices, and prints what each run chose (for test_distribution).
+logical CPU devices, and prints what each run chose (for
+test_training_distribution).
 
     python tests/distributed_run.py IMAGE_FOLDER OUT_DIR
 

@@ -239,3 +239,20 @@ def test_quickstart_flags_run_end_to_end(tmp_path):
             assert (out / tier["file"]).stat().st_size == tier["size_bytes"]
         if quantize == "none":
             assert "warning" not in result.stdout
+
+
+def test_train_script_refuses_mismatched_latency_flags(tmp_path, run_script):
+    common = [
+        "scripts/train.py",
+        f"--job_dir={tmp_path / 'j'}",
+        "--infer_metric_types=flops,latency_cpu",
+    ]
+    result = run_script(*common, "--lut_dirs=None", "--infer_metric_target_range_starts=1,2",
+                        "--infer_metric_target_range_stops=2,3", "--infer_metric_target_steps=1,1")  # fmt: skip
+    assert result.returncode != 0 and "--lut_dirs needs one entry per metric type" in result.stderr
+    result = run_script(*common, f"--lut_dirs=None,{tmp_path / 'none.json'}",
+                        "--infer_metric_target_range_starts=1,2",
+                        "--infer_metric_target_range_stops=2,3", "--infer_metric_target_steps=1,1")  # fmt: skip
+    assert result.returncode != 0 and "none.json does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert os.path.exists(tmp_path / "j") is False  # refused before anything is written

@@ -1,15 +1,22 @@
+"""pss_keras.export.saved_model: the SavedModel of a job's tiers (every mode,
+signatures, warm-up, versions, a full disk). Also the serving signature's
+preprocessing against the evaluation transform."""
+
 import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import _one_line
 
 from pss_keras.data import preprocessing
 from pss_keras.export import saved_model as export
 from pss_keras.jobs import directory as jobs
+from pss_keras.utils import fileio
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 
@@ -214,6 +221,66 @@ def test_export_errors(trained_job, tmp_path):
     with pytest.raises(ValueError, match="export mode 'fast' is unknown"):
         export.export(config.job_dir, str(tmp_path / "out"), mode="fast")
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+def _tiny_archive():
+    import keras
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Dense(4)])
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    fn = lambda images: {"logits": model(tf.cast(images, "float32"))}  # noqa: E731
+    spec = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
+    archive.add_endpoint("serving_default", fn, input_signature=spec)
+    archive.add_endpoint("tiers", lambda: {"n": tf.constant([1])}, input_signature=[])
+    return archive
+
+
+@pytest.mark.parametrize("where", ["saved_model", "tiers.json", "warmup"])
+def test_a_full_disk_adds_no_export_version(tmp_path, disk_full, monkeypatch, where):
+    """Issue #14: a disk that fills up midway through an export leaves no
+    version folder (TF Serving loads any all-digit folder) and no temporary."""
+    import tensorflow as tf
+
+    from pss_keras.export import saved_model as export
+
+    base = tmp_path / "model"
+    (base / "3").mkdir(parents=True)
+    (base / "3" / "saved_model.pb").write_bytes(b"x" * 2000)
+    archive = _tiny_archive()
+    no_space = tf.errors.ResourceExhaustedError(None, None, "...; No space left on device")
+    if where == "saved_model":  # part of the SavedModel is there, then TF fails
+        real = archive.write_out
+
+        def write_out(path, **kwargs):
+            real(path, **kwargs)
+            raise no_space
+
+        monkeypatch.setattr(archive, "write_out", write_out)
+    elif where == "tiers.json":
+        disk_full("tiers.json", after=10)
+    else:
+
+        class FullWriter(tf.io.TFRecordWriter):
+            def write(self, record):
+                raise no_space
+
+        monkeypatch.setattr(tf.io, "TFRecordWriter", FullWriter)
+    summary = {"image_size": 8, "tiers": []}
+    with pytest.raises(Exception) as caught:
+        export._write_version(archive, str(base), summary, ["serving_default"])
+    assert os.listdir(base) == ["3"]  # no version 4, no hidden temporary folder
+    assert isinstance(caught.value, fileio.DiskFullError)
+    assert re.fullmatch(
+        rf"Out of disk space writing {re.escape(str(base / '4'))} \(.* free on .*, about 2.0 kB "
+        r"needed\): free space on .* and re-run; no version was added; the newest, 3, is "
+        r"untouched\.",
+        _one_line(caught.value),
+    )
+    monkeypatch.undo()
+    final, version = export._write_version(archive, str(base), summary, ["serving_default"])
+    assert version == 4 and sorted(os.listdir(base)) == ["3", "4"]
 
 
 def _reference_eval_crop(image, image_size):

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from pss_keras.supernet import blocks, specs
-from pss_keras.supernet.blocks import make_divisible
 from pss_keras.supernet.specs import SearchSpace, SubnetConfig
 
 V1 = SearchSpace("mobilenet_v1")
@@ -98,32 +97,6 @@ def test_space_extremes_and_random_draws():
     res, mults = V2.random_arrays(1000, np.random.default_rng(0))
     assert res.shape == (1000,) and mults.shape == (1000, 9)
     assert set(res) <= set(V2.resolutions) and mults.min() >= 0.75 and mults.max() <= 1.0
-
-
-@pytest.mark.parametrize(
-    "value, expected",
-    [
-        (24.0, 24),
-        (26.0, 24),
-        (27.9, 32),
-        (28.0, 32),
-        (3.0, 8),
-        (12.0, 16),
-        (960.0, 960),
-        (17.0, 16),
-        (9.0, 16),
-    ],
-)
-def test_make_divisible(value, expected):
-    assert make_divisible(value) == expected
-    assert blocks.make_divisible_np(np.array([value]))[0] == expected
-
-
-def test_make_divisible_never_drops_below_90_percent():
-    values = np.linspace(1, 2000, 20001)
-    fast = blocks.make_divisible_np(values)
-    assert list(fast[:500]) == [make_divisible(v) for v in values[:500]]
-    assert np.all(fast >= 0.9 * values) and np.all(fast % 8 == 0) and fast.min() == 8
 
 
 def test_stage_channels():

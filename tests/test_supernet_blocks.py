@@ -4,6 +4,7 @@ import pytest
 
 from pss_keras.cost import flops
 from pss_keras.supernet import blocks, keras_applications, specs
+from pss_keras.supernet.blocks import make_divisible
 
 APPS = {
     "mobilenet_v1": keras.applications.MobileNet,
@@ -99,3 +100,29 @@ def test_walk_on_arrays_equals_walk_on_ints():
         for (spec, *values), (spec_j, *values_j) in zip(rows, single, strict=True):
             assert spec is spec_j
             assert [np.broadcast_to(v, res.shape)[j] for v in values] == values_j
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (24.0, 24),
+        (26.0, 24),
+        (27.9, 32),
+        (28.0, 32),
+        (3.0, 8),
+        (12.0, 16),
+        (960.0, 960),
+        (17.0, 16),
+        (9.0, 16),
+    ],
+)
+def test_make_divisible(value, expected):
+    assert make_divisible(value) == expected
+    assert blocks.make_divisible_np(np.array([value]))[0] == expected
+
+
+def test_make_divisible_never_drops_below_90_percent():
+    values = np.linspace(1, 2000, 20001)
+    fast = blocks.make_divisible_np(values)
+    assert list(fast[:500]) == [make_divisible(v) for v in values[:500]]
+    assert np.all(fast >= 0.9 * values) and np.all(fast % 8 == 0) and fast.min() == 8

@@ -13,7 +13,6 @@ from conftest import start_script_until, tiny_train_config, tiny_train_flags
 from pss_keras.jobs.directory import RETAINED
 from pss_keras.training import driver as training
 from pss_keras.training import preemption
-from pss_keras.training.checkpoints import checkpoint_name
 from pss_keras.training.preemption import TrainingInterrupted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,24 +22,6 @@ def _weights(config):
     net = training.build_supernet(config, 10)
     net.load_weights(os.path.join(config.job_dir, "supernet.weights.h5"))
     return net.weights
-
-
-def test_checkpoint_names_sort_in_training_order():
-    names = [
-        checkpoint_name(0, 3),
-        checkpoint_name(1),
-        checkpoint_name(1, 120),
-        checkpoint_name(2),
-        checkpoint_name(10, 1),
-    ]
-    assert names == [
-        "epoch-0000-step-000003",
-        "epoch-0001",
-        "epoch-0001-step-000120",
-        "epoch-0002",
-        "epoch-0010-step-000001",
-    ]
-    assert sorted(reversed(names)) == names
 
 
 def test_interrupted_message_and_exit_status():
@@ -101,7 +82,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(
     # the tolerance covers float reassociation), and the step axis goes on.
     for a, b in zip(_weights(straight), _weights(job)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
-    from test_training import tensorboard_steps
+    from training_helpers import tensorboard_steps
 
     per_step = tensorboard_steps(os.path.join(job.job_dir, "logs"))["batch_loss_max"]
     # (A stopped process may lose its last unflushed events, never a step.)
@@ -143,3 +124,18 @@ def test_train_script_stops_on_sigterm_within_30_s_and_resumes(
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Resuming from {written}" in result.stderr
     assert (job / "retained_subnets.json").exists()
+
+
+def test_a_signal_after_the_last_step_stops_at_the_fit_end():
+    from pss_keras.training import preemption
+
+    class Checkpointer:
+        def latest(self):
+            return "/j/checkpoints/epoch-0003"
+
+    step = preemption.StepCheckpoint(Checkpointer(), steps_per_epoch=8, first_epoch=2)
+    step.received = 15  # SIGTERM, e.g. during the last epoch's checkpoint or validation
+    with pytest.raises(preemption.TrainingInterrupted) as caught:
+        step.on_train_end()
+    assert caught.value.checkpoint == "/j/checkpoints/epoch-0003"
+    assert "at the end of epoch 3" in str(caught.value) and caught.value.exit_status == 143

@@ -183,21 +183,3 @@ def test_trainable_parameter_count_of_the_full_supernet():
     net = Supernet("mobilenet_v2", **TINY)
     n = sum(int(np.prod(w.shape)) for w in net.trainable_weights)
     assert n == flops.count_params(net.space.largest(), 10, 0.5)
-
-
-@pytest.mark.parametrize("model_name", ["mobilenet_v1", "mobilenet_v2"])
-def test_depthwise_kernels_start_at_the_reference_scale(model_name):
-    """He-normal over PyTorch's fan-out of a depthwise weight, 9 * C (C the
-    full channel count): std sqrt(2 / (9 C)); Keras's own fan-out (9) would
-    be sqrt(C) times larger."""
-    net = Supernet(model_name)
-    depthwise = [
-        layer
-        for layer in net.switchable_layers
-        if isinstance(layer, layers.SwitchableDepthwiseConv2D)
-    ]
-    assert len(depthwise) >= 13
-    for layer in depthwise:
-        kernel = layer.kernel.numpy()
-        expected = np.sqrt(2.0 / (9 * kernel.shape[2]))
-        assert abs(kernel.std() / expected - 1) < 0.15, (layer.name, kernel.std(), expected)

@@ -1,4 +1,5 @@
-"""The job directory's contract (pss_keras.jobs.directory) and what deployment imports."""
+"""Tier records (pss_keras.jobs.tiers): the retained tiers' file, the served
+tiers' table."""
 
 import dataclasses
 import json
@@ -9,8 +10,6 @@ import pytest
 from pss_keras import serving
 from pss_keras.jobs import directory as jobs
 from pss_keras.jobs import tiers as tiers_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_retained_tiers_round_trip_byte_for_byte(trained_job):
@@ -46,8 +45,16 @@ def test_tier_table_covers_every_served_field():
     assert [t.name for t in tiers] == ["a", "b"]
 
 
-def test_a_finished_job_is_required(tmp_path):
-    with pytest.raises(ValueError, match="has no run_config.json: it needs a finished training"):
-        jobs.Job(str(tmp_path))
-    with pytest.raises(ValueError, match="is not a PSS job directory"):
-        jobs.read_run_config(str(tmp_path))
+def test_served_tiers_without_prediction_columns_still_load():
+    """An export from before latency tables: the columns default."""
+    outputs = {
+        "names": [b"flops_1m"], "metric_types": [b"flops"], "targets": [1.0], "mflops": [1.0],
+        "params": [10], "resolutions": [32], "top1": [0.5], "latency_ms": [2.0],
+    }  # fmt: skip
+    (tier,) = tiers_lib.served_tiers_from_outputs(outputs)
+    assert tier.predicted_latency_ms is None and tier.latency_table == ""
+    from pss_keras import serving
+
+    assert serving.tier_latency_ms(tier, "auto") == 2.0
+    with pytest.raises(serving.ServingError, match="has no predicted latency"):
+        serving.tier_latency_ms(tier, "predicted")

@@ -72,3 +72,10 @@ def test_pool_errors_and_round_trip():
     pool.update(cfg(1), -1.25)
     clone = SubnetPool.from_dict(pool.to_dict())
     assert clone.scores == pool.scores and (clone.capacity, clone.ema) == (5, 0.8)
+
+
+def test_latency_tier_names():
+    grid = TargetGrid("latency_cpu", 10_000, 31_000, 1000)
+    assert grid.name(2) == "latency_cpu_12p0ms" and grid.num_targets == 22
+    assert TargetGrid("latency_gpu", 70, 240, 10).name(0) == "latency_gpu_70us"
+    assert TargetGrid("latency_cpu", 20, 60, 10).name(4) == "latency_cpu_60us"

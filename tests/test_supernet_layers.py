@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from pss_keras.supernet import layers
+from pss_keras.supernet.model import Supernet
 
 
 def _x(rng, c, size=8):
@@ -80,3 +81,21 @@ def test_dense_accepts_any_input_prefix(rng):
     expected = x @ dense.kernel.numpy()[:6] + dense.bias.numpy()
     np.testing.assert_allclose(dense(x), expected, atol=1e-6)
     assert dense(rng.normal(size=(3, 10)).astype("float32")).shape == (3, 4)
+
+
+@pytest.mark.parametrize("model_name", ["mobilenet_v1", "mobilenet_v2"])
+def test_depthwise_kernels_start_at_the_reference_scale(model_name):
+    """He-normal over PyTorch's fan-out of a depthwise weight, 9 * C (C the
+    full channel count): std sqrt(2 / (9 C)); Keras's own fan-out (9) would
+    be sqrt(C) times larger."""
+    net = Supernet(model_name)
+    depthwise = [
+        layer
+        for layer in net.switchable_layers
+        if isinstance(layer, layers.SwitchableDepthwiseConv2D)
+    ]
+    assert len(depthwise) >= 13
+    for layer in depthwise:
+        kernel = layer.kernel.numpy()
+        expected = np.sqrt(2.0 / (9 * kernel.shape[2]))
+        assert abs(kernel.std() / expected - 1) < 0.15, (layer.name, kernel.std(), expected)

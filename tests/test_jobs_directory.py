@@ -1,0 +1,37 @@
+"""The job directory's contract (pss_keras.jobs.directory)."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from pss_keras.jobs import directory as jobs
+from pss_keras.training import driver as training
+
+
+def test_a_finished_job_is_required(tmp_path):
+    with pytest.raises(ValueError, match="has no run_config.json: it needs a finished training"):
+        jobs.Job(str(tmp_path))
+    with pytest.raises(ValueError, match="is not a PSS job directory"):
+        jobs.read_run_config(str(tmp_path))
+
+
+def test_resume_with_other_settings_is_refused(job_copy):
+    config, _ = job_copy  # write_run_config rewrites run_config.json
+    with pytest.raises(
+        ValueError, match="holds a run with other settings \\(lr in use 0.1 -> 0.5\\)"
+    ):
+        training.train(dataclasses.replace(config, lr=0.5))
+    with pytest.raises(ValueError, match="other settings \\(batch_size\\)"):
+        jobs.write_run_config(
+            config.job_dir,
+            dataclasses.replace(config, data=dataclasses.replace(config.data, batch_size=8)),
+        )
+    # The data's location may move between runs (a new disk, another machine).
+    jobs.write_run_config(
+        config.job_dir,
+        dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir="/elsewhere")),
+    )
+    with open(os.path.join(config.job_dir, "run_config.json")) as f:
+        assert json.load(f)["data"]["data_dir"] == "/elsewhere"  # the new location is kept
