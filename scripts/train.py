@@ -223,9 +223,9 @@ def _config():
 
 
 def _dry_run(config):
-    from pss_keras.training import run_plan
+    from pss_keras.training.dry_run import dry_run
 
-    plan, problem = run_plan.dry_run(config)
+    plan, problem = dry_run(config)
     print("\n".join(plan.dry_run_report()))
     if problem:
         raise ValueError(f"this run would not start: {problem}")

@@ -12,6 +12,7 @@ from pss_keras.cost.flops import count_mflops
 from pss_keras.jobs import directory as jobs
 from pss_keras.supernet import specs
 from pss_keras.training import run_plan, sampling
+from pss_keras.training.dry_run import dry_run
 from pss_keras.training.pools import TargetGrid
 from pss_keras.training.preflight import build_maps, prioritized_sampler
 
@@ -58,7 +59,7 @@ def test_dry_run_marks_targets_and_counts_the_data(tiny_image_folder, tmp_path):
     from pss_keras.data import pipelines as data
 
     config = _beyond_config(tmp_path / "job", tiny_image_folder)
-    plan, problem = run_plan.dry_run(config)
+    plan, problem = dry_run(config)
     assert problem == ""
     assert not os.path.exists(config.job_dir)  # nothing written
 
@@ -122,7 +123,7 @@ def test_dry_run_marks_targets_and_counts_the_data(tiny_image_folder, tmp_path):
 def test_dry_run_reports_a_missing_dataset(tmp_path):
     missing = str(tmp_path / "no_such_folder")
     config = tiny_train_config(tmp_path / "job", missing)
-    plan, problem = run_plan.dry_run(config)
+    plan, problem = dry_run(config)
     assert problem == ""
     assert plan.data is None and plan.steps_per_epoch is None
     assert missing in plan.data_error and plan.data_error.startswith("not opened: ")
@@ -138,7 +139,7 @@ def test_dry_run_states_why_a_run_would_not_start(tiny_image_folder, tmp_path, w
     lo, hi = _flops_bounds(config)
     targets = (10 * hi, 11 * hi, hi / 10) if where == "above" else (lo / 10, lo / 2, lo / 20)
     config = dataclasses.replace(config, flops_targets=targets)
-    plan, problem = run_plan.dry_run(config)
+    plan, problem = dry_run(config)
     assert problem.startswith("No random subnet falls on the flops target grid"), problem
     assert plan.maps[0].num_reached == 0
     assert {t.status for t in plan.maps[0].targets} == {run_plan.NOT_REACHED}
@@ -156,7 +157,7 @@ def test_dry_run_refuses_a_job_dir_of_another_run(tiny_image_folder, tmp_path):
     jobs.write_run_config(config.job_dir, dataclasses.replace(config, pool_size=5))
     before = sorted(os.listdir(config.job_dir))
     with pytest.raises(ValueError, match=r"holds a run with other settings \(pool_size\)") as error:
-        run_plan.dry_run(config)
+        dry_run(config)
     assert config.job_dir in str(error.value) and len(str(error.value).splitlines()) == 1
     assert sorted(os.listdir(config.job_dir)) == before == [jobs.RUN_CONFIG]
 
@@ -167,7 +168,7 @@ def test_dry_run_of_a_resume_names_its_checkpoints(tiny_image_folder, tmp_path):
     with open(os.path.join(config.job_dir, jobs.CHECKPOINTS, "latest"), "w") as f:
         f.write("epoch-0001-step-000003\n")  # the pointer is not a checkpoint
     jobs.write_run_config(config.job_dir, dataclasses.replace(config, epochs=1))  # may change
-    plan, problem = run_plan.dry_run(config)
+    plan, problem = dry_run(config)
     assert problem == ""
     assert plan.resume == "resumes the run there; checkpoints: epoch-0001-step-000003"
     assert plan.header()[0] == f"job dir       {config.job_dir} ({plan.resume})"
@@ -287,7 +288,7 @@ def test_mbv1_m_dry_run_with_the_reference_tables(tmp_path, run_script):
 
 def test_header_states_the_runs_flops(tiny_image_folder, tmp_path):
     config = tiny_train_config(tmp_path / "job", tiny_image_folder)
-    plan, _ = run_plan.dry_run(config)
+    plan, _ = dry_run(config)
     space = _space(config)
     (model_line,) = [line for line in plan.header() if line.startswith("model ")]
     largest = count_mflops(space.largest(), 10, config.width_scale)
@@ -302,7 +303,7 @@ def test_dry_run_map_is_the_runs_map(tiny_image_folder, tmp_path):
     # One target at the largest subnet's FLOPs, a grid step finer than the
     # classifier's share of them.
     config = dataclasses.replace(config, flops_targets=(largest, largest, 1e-4))
-    plan, _ = run_plan.dry_run(config)
+    plan, _ = dry_run(config)
     grid = TargetGrid("flops", *config.flops_targets)
     conditional = sampling.ConditionalSampler.build(
         run_space, grid, num_samples=config.num_map_samples, seed=config.seed
@@ -321,9 +322,9 @@ def test_runs_of_targets_follow_the_grid_step():
 
 def test_dry_run_names_the_weights_and_refuses_a_missing_init_from(tiny_image_folder, tmp_path):
     config = tiny_train_config(tmp_path / "job", tiny_image_folder)
-    plan, _ = run_plan.dry_run(dataclasses.replace(config, init_from="imagenet"))
+    plan, _ = dry_run(dataclasses.replace(config, init_from="imagenet"))
     (line,) = [x for x in plan.header() if x.startswith("weights")]
     assert "imported from imagenet at the run's start" in line
     with pytest.raises(ValueError, match="--init_from=.*nothing.h5 does not exist"):
-        run_plan.dry_run(dataclasses.replace(config, init_from=str(tmp_path / "nothing.h5")))
+        dry_run(dataclasses.replace(config, init_from=str(tmp_path / "nothing.h5")))
     assert not os.path.exists(config.job_dir)

@@ -43,8 +43,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import pss_keras.data as data_lib
 from pss_keras.data import preprocessing
+from pss_keras.data.decoding import BadImageError, DatasetError
+from pss_keras.data.pipelines import Pipelines
 from pss_keras.jobs import directory as jobs
 from pss_keras.supernet import extraction
 from pss_keras.supernet.model import resize_to
@@ -205,14 +206,14 @@ def _pipelines(job, config: ConvertConfig):
     if config.data_dir:
         data_config = dataclasses.replace(data_config, data_dir=config.data_dir)
     try:
-        return data_lib.Pipelines(
+        return Pipelines(
             data_config,
             skip_hint=jobs.skip_bad_images_hint(job.job_dir),
             split=jobs.read_split(job.job_dir),
         )
-    except data_lib.BadImageError:
+    except BadImageError:
         raise  # the dataset is there: the message names the files and says what to do
-    except data_lib.DatasetError as e:
+    except DatasetError as e:
         why = (
             "int8 quantization needs training images for its representative set"
             if config.quantize == "int8"

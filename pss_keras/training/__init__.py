@@ -2,12 +2,16 @@
 
 pools, sampling       subnet pools; conditional and prioritized samplers
 trainer               the sandwich step (`PSSTrainer`)
-callbacks             candidate choice, validation, divergence guard, progress
+preflight             what a run checks and builds before its first step
+fitting               the epochs as Keras fits, with their callbacks
+callbacks             candidate choice, validation, the time estimate, TensorBoard
+divergence            stopping a run that diverged (`DivergenceGuard`)
+preemption            checkpoints inside an epoch; a clean stop on SIGTERM
 checkpoints           atomic, resumable checkpoints
 evaluation            post-training BN calibration and accuracy of subnets
 selection             the end-of-run choice of one subnet per target
 distribution, loop    tf.distribute strategies; the loop fit() cannot drive
-run_plan              the dry run: what a configuration would do
+run_plan, dry_run     what a run will do (its header); the dry run
 driver                `train` and `evaluate_job`: a whole run
 """
 

@@ -1,6 +1,6 @@
 """What every run checks and builds before its first step, shared by the
 run (`pss_keras.training.driver.train`) and its dry run
-(`pss_keras.training.run_plan.dry_run`): the replicas check, the latency
+(`pss_keras.training.dry_run.dry_run`): the replicas check, the latency
 tables, the sampler's maps and the prioritized sampler.
 """
 
