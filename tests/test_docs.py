@@ -441,6 +441,54 @@ def check_commands(path: Path, text: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------
+# Files and modules of the repository that a page names.
+
+_REPO_PATH = re.compile(r"(?<![\w/.-])((?:tests|pss_keras|scripts|benchmarks)/[\w/.-]*\w)")
+_MODULE = re.compile(r"(?<![\w.])pss_keras((?:\.[a-z_][a-z0-9_]*)+)")
+
+
+def _module_exists(parts: list[str]) -> bool:
+    """Whether ``pss_keras.<parts[0]>...`` starts with a module of the
+    package (what follows may be a name inside it)."""
+    folder = ROOT / "pss_keras"
+    if not parts:
+        return True
+    head = parts[0]
+    if (folder / head / "__init__.py").exists():
+        return True
+    if (folder / f"{head}.py").exists() or (folder / f"_{head}.py").exists():
+        return True
+    # A name of pss_keras itself (pss_keras.Supernet is capitalised; lower-case
+    # names are functions of __init__.py).
+    init = (folder / "__init__.py").read_text(encoding="utf-8")
+    return re.search(rf"^def {re.escape(head)}\b|\"{re.escape(head)}\"", init, re.M) is not None
+
+
+# Paths in the reference implementation's repository (PSS-Net), not in ours.
+_REFERENCE_PATHS = ("scripts/lut", "scripts/train/")
+
+
+def check_paths(path: Path, text: str) -> list[str]:
+    """Repository files and pss_keras modules the page names that do not
+    exist (a line that says a path "moved" may name the old one)."""
+    problems = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if "moved" in line:
+            continue
+        for m in _REPO_PATH.finditer(line):
+            name = m.group(1).rstrip(".")
+            if "*" in name or "<" in name or name.startswith(_REFERENCE_PATHS):
+                continue
+            if not (ROOT / name).exists():
+                problems.append(f"{path.name}:{number}: {name} does not exist")
+        for m in _MODULE.finditer(line):
+            parts = m.group(1).strip(".").split(".")
+            if not parts[0].startswith("__") and not _module_exists(parts):
+                problems.append(f"{path.name}:{number}: pss_keras.{'.'.join(parts)} does not exist")
+    return problems
+
+
+# --------------------------------------------------------------------------
 # Words that do not belong on a user's page.
 
 _NOT_FOR_USERS = [
@@ -497,6 +545,27 @@ def test_commands_name_real_scripts_and_flags(path):
 def test_wording_is_for_users(path):
     history = path.name == "CHANGELOG.md"
     assert check_wording(path, path.read_text(encoding="utf-8"), history=history) == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in doc_files() if p.name != "CHANGELOG.md"],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_named_files_and_modules_exist(path):
+    assert check_paths(path, path.read_text(encoding="utf-8")) == []
+
+
+def test_the_path_checker_finds_a_missing_file_and_module():
+    page = (
+        "See `tests/test_serving.py` and `pss_keras/serving/client.py`;\n"
+        "`pss_keras.flops.count_mflops`, `pss_keras.cost.flops.count_mflops`,\n"
+        "`pss_keras.Supernet`, `pss_keras.load_latency_table`.\n"
+    )
+    assert check_paths(Path("page.md"), page) == [
+        "page.md:1: tests/test_serving.py does not exist",
+        "page.md:2: pss_keras.flops.count_mflops does not exist",
+    ]
 
 
 def test_pages_exist():
