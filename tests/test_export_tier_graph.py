@@ -138,3 +138,23 @@ def test_two_shared_exports_in_one_process_keep_their_own_kernels(tmp_path, monk
     finally:
         for server in served:
             server.close()
+
+
+def test_the_tensorflow_internals_of_folded_kernels_exist():
+    """FoldedKernel (a tier's BN-folded kernel, a resource the SavedModel
+    initializes at load) uses two TensorFlow internals with no public
+    equivalent: a TensorFlow that moves them fails here, naming them."""
+    from tensorflow.python.eager import context
+    from tensorflow.python.ops import gen_resource_variable_ops
+
+    missing = [
+        name
+        for module, name in [
+            (context, "anonymous_name"),
+            (gen_resource_variable_ops, "var_handle_op"),
+            (gen_resource_variable_ops, "assign_variable_op"),
+            (gen_resource_variable_ops, "read_variable_op"),
+        ]
+        if not callable(getattr(module, name, None))
+    ]
+    assert not missing, f"tensorflow {tf.__version__} lacks {missing}: update export/tier_graph.py"

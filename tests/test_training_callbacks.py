@@ -87,3 +87,28 @@ def test_epoch_time_estimate_leaves_out_the_tracing_step(monkeypatch, caplog):
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("time ")]
     assert "2 s a step over steps 2..4" in line and "about 10.0 min an epoch (300 steps)" in line
     assert "19.9 min for the 596 steps left" in line
+
+
+def test_tensorboards_private_step_counter_is_what_a_resume_continues(tmp_path):
+    """ContinuedTensorBoard sets keras.callbacks.TensorBoard's private
+    ``_global_train_batch`` (Keras has no public way to start its step axis
+    elsewhere): a Keras that renames it fails here, by name, instead of a
+    resumed run quietly logging from step 1 again."""
+    import keras
+
+    from pss_keras.training.callbacks import ContinuedTensorBoard
+
+    plain = keras.callbacks.TensorBoard(str(tmp_path / "plain"))
+    plain.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    plain.on_train_begin()
+    assert getattr(plain, "_global_train_batch", None) == 0, (
+        f"keras {keras.__version__}'s TensorBoard no longer counts steps in "
+        "_global_train_batch: update ContinuedTensorBoard.on_train_begin"
+    )
+    plain.on_train_end()
+    continued = ContinuedTensorBoard(str(tmp_path / "continued"), first_step=40)
+    continued.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    continued.on_train_begin()
+    continued.on_train_batch_begin(0)
+    assert continued._global_train_batch == 41  # the first step logged is step 41
+    continued.on_train_end()
