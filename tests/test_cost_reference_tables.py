@@ -28,7 +28,9 @@ from pss_keras.cost import reference_tables as R
 from pss_keras.cost import tables as tables_lib
 from pss_keras.supernet import specs
 
-REFERENCE_LUTS = os.path.join(
+# The reference's four .pkl tables: $PSS_KERAS_REFERENCE_LUTS, or a
+# shared/data/reference_luts folder beside the repository's folder.
+REFERENCE_LUTS = os.environ.get("PSS_KERAS_REFERENCE_LUTS") or os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
     "reference_luts",
 )  # fmt: skip
@@ -214,7 +216,7 @@ def test_the_vectorized_path_without_packed_keys_agrees(hand_tables):
 
 
 # ----------------------------------------------------------------------------
-# The four tables the reference ships (../shared/data/reference_luts).
+# The four tables the reference ships (REFERENCE_LUTS).
 
 # entries, largest subnet (224, all 1.0), smallest (128, all 0.75), as its README gives them.
 # entries, largest subnet (224, all 1.0), smallest (128, all 0.75), as its README gives them.
