@@ -185,7 +185,7 @@ def test_quickstart_flags_run_end_to_end(tmp_path):
     assert "Retained subnets" in result.stdout
     # One fit() per run: per-step TensorBoard scalars on unique steps (with
     # one fit per epoch, every epoch wrote its steps onto the same numbers).
-    from test_training import tensorboard_steps
+    from training_helpers import tensorboard_steps
 
     per_step = tensorboard_steps(str(job / "logs" / "train"))["batch_loss_max"]
     assert len(per_step) == len(set(per_step)) > 40, per_step
