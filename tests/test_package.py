@@ -95,7 +95,7 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
     """Each module imported first (the others purged from sys.modules
     before it): an order-dependent circle would fail here."""
     code = (
-        "import importlib, sys, traceback\n"
+        "import importlib, json, sys, traceback\n"
         f"modules = {MODULES!r}\n"
         "failed = {}\n"
         "for m in modules:\n"
@@ -105,11 +105,11 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
         "        importlib.import_module(m)\n"
         "    except Exception:\n"
         "        failed[m] = traceback.format_exc(limit=3)\n"
-        "print(repr(failed))\n"
+        "print(json.dumps(failed))\n"
     )
     result = _run(code)
     assert result.returncode == 0, result.stderr[-2000:]
-    failed = eval(result.stdout.strip().splitlines()[-1])  # a dict repr we printed
+    failed = json.loads(result.stdout.strip().splitlines()[-1])
     assert failed == {}, "\n".join(f"{m}:\n{tb}" for m, tb in failed.items())
 
 
