@@ -5,9 +5,12 @@
     python scripts/query.py --latency_budget_ms=5 cat.jpg      # ... within 5 ms (see --latency_source)
     python scripts/query.py --list_tiers
     python scripts/query.py --protocol=rest --server=localhost:8501 ...
+    python scripts/query.py --encoded cat.jpg                 # send the file's bytes
 
-Images (JPEG, PNG, BMP, GIF) are sent as raw uint8 pixels; the model resizes,
-crops and normalizes them itself.
+Images (JPEG, PNG, BMP, GIF) are decoded here and sent as raw uint8 pixels;
+with --encoded the files' bytes are sent as they are (to the tier's
+<tier>_bytes signature) and the server decodes them. Either way the model
+resizes, crops and normalizes them itself.
 """
 
 import os
@@ -29,18 +32,25 @@ flags.DEFINE_enum(
     "--runtime=tensorflow, else measured).",
 )  # fmt: skip
 flags.DEFINE_bool("list_tiers", False, "Print the served tiers and exit.")
+flags.DEFINE_bool(
+    "encoded", False,
+    "Send each image file's bytes (JPEG/PNG/GIF/BMP) for the server to decode, instead of "
+    "decoded pixels: smaller requests; needs an export with <tier>_bytes signatures.",
+)  # fmt: skip
 flags.DEFINE_float("timeout", 30.0, "Request timeout in seconds.")
 F = flags.FLAGS
 
 
-def _read_image(path):
+def _read_image(path, encoded: bool):
+    """The file's bytes (``encoded``; checked to decode) or its pixels."""
     import tensorflow as tf
 
     try:
         data = tf.io.read_file(path)
-        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+        pixels = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
     except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
         raise ValueError(f"Cannot read image {path}: {e.message.splitlines()[0]}") from None
+    return data.numpy() if encoded else pixels
 
 
 def _cell(value, width, spec):
@@ -68,7 +78,7 @@ def main(argv):
                 )
             if client.tier_source == "metadata":
                 print(
-                    "tiers from GetModelMetadata (the model has no usable 'tiers' signature): "
+                    "tiers from GetModelMetadata (the model has no usable tier table): "
                     "names only, no cost, accuracy or latency; choose one with --tier"
                 )
                 return
@@ -88,11 +98,16 @@ def main(argv):
         elif F.max_mflops is not None or F.latency_budget_ms is not None:
             tier = client.choose_tier(F.max_mflops, F.latency_budget_ms, F.latency_source).name
         elif client.tier_source == "metadata":
+            if F.encoded:
+                raise ValueError(
+                    "Name a tier with --tier: this server's tiers come from metadata, which "
+                    "has no costs to find the largest by, and encoded images have no default."
+                )
             tier = None  # no costs to find the largest by: serving_default
         else:
             tier = max(tiers, key=lambda t: t.mflops).name
         for path in paths:
-            outputs = client.predict(_read_image(path), tier)
+            outputs = client.predict(_read_image(path, F.encoded), tier)
             print(f"{path} [{tier or 'serving_default'}]")
             for rank, (index, name) in enumerate(
                 zip(outputs["top5_indices"][0], outputs["top5_classes"][0]), start=1

@@ -1,6 +1,7 @@
 """pss_keras.data.preprocessing: the one evaluation transform."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from data_helpers import MEAN, STD
 
@@ -34,3 +35,24 @@ def test_eval_transform_resizes_the_shorter_side_and_centre_crops():
             (crop - MEAN) / STD,
             atol=1e-5,
         )
+
+
+def test_preprocess_encoded_decodes_each_image_and_crops_it_alone():
+    """Mixed sizes and formats in one batch; each equals `eval_transform` of
+    its decoded pixels to the bit (same decoder, same computation)."""
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (30, 47, 3)).astype(np.uint8)
+    grey = rng.integers(0, 256, (20, 16, 1)).astype(np.uint8)
+    files = [tf.io.encode_jpeg(rgb, quality=85), tf.io.encode_png(grey)]
+    out = preprocessing.preprocess_encoded(tf.stack(files), 24)
+    assert out.shape == (2, 24, 24, 3) and out.dtype == tf.float32
+    for i, data in enumerate(files):
+        decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
+        np.testing.assert_array_equal(out[i], preprocessing.eval_transform(decoded, 24))
+    empty = preprocessing.preprocess_encoded(tf.constant([], tf.string), 24)
+    assert empty.shape == (0, 24, 24, 3)
+
+
+def test_preprocess_encoded_refuses_bytes_that_are_no_image():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+        preprocessing.preprocess_encoded(tf.constant([b"\x00\x01 not an image"]), 24)

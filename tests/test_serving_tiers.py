@@ -82,7 +82,7 @@ def test_tiers_without_a_cost_table_are_refused_where_a_choice_needs_one():
     tiers = serving.tiers_from_metadata({"wide": _images_input((None, 32, 32, 3))})
     message = (
         r"^Choosing among tiers needs each tier's MFLOPs, accuracy and latency, which only the "
-        r"model's 'tiers' signature gives; .* Choose a tier by name: \['wide'\]\.$"
+        r"tier table \('tier_table' signature\) gives; .* Choose a tier by name: \['wide'\]\.$"
     )
     with pytest.raises(serving.ServingError, match=message):
         serving.dominant_tiers(tiers)

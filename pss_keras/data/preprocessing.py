@@ -9,7 +9,9 @@ exported SavedModel and the TFLite verification agree to the bit:
   then take the centre ``R x R`` (ImageNet's resize 256 / crop 224).
 * `normalize` / `to_pixels`: [0, 1] RGB <-> ImageNet mean/std normalized.
 * `eval_transform` (one image, the data pipelines) and `preprocess` (a
-  batch, the SavedModel signatures) are the same computation.
+  batch, the SavedModel signatures) are the same computation;
+  `preprocess_encoded` is it for a batch of encoded images (each decoded,
+  any size each).
 """
 
 from __future__ import annotations
@@ -81,3 +83,30 @@ def eval_transform(image, image_size: int):
     """`preprocess` of one decoded image ([h, w, 1|3|4]), normalized."""
     image = tf.cast(to_rgb(image), tf.float32)
     return preprocess(image[None], image_size)[0]
+
+
+def preprocess_encoded(image_bytes, image_size: int):
+    """`preprocess` of a batch of encoded images (JPEG, PNG, GIF, BMP).
+
+    Each image is decoded to RGB uint8 (`tf.io.decode_image`, first frame
+    of a GIF) and cropped on its own, so the images of a batch may differ in
+    size; for one image this is `preprocess` of its decoded pixels, the
+    same computation.
+
+    Args:
+        image_bytes: string [batch], one encoded image each.
+        image_size: output side.
+
+    Returns:
+        float32 [batch, image_size, image_size, 3], normalized.
+    """
+
+    def one(encoded):
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        return preprocess(image[None], image_size)[0]
+
+    return tf.map_fn(
+        one,
+        tf.convert_to_tensor(image_bytes, tf.string),
+        fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+    )

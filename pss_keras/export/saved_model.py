@@ -1,11 +1,16 @@
 """Export of a trained PSS job as one multi-signature SavedModel for TF Serving.
 
-One signature per retained subnet ("resource tier", e.g. ``flops_320m``),
-``serving_default`` (the largest retained tier) and ``tiers`` (no input: the
-tier table, so a client discovers the tiers through Predict). Every image
-signature takes raw pixels and does the whole preprocessing inside:
+Signatures: one per retained subnet ("resource tier", e.g. ``flops_320m``)
+taking pixels, ``<tier>_bytes`` for each taking encoded images,
+``serving_default`` (the largest retained tier), and the tier table twice:
+``tier_table`` (one ignored input, ``dummy``: TF Serving's REST API refuses
+a signature without inputs) and ``tiers`` (no input; what gRPC clients
+written before ``tier_table`` ask for). A tier does the whole preprocessing
+inside:
 
-    images: uint8 [batch, height, width, 3], RGB, any size (one size per batch)
+    images: uint8 [batch, height, width, 3], RGB, any size (one size per
+      batch); or image_bytes: string [batch], JPEG/PNG/GIF/BMP, each
+      decoded on its own (sizes may differ within a batch)
     -> resize the shorter side to R * 256 / 224, centre-crop R (R: the
        supernet's largest resolution), scale to [0, 1], ImageNet mean/std,
        then the tier's subnet (resized to its resolution inside)
@@ -44,10 +49,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pss_keras.data.preprocessing import preprocess
+from pss_keras.data.preprocessing import preprocess, preprocess_encoded
 from pss_keras.export import tier_graph
 from pss_keras.jobs.directory import Job
-from pss_keras.jobs.tiers import TIER_TABLE, TIERS_SIGNATURE
+from pss_keras.jobs.tiers import (
+    ENCODED_INPUT,
+    TIER_TABLE,
+    TIER_TABLE_INPUT,
+    TIER_TABLE_SIGNATURE,
+    TIERS_SIGNATURE,
+    encoded_signature,
+)
 from pss_keras.supernet import extraction
 from pss_keras.supernet.model import resize_to
 from pss_keras.utils import timing
@@ -70,7 +82,9 @@ def _outputs(logits, class_names):
 
 
 def tier_functions(job: Job, entries, mode: str) -> dict:
-    """``{tier_name: fn(images uint8) -> outputs}`` for the chosen mode."""
+    """``{tier_name: fn(images uint8) -> outputs}`` for the chosen mode;
+    ``fn.encoded(image_bytes string) -> outputs`` is the same tier on
+    encoded images."""
     if mode not in MODES:
         raise ValueError(f"export mode {mode!r} is unknown; use one of {MODES}.")
     fns = {}
@@ -85,24 +99,38 @@ def tier_functions(job: Job, entries, mode: str) -> dict:
 
 def _shared_fn(job, config, stats, name, materialize):
     graph = tier_graph.TierGraph(job.supernet, config, stats, materialize, name)
-    size, names = job.image_size, job.class_names
-
-    def fn(images):
-        return _outputs(graph(preprocess(images, size)), names)
-
+    names = job.class_names
+    fn = _on_images(lambda x: _outputs(graph(x), names), job.image_size)
     fn.graph = graph  # tracked by the archive (its materialized kernels)
     return fn
 
 
 def _standalone_fn(job, config, stats, name):
     model = extraction.extract_subnet(job.supernet, config, stats, fold_bn=True, name=name)
-    size, names, resolution = job.image_size, job.class_names, config.resolution
+    names, resolution = job.class_names, config.resolution
+    fn = _on_images(
+        lambda x: _outputs(model(resize_to(x, resolution), training=False), names), job.image_size
+    )
+    fn.model = model
+    return fn
+
+
+def _on_images(head, image_size: int):
+    """A tier's function on pixels, with ``.encoded`` on encoded images:
+    both preprocess as evaluation does, then run ``head`` (normalized
+    [batch, image_size, image_size, 3] -> outputs), one graph function that
+    both signatures call, so the SavedModel holds the tier's graph once."""
+    head = tf.function(
+        head, input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)]
+    )
 
     def fn(images):
-        x = resize_to(preprocess(images, size), resolution)
-        return _outputs(model(x, training=False), names)
+        return head(preprocess(images, image_size))
 
-    fn.model = model
+    def encoded(image_bytes):
+        return head(preprocess_encoded(image_bytes, image_size))
+
+    fn.encoded = encoded
     return fn
 
 
@@ -123,15 +151,23 @@ def next_version(export_dir: str) -> int:
     return max(versions, default=0) + 1
 
 
-def _warmup_records(names, image_size: int) -> list:
+def _warmup_records(signatures: dict, image_size: int) -> list:
+    """One PredictionLog per signature, ``signatures``: ``{name: kind}``
+    with kind ``images``, ``encoded``, ``table`` or ``none`` (no input)."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     image = np.zeros((1, image_size, image_size, 3), np.uint8)
+    inputs = {
+        "images": {"images": image},
+        "encoded": {ENCODED_INPUT: np.array([tf.io.encode_jpeg(image[0]).numpy()], object)},
+        "table": {TIER_TABLE_INPUT: np.int32(0)},
+        "none": {},
+    }
     records = []
-    for name in names:
+    for name, kind in signatures.items():
         request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name=name))
-        if name != TIERS_SIGNATURE:
-            request.inputs["images"].CopyFrom(tf.make_tensor_proto(image))
+        for alias, value in inputs[kind].items():
+            request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
         log = prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)
         )
@@ -173,10 +209,14 @@ def export(
         "default_tier": default,
         "image_size": job.image_size,
         "input": "images: uint8 [batch, height, width, 3] RGB, any size",
+        "encoded_input": f"{ENCODED_INPUT}: string [batch] JPEG/PNG/GIF/BMP, in <tier>_bytes",
         "class_names": job.class_names,
         "tiers": table,
     }
-    final, version = _write_version(archive, export_dir, summary, [*fns, "serving_default"])
+    warmup = {name: "images" for name in [*fns, "serving_default"]}
+    warmup |= {encoded_signature(name): "encoded" for name in fns}
+    warmup |= {TIER_TABLE_SIGNATURE: "table", TIERS_SIGNATURE: "none"}
+    final, version = _write_version(archive, export_dir, summary, warmup)
     return dict(summary, path=final, version=version)
 
 
@@ -194,13 +234,16 @@ def _tier_table(job, entries, fns, latency_repeats: int) -> list[dict]:
             | {k: row[k] for k in ("latency_table", "latency_runtime")}
             | {"predicted_latency_ms": row["predicted_latency_ms"]}  # null without a table
             | {"predicted_us": dict(tier.predicted_us), "config": tier.config.to_dict()}
+            | {"bytes_signature": row["bytes_signature"]}
         )
     return table
 
 
 def _archive(fns, default: str, table) -> keras.export.ExportArchive:
-    """One endpoint per tier, ``serving_default`` and the ``tiers`` table."""
+    """Two endpoints per tier (pixels, encoded images), ``serving_default``
+    and the tier table (``tier_table``, ``tiers``)."""
     signature = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
+    encoded = [tf.TensorSpec([None], tf.string, name=ENCODED_INPUT)]
     archive = keras.export.ExportArchive()
     # No archive.track(model): endpoints track the variables they use, and
     # tracking a Keras model would write every weight twice
@@ -212,6 +255,7 @@ def _archive(fns, default: str, table) -> keras.export.ExportArchive:
             archive.track(fn.graph)  # its materialized kernels (resources)
             sources.update((id(v), v) for v in fn.graph.sources)
         archive.add_endpoint(name, fn, input_signature=signature)
+        archive.add_endpoint(encoded_signature(name), fn.encoded, input_signature=encoded)
     if sources:
         # The weights the kernels are built from at load: an endpoint that
         # reads only materialized kernels does not track them itself.
@@ -227,11 +271,20 @@ def _archive(fns, default: str, table) -> keras.export.ExportArchive:
             for output, field, dtype in TIER_TABLE
         }
 
+    def tier_table_fn(dummy):
+        del dummy  # there only because TF Serving's REST API needs an input
+        return tiers_fn()
+
     archive.add_endpoint(TIERS_SIGNATURE, tiers_fn, input_signature=[])
+    archive.add_endpoint(
+        TIER_TABLE_SIGNATURE,
+        tier_table_fn,
+        input_signature=[tf.TensorSpec(None, tf.int32, name=TIER_TABLE_INPUT)],
+    )
     return archive
 
 
-def _write_version(archive, export_dir: str, summary: dict, image_signatures) -> tuple[str, int]:
+def _write_version(archive, export_dir: str, summary: dict, warmup: dict) -> tuple[str, int]:
     """Writes a new version folder atomically; returns (its path, its number).
 
     Written in a hidden folder beside the versions, synced, then renamed to
@@ -256,10 +309,10 @@ def _write_version(archive, export_dir: str, summary: dict, image_signatures) ->
         left,
         lambda: previous and tree_bytes(previous),
     ):
-        return _write_new_version(archive, export_dir, version, summary, image_signatures)
+        return _write_new_version(archive, export_dir, version, summary, warmup)
 
 
-def _write_new_version(archive, export_dir, version, summary, image_signatures):
+def _write_new_version(archive, export_dir, version, summary, warmup):
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
     try:
         path = os.path.join(tmp, "model")
@@ -269,9 +322,7 @@ def _write_new_version(archive, export_dir, version, summary, image_signatures):
         with open(os.path.join(extra, "tiers.json"), "w") as f:
             json.dump(summary, f, indent=2)
         with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
-            for record in _warmup_records(
-                [*image_signatures, TIERS_SIGNATURE], summary["image_size"]
-            ):
+            for record in _warmup_records(warmup, summary["image_size"]):
                 writer.write(record)
         fsync_tree(path)  # durable before TF Serving can see the version
         final = os.path.join(export_dir, str(version))

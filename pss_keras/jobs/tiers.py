@@ -1,8 +1,9 @@
 """Tier records: what a job retained, what a server tells a client.
 
     RetainedTier    one line of a job's ``retained_subnets.json``
-    ServedTier      one tier as the export's ``tiers`` signature describes it
-    TIER_TABLE      that signature's columns
+    ServedTier      one tier as the export's tier table describes it
+    TIER_TABLE      the table's columns (the ``tier_table`` and ``tiers``
+                    signatures' outputs)
     split_dominated the one Pareto filter of tiers (served and on-device)
 
 No TensorFlow and no run configuration: the serving client and the
@@ -15,8 +16,23 @@ import dataclasses
 
 from pss_keras.supernet import specs
 
-# The SavedModel signature that describes the served tiers.
+# The SavedModel signatures that describe the served tiers. ``tier_table``
+# takes one ignored input, ``dummy`` (int32, any shape: send 0), because TF
+# Serving's REST API refuses a signature without inputs; ``tiers`` (no input)
+# is the same table for gRPC clients written before ``tier_table`` existed.
+TIER_TABLE_SIGNATURE = "tier_table"
+TIER_TABLE_INPUT = "dummy"
 TIERS_SIGNATURE = "tiers"
+
+# Each tier ``<name>`` also takes encoded images (JPEG, PNG, GIF, BMP) as a
+# string input ``image_bytes`` [batch] in the signature ``<name>_bytes``.
+ENCODED_SUFFIX = "_bytes"
+ENCODED_INPUT = "image_bytes"
+
+
+def encoded_signature(tier: str) -> str:
+    """The signature that takes ``tier``'s input as encoded images."""
+    return tier + ENCODED_SUFFIX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +106,7 @@ class RetainedTier:
         return "", float("nan")
 
     def served(self, latency_ms: float, tables: dict | None = None) -> ServedTier:
-        """What the ``tiers`` signature tells a client about this tier.
+        """What the tier table tells a client about this tier.
 
         Args:
             latency_ms: measured at export (batch 1, the served computation).
@@ -111,12 +127,16 @@ class RetainedTier:
             predicted_latency_ms=predicted_us / 1000.0 if metric_type else None,
             latency_table=table.describe() if table is not None else "",
             latency_runtime=table.runtime if table is not None else "",
+            bytes_signature=encoded_signature(self.name),
         )
 
 
 @dataclasses.dataclass(frozen=True)
 class ServedTier:
-    """One served subnet, as the ``tiers`` signature describes it.
+    """One served subnet, as the tier table describes it.
+
+    ``bytes_signature`` names the signature that takes this tier's input as
+    encoded images ("" for an export from before encoded images).
 
     Two latencies, from different places:
 
@@ -129,9 +149,9 @@ class ServedTier:
       that ``latency_table`` names (``latency_runtime``: ``tflite`` for the
       mobile-like LiteRT path, ``tensorflow`` for the served path).
 
-    A tier found through GetModelMetadata instead of the ``tiers`` signature
-    (`pss_keras.serving.tiers.tiers_from_metadata`) has its name and at most its
-    resolution; its other fields are None.
+    A tier found through GetModelMetadata instead of the tier table
+    (`pss_keras.serving.tiers.tiers_from_metadata`) has its name, at most its
+    resolution and its ``bytes_signature``; its other fields are None.
     """
 
     name: str
@@ -145,9 +165,10 @@ class ServedTier:
     predicted_latency_ms: float | None = None
     latency_table: str = ""
     latency_runtime: str = ""
+    bytes_signature: str = ""
 
 
-# The ``tiers`` signature's outputs: (output name, ServedTier field, dtype).
+# The tier table's outputs: (output name, ServedTier field, dtype).
 TIER_TABLE = (
     ("names", "name", "string"),
     ("metric_types", "metric_type", "string"),
@@ -160,6 +181,7 @@ TIER_TABLE = (
     ("predicted_latency_ms", "predicted_latency_ms", "float32"),
     ("latency_tables", "latency_table", "string"),
     ("latency_runtimes", "latency_runtime", "string"),
+    ("bytes_signatures", "bytes_signature", "string"),
 )
 
 

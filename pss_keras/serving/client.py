@@ -2,19 +2,27 @@
 
 The server runs one SavedModel from `pss_keras.export.saved_model`; every request names
 the tier (signature) it wants, so the subnet switches per request with no
-reload. `PSSClient` discovers the tiers through the ``tiers`` signature
-(or, when that is unavailable, their names through GetModelMetadata:
+reload. `PSSClient` discovers the tiers through the tier table (the
+``tier_table`` signature; ``tiers`` for an export from before it; when
+neither answers, their names through GetModelMetadata:
 `pss_keras.serving.tiers.tiers_from_metadata`), chooses a tier from a FLOPs
-or latency budget (the most accurate tier within it) and queries it, over
-gRPC or REST (`pss_keras.serving.transports`; `connect` opens one). To adapt
-the tier to observed latency, see `pss_keras.serving.policies`.
+or latency budget (the most accurate tier within it) and queries it with
+pixels or encoded images, over gRPC or REST
+(`pss_keras.serving.transports`; `connect` opens one). To adapt the tier to
+observed latency, see `pss_keras.serving.policies`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pss_keras.jobs.tiers import TIERS_SIGNATURE, served_tiers_from_outputs
+from pss_keras.jobs.tiers import (
+    ENCODED_INPUT,
+    TIER_TABLE_INPUT,
+    TIER_TABLE_SIGNATURE,
+    TIERS_SIGNATURE,
+    served_tiers_from_outputs,
+)
 from pss_keras.serving.tiers import (
     Tier,
     require_tier_table,
@@ -25,9 +33,16 @@ from pss_keras.serving.transports import PROTOCOLS, GrpcTransport, RestTransport
 
 # TF Serving's answers to a request for a signature the model lacks (gRPC
 # FAILED_PRECONDITION; REST INVALID_ARGUMENT, HTTP 400) or cannot run as
-# sent: then the tiers come from metadata. Anything else (no model, no
-# server, an overloaded or failing one) is reported as it is.
+# sent (REST refuses the input-less ``tiers``): then the next way to the
+# tiers is tried. Anything else (no model, no server, an overloaded or
+# failing one) is reported as it is.
 _NO_TIERS_SIGNATURE = ("FAILED_PRECONDITION", "INVALID_ARGUMENT", "HTTP 400")
+
+# The ways to the tier table, newest first: (signature, its inputs).
+_TIER_TABLE_REQUESTS = (
+    (TIER_TABLE_SIGNATURE, {TIER_TABLE_INPUT: np.int32(0)}),
+    (TIERS_SIGNATURE, {}),
+)
 
 
 class PSSClient:
@@ -46,36 +61,42 @@ class PSSClient:
     def tiers(self, refresh: bool = False) -> list[Tier]:
         """The served tiers (read once).
 
-        From the ``tiers`` signature when the model has it: every field,
-        cheapest first. When the server refuses that request as it refuses
-        a missing signature or one it cannot run as sent (gRPC
-        FAILED_PRECONDITION or INVALID_ARGUMENT, HTTP 400: an export
-        without the signature, a server that will not run an input-less
-        one), from GetModelMetadata, which every TF Serving answers: see
+        From the tier table when the model answers it: every field,
+        cheapest first; the ``tier_table`` signature first, then ``tiers``
+        (an export from before ``tier_table``, over gRPC: TF Serving's REST
+        API refuses an input-less signature). When the server refuses both
+        as it refuses a missing signature or one it cannot run as sent
+        (gRPC FAILED_PRECONDITION or INVALID_ARGUMENT, HTTP 400), from
+        GetModelMetadata, which every TF Serving answers: see
         `tiers_from_metadata` for what that can and cannot tell.
-        ``tier_source`` says which it was.
+        ``tier_source`` says which it was: ``tier_table``, ``tiers`` or
+        ``metadata``.
 
         Raises:
             ServingError: if the server or model is not there, the server
-                fails otherwise (passed on as it is), or neither way gives
-                a tier.
+                fails otherwise (passed on as it is), or no way gives a tier.
         """
         if self._tiers is None or refresh:
-            try:
-                outputs = self.transport.predict(TIERS_SIGNATURE, {})
-                self._tiers, self.tier_source = served_tiers_from_outputs(outputs), "tiers"
-            except ServingError as e:
-                if e.status not in _NO_TIERS_SIGNATURE:
-                    raise
-                refused = str(e)
-                tiers = tiers_from_metadata(self.transport.metadata())
-                if not tiers:
-                    raise ServingError(
-                        f"The model has no tier: the tiers signature was refused ({refused}) and "
-                        "its metadata lists no image signature (uint8 images input).",
-                        e.status,
-                    ) from None
-                self._tiers, self.tier_source = tiers, "metadata"
+            refused, status = [], None
+            for signature, inputs in _TIER_TABLE_REQUESTS:
+                try:
+                    outputs = self.transport.predict(signature, inputs)
+                except ServingError as e:
+                    if e.status not in _NO_TIERS_SIGNATURE:
+                        raise
+                    refused.append(f"{signature}: {e}")
+                    status = e.status
+                    continue
+                self._tiers, self.tier_source = served_tiers_from_outputs(outputs), signature
+                return self._tiers
+            tiers = tiers_from_metadata(self.transport.metadata())
+            if not tiers:
+                raise ServingError(
+                    f"The model has no tier: its tier table was refused ({'; '.join(refused)}) "
+                    "and its metadata lists no image signature (uint8 images input).",
+                    status,
+                )
+            self._tiers, self.tier_source = tiers, "metadata"
         return self._tiers
 
     def tier_names(self) -> list[str]:
@@ -124,40 +145,83 @@ class PSSClient:
         return max(fits, key=lambda t: (t.top1, -t.mflops))
 
     def predict(self, images, tier: str | None = None) -> dict:
-        """Runs ``images`` (uint8 [batch, h, w, 3] or [h, w, 3]) on ``tier``.
+        """Runs ``images`` on ``tier`` (default: ``serving_default`` for
+        pixels, the costliest tier for encoded images).
+
+        Args:
+            images: uint8 RGB pixels [batch, h, w, 3] or [h, w, 3]; or
+                encoded images (JPEG, PNG, GIF, BMP) as a list of ``bytes``
+                (any sizes), sent to the tier's ``<tier>_bytes`` signature
+                (a third of the pixels' size over gRPC and about a fifth
+                over REST, decoded by the server).
+            tier: the tier's name.
 
         Returns the signature's outputs: logits, probabilities,
         top5_indices, top5_classes (decoded to str).
 
         Raises:
-            ServingError: for a bad image array or an unknown tier (naming
-                the allowed tiers), or a failed request.
+            ServingError: for bad images or an unknown tier (naming the
+                allowed tiers), encoded images for an export without
+                encoded-image signatures, or a failed request.
         """
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ServingError(
-                f"images must be [batch, height, width, 3] (or one [height, width, 3] image), "
-                f"got shape {images.shape}."
-            )
-        if images.dtype != np.uint8:
-            raise ServingError(
-                f"images must be uint8 RGB pixels (0..255), got {images.dtype}; send raw "
-                "pixels, the model normalizes them itself."
-            )
-        name = tier or "serving_default"
-        if tier is not None and tier not in self.tier_names():
-            raise ServingError(f"Unknown tier {tier!r}; the server has {self.tier_names()}.")
-        outputs = self.transport.predict(name, {"images": images})
+        if isinstance(images, (bytes, list, tuple)) and all(
+            isinstance(i, bytes) for i in ([images] if isinstance(images, bytes) else images)
+        ):
+            name, inputs = self._encoded_request(images, tier)
+        else:
+            name, inputs = tier or "serving_default", {"images": _pixels(images)}
+            if tier is not None and tier not in self.tier_names():
+                raise ServingError(f"Unknown tier {tier!r}; the server has {self.tier_names()}.")
+        outputs = self.transport.predict(name, inputs)
         if "top5_classes" in outputs:
             outputs["top5_classes"] = np.vectorize(
                 lambda v: v.decode() if isinstance(v, bytes) else str(v), otypes=[object]
             )(outputs["top5_classes"])
         return outputs
 
+    def _encoded_request(self, images, tier):
+        """(signature, inputs) of a request with encoded images."""
+        images = [images] if isinstance(images, bytes) else list(images)
+        if not images:
+            raise ServingError("No image given: send one or more encoded images.")
+        tiers = {t.name: t for t in self.tiers()}
+        if tier is None:
+            if any(t.mflops is None for t in tiers.values()):
+                raise ServingError(
+                    "Name a tier for encoded images: this server's tiers come from metadata, "
+                    f"which has no costs to find the largest by; tiers: {list(tiers)}."
+                )
+            tier = max(tiers.values(), key=lambda t: t.mflops).name
+        if tier not in tiers:
+            raise ServingError(f"Unknown tier {tier!r}; the server has {list(tiers)}.")
+        if not tiers[tier].bytes_signature:
+            raise ServingError(
+                f"Tier {tier!r} takes no encoded images: the model was exported before "
+                "encoded-image signatures existed. Send decoded uint8 pixels, or export the "
+                "job again."
+            )
+        return tiers[tier].bytes_signature, {ENCODED_INPUT: np.array(images, dtype=object)}
+
     def close(self):
         self.transport.close()
+
+
+def _pixels(images) -> np.ndarray:
+    """``images`` as a uint8 [batch, h, w, 3] array, or a `ServingError`."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ServingError(
+            f"images must be [batch, height, width, 3] (or one [height, width, 3] image), "
+            f"got shape {images.shape}; encoded images go as a list of bytes."
+        )
+    if images.dtype != np.uint8:
+        raise ServingError(
+            f"images must be uint8 RGB pixels (0..255), got {images.dtype}; send raw "
+            "pixels, the model normalizes them itself."
+        )
+    return images
 
 
 def connect(

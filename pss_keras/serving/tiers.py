@@ -1,7 +1,8 @@
 """The served tiers as a client sees them: read from metadata, costed, filtered.
 
 `tiers_from_metadata` makes tiers of GetModelMetadata's signatures when the
-model's ``tiers`` signature is unavailable (names and input sizes only);
+model's tier table is unavailable (names, input sizes and encoded-image
+signatures only);
 `tier_latency_ms` is the latency a budget or objective is compared with;
 `dominant_tiers` drops the tiers no choice should take; `require_tier_table`
 refuses tiers without cost and accuracy where a choice needs them.
@@ -9,7 +10,14 @@ refuses tiers without cost and accuracy where a choice needs them.
 
 from __future__ import annotations
 
-from pss_keras.jobs.tiers import TIERS_SIGNATURE, ServedTier, split_dominated
+from pss_keras.jobs.tiers import (
+    ENCODED_INPUT,
+    TIER_TABLE_SIGNATURE,
+    TIERS_SIGNATURE,
+    ServedTier,
+    encoded_signature,
+    split_dominated,
+)
 from pss_keras.serving.transports import ServingError
 
 # One served subnet (name, metric_type, target, mflops, params, resolution,
@@ -19,17 +27,20 @@ Tier = ServedTier
 
 
 # Signatures of an export that are not tiers of their own.
-_NOT_TIERS = ("serving_default", TIERS_SIGNATURE)
+_NOT_TIERS = ("serving_default", TIERS_SIGNATURE, TIER_TABLE_SIGNATURE)
 
 
 def tiers_from_metadata(signatures: dict) -> list[Tier]:
     """Tiers from GetModelMetadata's signature definitions, for a model
-    whose ``tiers`` signature is unavailable.
+    whose tier table is unavailable.
 
-    A tier is a signature (not ``serving_default``, ``tiers`` or a
-    ``__``-prefixed internal one) that takes ``images``, uint8
-    ``[batch, height, width, 3]``. Metadata describes signatures only, so a
-    tier has its ``name`` and, where the signature fixes a square input
+    A tier is a signature (not ``serving_default``, ``tiers``,
+    ``tier_table`` or a ``__``-prefixed internal one) that takes
+    ``images``, uint8 ``[batch, height, width, 3]``. Its encoded-image
+    signature ``<name>_bytes`` (one string input ``image_bytes``) is its
+    ``bytes_signature`` when the model has it, not a tier of its own.
+    Metadata describes signatures only, so a tier has its ``name``, its
+    ``bytes_signature`` and, where the signature fixes a square input
     size, its ``resolution``; ``mflops``, ``params``, ``top1``,
     ``latency_ms``, ``metric_type`` and ``target`` are None. With such tiers
     a client can list them, predict on one by name, and order them by
@@ -55,6 +66,8 @@ def tiers_from_metadata(signatures: dict) -> list[Tier]:
         if shape is not None and (len(shape) != 4 or shape[3] not in (None, 3)):
             continue
         fixed = shape is not None and shape[1] is not None and shape[1] == shape[2]
+        encoded = signatures.get(encoded_signature(name), {}).get("inputs", {})
+        takes_bytes = list(encoded) == [ENCODED_INPUT] and encoded[ENCODED_INPUT][0] == "string"
         tiers.append(
             Tier(
                 name=name,
@@ -65,6 +78,7 @@ def tiers_from_metadata(signatures: dict) -> list[Tier]:
                 resolution=shape[1] if fixed else None,
                 top1=None,
                 latency_ms=None,
+                bytes_signature=encoded_signature(name) if takes_bytes else "",
             )
         )
     return sorted(tiers, key=lambda t: (t.resolution is None, t.resolution or 0, t.name))
@@ -74,8 +88,8 @@ def require_tier_table(tiers, what: str) -> None:
     """Refuses tiers without cost and accuracy (found through metadata)."""
     if any(t.mflops is None or t.top1 is None or t.latency_ms is None for t in tiers):
         raise ServingError(
-            f"{what} needs each tier's MFLOPs, accuracy and latency, which only the model's "
-            f"'{TIERS_SIGNATURE}' signature gives; this server's tiers come from "
+            f"{what} needs each tier's MFLOPs, accuracy and latency, which only the "
+            f"tier table ('{TIER_TABLE_SIGNATURE}' signature) gives; this server's tiers come from "
             "GetModelMetadata (names and input shapes only). Choose a tier by name: "
             f"{[t.name for t in tiers]}."
         )

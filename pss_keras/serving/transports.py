@@ -9,6 +9,7 @@ A transport answers ``predict(signature, inputs) -> {output alias: array}``,
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.request
@@ -112,7 +113,7 @@ class RestTransport:
         url = f"{self.base_url}/v1/models/{self.model_name}:predict"
         body = {
             "signature_name": signature,
-            "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()},
+            "inputs": {k: _json_tensor(v) for k, v in inputs.items()},
         }
         request = urllib.request.Request(
             url, json.dumps(body).encode(), {"Content-Type": "application/json"}
@@ -175,6 +176,20 @@ class RestTransport:
 
     def close(self):
         pass
+
+
+def _json_tensor(value):
+    """An input array as TF Serving's REST API reads it: numbers as JSON
+    numbers, bytes (a string tensor) as ``{"b64": base64}`` each, which the
+    server decodes back to the bytes (util/json_tensor.cc)."""
+    array = np.asarray(value)
+    if array.dtype == object or array.dtype.kind == "S":
+        return np.vectorize(
+            lambda b: {"b64": base64.b64encode(b if isinstance(b, bytes) else str(b).encode())
+                       .decode("ascii")},
+            otypes=[object],
+        )(array).tolist()  # fmt: skip
+    return array.tolist()
 
 
 def _dtype_name(dtype) -> str:
