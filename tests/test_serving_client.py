@@ -14,7 +14,7 @@ import tensorflow as tf
 from serving_fixtures import MODEL, ROOT, _address, _images, _start_server
 
 from pss_keras import serving
-from pss_keras.jobs.tiers import TIERS_SIGNATURE
+from pss_keras.jobs.tiers import TIER_TABLE_SIGNATURE, TIERS_SIGNATURE
 
 pytest_plugins = ["serving_fixtures"]
 
@@ -64,18 +64,76 @@ class _NoTiersModel(tf.Module):
     def scale(self, x):
         return {"y": 3.0 * x}
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def narrow_bytes(self, image_bytes):
+        images = tf.map_fn(
+            lambda b: tf.image.resize(tf.io.decode_image(b, 3, expand_animations=False), [24, 24]),
+            image_bytes,
+            fn_output_signature=tf.float32,
+        )
+        return self._tier(images, 1.0)
 
-@pytest.fixture(scope="module")
-def no_tiers_server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("no_tiers") / MODEL
-    module = _NoTiersModel()
+
+class _OldExport(_NoTiersModel):
+    """An export from before ``tier_table``: its tier table is the
+    input-less ``tiers`` signature (which TF Serving's REST API refuses)."""
+
+    @tf.function(input_signature=[])
+    def tiers(self):
+        return {
+            "names": tf.constant(["narrow", "wide"]),
+            "metric_types": tf.constant(["flops", "flops"]),
+            "targets": tf.constant([1.0, 2.0]),
+            "mflops": tf.constant([1.0, 2.0]),
+            "params": tf.constant([10, 20], tf.int64),
+            "resolutions": tf.constant([24, 32]),
+            "top1": tf.constant([0.5, 0.6]),
+            "latency_ms": tf.constant([1.0, 2.0]),
+        }
+
+
+def _serve_module(module, base, extra=()):
     signatures = {"wide": module.wide, "narrow": module.narrow, "scale": module.scale}
+    signatures |= {name: getattr(module, name) for name in ("narrow_bytes", *extra)}
     tf.saved_model.save(
         module, str(base / "1"), signatures={**signatures, "serving_default": module.wide}
     )
-    server = _start_server(str(base))
+    return _start_server(str(base))
+
+
+@pytest.fixture(scope="module")
+def no_tiers_server(tmp_path_factory):
+    server = _serve_module(_NoTiersModel(), tmp_path_factory.mktemp("no_tiers") / MODEL)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def old_export_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("old_export") / MODEL
+    server = _serve_module(_OldExport(), base, extra=("tiers",))
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("protocol, source", [("grpc", "tiers"), ("rest", "metadata")])
+def test_an_old_export_answers_through_tiers_or_metadata(old_export_server, protocol, source):
+    """A model exported before ``tier_table``: gRPC reads its input-less
+    ``tiers`` signature; TF Serving's REST API refuses that signature
+    ("Failed to get input map"), so REST falls back to metadata."""
+    c = serving.connect(_address(old_export_server, protocol), MODEL, protocol, timeout=30)
+    try:
+        tiers = c.tiers()
+        assert c.tier_source == source
+        assert [t.name for t in tiers] == ["narrow", "wide"]
+        assert [t.mflops for t in tiers] == ([1.0, 2.0] if source == "tiers" else [None, None])
+        # The old table has no encoded-image column; metadata finds narrow_bytes.
+        expected = ["", ""] if source == "tiers" else ["narrow_bytes", ""]
+        assert [t.bytes_signature for t in tiers] == expected
+        with pytest.raises(serving.ServingError, match="Tier 'wide' takes no encoded images"):
+            c.predict([b"\xff\xd8"], "wide")
+    finally:
+        c.close()
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
@@ -99,11 +157,19 @@ def test_tiers_fall_back_to_model_metadata(no_tiers_server, protocol):
             serving.ServingError, match=r"Unknown tier 'scale'; the server has \['narrow', 'wide'\]"
         ):
             c.predict(images, "scale")
-        # Budgets and accuracy need the tiers signature's table.
+        # The encoded-image signature is narrow's, not a tier of its own.
+        assert [t.bytes_signature for t in tiers] == ["narrow_bytes", ""]
+        png = tf.io.encode_png(np.full((30, 20, 3), 10, np.uint8)).numpy()
+        np.testing.assert_allclose(
+            c.predict([png], "narrow")["logits"], [[10] * 3 + [-10] * 3], rtol=1e-6
+        )
+        with pytest.raises(serving.ServingError, match="^Name a tier for encoded images"):
+            c.predict([png])
+        # Budgets and accuracy need the tier table.
         needs = (
-            r"needs each tier's MFLOPs, accuracy and latency, which only the model's 'tiers' "
-            r"signature gives; this server's tiers come from GetModelMetadata \(names and input "
-            r"shapes only\)\. Choose a tier by name: \['narrow', 'wide'\]\.$"
+            r"needs each tier's MFLOPs, accuracy and latency, which only the tier table "
+            r"\('tier_table' signature\) gives; this server's tiers come from GetModelMetadata "
+            r"\(names and input shapes only\)\. Choose a tier by name: \['narrow', 'wide'\]\.$"
         )
         with pytest.raises(serving.ServingError, match="^choose_tier " + needs):
             c.choose_tier(max_mflops=100)
@@ -130,8 +196,25 @@ def test_query_script_lists_metadata_tiers_and_refuses_a_budget(no_tiers_server,
     assert "choose_tier needs each tier's MFLOPs" in budget.stderr.strip().splitlines()[-1]
 
 
-def test_tiers_signature_is_preferred_to_metadata(client):
-    assert client.tiers()[0].mflops is not None and client.tier_source == "tiers"
+def test_tier_table_signature_is_preferred_to_metadata(client):
+    assert client.tiers()[0].mflops is not None and client.tier_source == "tier_table"
+
+
+def test_tiers_are_read_from_the_first_table_signature_that_answers():
+    """New client, old export over gRPC: ``tier_table`` is missing
+    (FAILED_PRECONDITION), ``tiers`` answers."""
+
+    class Transport(_TableTransport):
+        def predict(self, signature, inputs):
+            if signature == TIER_TABLE_SIGNATURE:
+                self.calls.append(signature)
+                raise serving.ServingError("not found", "FAILED_PRECONDITION")
+            return super().predict(signature, inputs)
+
+    client = serving.PSSClient(Transport(TABLE))
+    assert [t.name for t in client.tiers()] == ["a", "b", "e", "c", "d"]
+    assert client.tier_source == "tiers"
+    assert client.transport.calls == [TIER_TABLE_SIGNATURE, TIERS_SIGNATURE]
 
 
 @pytest.mark.parametrize(
@@ -162,22 +245,24 @@ def test_metadata_fallback_needs_an_image_signature(monkeypatch):
 
     with pytest.raises(
         serving.ServingError,
-        match=r"^The model has no tier: the tiers signature was refused \(rejected "
-        r"\(FAILED_PRECONDITION\)\) and its metadata lists no image signature",
+        match=r"^The model has no tier: its tier table was refused \(tier_table: rejected "
+        r"\(FAILED_PRECONDITION\); tiers: rejected \(FAILED_PRECONDITION\)\) and its metadata "
+        r"lists no image signature",
     ):
         serving.PSSClient(Transport([])).tiers()
 
 
 class _TableTransport:
-    """Answers only the ``tiers`` signature, with the table a server would send
-    (float32 numbers, bytes strings, in export order)."""
+    """Answers only the tier table (``tier_table`` with its ``dummy`` input,
+    or ``tiers`` with none), with the table a server would send (float32
+    numbers, bytes strings, in export order)."""
 
     def __init__(self, rows):
         self.rows, self.calls = rows, []
 
     def predict(self, signature, inputs):
         self.calls.append(signature)
-        assert signature == TIERS_SIGNATURE and inputs == {}
+        assert (signature, inputs) in [(TIER_TABLE_SIGNATURE, {"dummy": 0}), (TIERS_SIGNATURE, {})]
 
         def column(i, dtype):
             return np.array([r[i] for r in self.rows], dtype)
@@ -220,9 +305,9 @@ def test_tiers_table_is_read_once_and_sorted_by_cost(table_client):
         ("b", "flops", 20.0, 0.80, 9.0)
     )
     table_client.tiers()
-    assert table_client.transport.calls == ["tiers"]
+    assert table_client.transport.calls == ["tier_table"]
     table_client.tiers(refresh=True)
-    assert table_client.transport.calls == ["tiers", "tiers"]
+    assert table_client.transport.calls == ["tier_table", "tier_table"]
 
 
 @pytest.mark.parametrize(
@@ -405,3 +490,56 @@ def test_query_script_prints_top5_from_the_right_tier(served, tmp_path):
         timeout=120,
     )
     assert rest.returncode == 0 and all(t["name"] in rest.stdout for t in summary["tiers"])
+
+
+def test_encoded_images_give_the_prediction_of_their_pixels(client, served):
+    """A JPEG and a PNG sent as bytes (b64 JSON over REST, a string tensor
+    over gRPC) give what their pixels, decoded by the same decoder, give."""
+    _, summary, _ = served
+    rng = np.random.default_rng(5)
+    files = [
+        tf.io.encode_jpeg(rng.integers(0, 256, (44, 58, 3)).astype(np.uint8)).numpy(),
+        tf.io.encode_png(rng.integers(0, 256, (37, 30, 3)).astype(np.uint8)).numpy(),
+    ]
+    for tier in summary["tiers"]:
+        out = client.predict(files, tier["name"])
+        for i, data in enumerate(files):
+            pixels = tf.io.decode_image(data, channels=3).numpy()
+            expected = client.predict(pixels, tier["name"])
+            scale = np.abs(expected["logits"]).max()
+            np.testing.assert_allclose(out["logits"][i], expected["logits"][0], atol=1e-5 * scale)
+            assert list(out["top5_classes"][i]) == list(expected["top5_classes"][0])
+    largest = max(summary["tiers"], key=lambda t: t["mflops"])["name"]
+    np.testing.assert_array_equal(
+        client.predict(files[0])["logits"], client.predict(files[0], largest)["logits"]
+    )
+    with pytest.raises(serving.ServingError, match="Unknown image file format"):
+        client.predict([b"not an image"], largest)
+
+
+def test_query_script_picks_the_same_tier_over_rest_and_grpc(served, run_script, tmp_path):
+    """--max_mflops over REST reads the tier table through ``tier_table``
+    (REST refuses the input-less ``tiers``) and picks gRPC's tier; --encoded
+    sends the file's bytes and prints the same classes."""
+    server, summary, _ = served
+    path = tmp_path / "img.jpg"
+    path.write_bytes(tf.io.encode_jpeg(_images((1, 48, 40, 3))[0]).numpy())
+    budget = sorted(t["mflops"] for t in summary["tiers"])[1]
+    outputs = {}
+    for protocol, address in [("grpc", server.grpc_address), ("rest", server.rest_address)]:
+        for encoded in ("--noencoded", "--encoded"):
+            result = run_script(
+                "scripts/query.py",
+                f"--protocol={protocol}",
+                f"--server={address}",
+                f"--model_name={MODEL}",
+                f"--max_mflops={budget}",
+                encoded,
+                str(path),
+            )
+            assert result.returncode == 0, result.stderr[-2000:]
+            outputs[protocol, encoded] = result.stdout
+    chosen = next(t["name"] for t in summary["tiers"] if t["mflops"] == budget)
+    assert f"[{chosen}]" in outputs["grpc", "--noencoded"]
+    classes = [[line.split("(")[0] for line in out.splitlines()] for out in outputs.values()]
+    assert all(c == classes[0] for c in classes), outputs
