@@ -1,6 +1,7 @@
 """The gRPC and REST transports (pss_keras.serving.transports): requests and
 answers as TF Serving sends them, its refusals and silences as ServingError."""
 
+import base64
 import io
 import json
 import urllib.error
@@ -329,3 +330,24 @@ def test_rest_request_and_response_conversion(monkeypatch):
     answers += [{"outputs": [[1, 2]]}, {"predictions": [[3, 4]]}]
     np.testing.assert_array_equal(t.predict("x", {})["output"], [[1, 2]])
     np.testing.assert_array_equal(t.predict("x", {})["output"], [[3, 4]])
+
+
+def test_rest_sends_string_tensors_as_b64_objects(monkeypatch):
+    """Bytes go as TF Serving's REST API reads a string tensor's binary
+    values: ``{"b64": base64}`` each (util/json_tensor.cc); the tier table's
+    int32 ``dummy`` as a JSON number."""
+    requests = []
+
+    def urlopen(request, timeout):
+        requests.append(json.loads(request.data))
+        return _Response(json.dumps({"outputs": {"logits": [[0.0]]}}).encode())
+
+    monkeypatch.setattr(transports.urllib.request, "urlopen", urlopen)
+    t = serving.RestTransport("127.0.0.1:8501", MODEL)
+    files = [b"\xff\xd8\xff\xe0jpeg", b"\x89PNG\r\n"]
+    t.predict("flops_2m_bytes", {"image_bytes": np.array(files, object)})
+    t.predict("tier_table", {"dummy": np.int32(0)})
+    assert requests[0]["inputs"] == {
+        "image_bytes": [{"b64": base64.b64encode(f).decode()} for f in files]
+    }
+    assert requests[1]["inputs"] == {"dummy": 0}
