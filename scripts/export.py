@@ -51,7 +51,11 @@ def main(argv):
             f"{t['name']:<16}{t['mflops']:>9.2f}{t['resolution']:>5}{t['top1']:>10.3f}"
             f"{t['latency_ms']:>12.2f}"
         )
-    print("plus serving_default and tiers; input: " + summary["input"])
+    print("input: " + summary["input"])
+    print(
+        f"also: <tier>_bytes ({summary['encoded_input'].split(', in')[0]}), serving_default "
+        f"({summary['default_tier']}), tier_table and tiers (the tier table)"
+    )
 
 
 if __name__ == "__main__":
