@@ -23,6 +23,7 @@ flags.DEFINE_integer("port", 8500, "gRPC port (0: any free port, printed).", low
 flags.DEFINE_integer("rest_api_port", 8501, "REST port (0: any free port).", lower_bound=0)
 flags.DEFINE_integer("threads", None, "Session intra/inter-op threads.", lower_bound=1)
 flags.DEFINE_integer("request_workers", 16, "Concurrent requests.", lower_bound=1)
+flags.DEFINE_list("version_labels", [], "label:version,... (TF Serving's version_labels).")
 flags.mark_flags_as_required(["model_dir", "model_name"])
 F = flags.FLAGS
 
@@ -31,9 +32,16 @@ def main(argv):
     del argv
     from pss_keras.testing import model_server
 
+    try:
+        labels = {k: int(v) for k, v in (item.rsplit(":", 1) for item in F.version_labels)}
+    except ValueError:
+        sys.exit(
+            f"error: --version_labels takes label:version,...; got {','.join(F.version_labels)}"
+        )
     config = model_server.ServeConfig(
-        F.model_dir, F.model_name, F.host, F.port, F.rest_api_port, F.threads, F.request_workers
-    )
+        F.model_dir, F.model_name, F.host, F.port, F.rest_api_port, F.threads, F.request_workers,
+        labels,
+    )  # fmt: skip
     try:
         model_server.serve_until_stopped(config)
     except (model_server.ModelRefused, OSError) as e:

@@ -59,7 +59,10 @@ def _post(url, body):
 @pytest.mark.parametrize(
     "images, message",
     [
-        ("[[[[1, 2, 3]]], [[[1, 2]]]]", "input images: lists of unequal lengths"),
+        (
+            "[[[[1, 2, 3]]], [[[1, 2]]]]",
+            "Encountered list at unexpected size: 2 at level: 3 expected size: 3",
+        ),
         ("[]", r"input images has shape \[0\]"),
     ],
     ids=["ragged", "empty"],

@@ -24,7 +24,7 @@ def test_stand_in_loads_by_session_and_replays_the_warm_up(served):
     model = server.model
     assert isinstance(model.session, tf.compat.v1.Session) and model.session.graph is model.graph
     # Every request of the export's warm-up file ran at load: one per signature.
-    assert model.warmup_requests == len(_warmup_logs(summary["path"])) == len(summary["tiers"]) + 2
+    assert model.warmup_requests == len(_warmup_logs(summary["path"])) == len(model.signature_defs)
     # The base path was given: the latest (only) version is served.
     assert (server.version, server.model_dir) == (summary["version"], summary["path"])
 
@@ -67,7 +67,7 @@ def test_stand_in_refuses_a_model_whose_warm_up_fails(served, tmp_path, edit, me
         ModelServer(path, MODEL)
     # The same copy with the export's own warm-up requests loads.
     ok = ModelServer(_with_warmup(summary["path"], tmp_path / "ok", lambda r: None), MODEL)
-    assert ok.model.warmup_requests == len(summary["tiers"]) + 2
+    assert ok.model.warmup_requests == len(ok.model.signature_defs)
     ok.model.close()
 
 

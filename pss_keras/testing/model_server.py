@@ -3,11 +3,10 @@
 `ModelServer` loads a `pss_keras.testing.served_model.ServedModel` (as TF
 Serving loads and warms up a SavedModel version) and serves it over TF
 Serving's gRPC PredictionService (Predict, GetModelMetadata) and its REST
-routes (``POST /v1/models/<name>:predict``, ``GET /v1/models/<name>/metadata``,
-``GET /v1/models/<name>``), with TF Serving's status codes and messages for
-an unknown model (NOT_FOUND / HTTP 404), an unknown signature (gRPC
-FAILED_PRECONDITION; REST INVALID_ARGUMENT, HTTP 400) and bad inputs
-(INVALID_ARGUMENT / HTTP 400).
+routes (``POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict``, ``GET
+/v1/models/<name>[/versions/<v>|/labels/<l>][/metadata]``), with TF Serving's
+status codes and messages (`pss_keras.testing.rest_api` is the REST side;
+docs/tf_serving_behaviour.md lists each behaviour).
 
 It serves one model; it does not poll for new versions, batch requests or
 run Classify / Regress. It imports no training module and reads no flags:
@@ -27,21 +26,21 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import re
 import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
-import numpy as np
 import tensorflow as tf
-from google.protobuf import json_format
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
 
+from pss_keras.testing import rest_api
 from pss_keras.testing.served_model import (
     DEFAULT_SIGNATURE,
     ModelRefused,
@@ -84,6 +83,8 @@ class ServeConfig:
         threads: TensorFlow's intra- and inter-op threads for the session
             (None: TensorFlow's default, about one per core).
         request_workers: concurrent requests each protocol handles.
+        version_labels: ``{label: version}`` (TF Serving's model_config
+            version_labels; each must name the served version).
     """
 
     model_dir: str
@@ -93,6 +94,7 @@ class ServeConfig:
     rest_api_port: int = 8501
     threads: int | None = None
     request_workers: int = 16
+    version_labels: dict | None = None
 
 
 class ModelServer:
@@ -103,10 +105,13 @@ class ModelServer:
         model_name: the name requests must use.
         threads: the session's intra- and inter-op threads (None: default).
         request_workers: concurrent requests each protocol handles.
+        version_labels: ``{label: version}``, as TF Serving's model_config
+            version_labels.
 
     Raises:
         ModelRefused: as `ServedModel` (the model is loaded and warmed up
-            here, before any port is opened).
+            here, before any port is opened), or for a label naming another
+            version than the one served (TF Serving refuses that config).
     """
 
     def __init__(
@@ -115,10 +120,21 @@ class ModelServer:
         model_name: str,
         threads: int | None = None,
         request_workers: int = 16,
+        version_labels: dict | None = None,
     ):
         self.model_dir, self.version = version_dir(model_dir)
         self.model_name, self.request_workers = model_name, request_workers
+        for label, version in (version_labels or {}).items():
+            if version != self.version:  # model_servers/server_core.cc UpdateModelVersionLabelMap
+                raise ModelRefused(
+                    f"Request to assign label to version {version} of model {model_name}, which "
+                    f"is not currently available for inference (label {label})"
+                )
         self.model = ServedModel(self.model_dir, threads)
+        self.servable = rest_api.Servable(
+            model_name, self.version, self.model.all_signature_defs, self.model.predict,
+            dict(version_labels or {}),
+        )  # fmt: skip
         self.host = "127.0.0.1"
         self.grpc_port = self.rest_port = None  # bound by start()
 
@@ -127,116 +143,102 @@ class ModelServer:
         """What serves the requests, for benchmark tables."""
         return standin_label(self.model.threads)
 
-    # -- the shared request path -------------------------------------------
-    def run(self, name: str, signature: str, inputs: dict) -> dict:
-        if name != self.model_name:
-            raise RequestError("NOT_FOUND", f"Servable not found for request: Latest({name})")
-        return self.model.predict(signature, inputs)
-
     # -- gRPC ----------------------------------------------------------------
+    def _resolve(self, request) -> int | None:
+        """The version a gRPC request's model_spec finds (`rest_api.resolve_version`).
+
+        Raises:
+            RequestError: INVALID_ARGUMENT ``Missing ModelSpec`` (TF Serving's
+                predict_impl.cc, get_model_metadata_impl.cc), or as resolve_version.
+        """
+        if not request.HasField("model_spec"):
+            raise RequestError("INVALID_ARGUMENT", "Missing ModelSpec")
+        spec, choice = request.model_spec, request.model_spec.WhichOneof("version_choice")
+        version = spec.version.value if choice == "version" else None
+        label = spec.version_label if choice == "version_label" else None
+        return rest_api.resolve_version(self.servable, spec.name, version, label)
+
+    def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        """gRPC Predict (servables/tensorflow/predict_impl.cc, predict_util.cc).
+
+        Raises:
+            RequestError: as `_resolve` and `ServedModel.predict`.
+        """
+        version = self._resolve(request)
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        outputs = self.model.predict(signature, dict(request.inputs), request.output_filter)
+        response = predict_pb2.PredictResponse()  # util.cc MakeModelSpec
+        response.model_spec.name, response.model_spec.signature_name = self.model_name, signature
+        if version is not None:
+            response.model_spec.version.value = version
+        for k, v in outputs.items():
+            response.outputs[k].CopyFrom(tf.make_tensor_proto(v))
+        return response
+
+    def metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """gRPC GetModelMetadata (servables/tensorflow/get_model_metadata_impl.cc).
+
+        Raises:
+            RequestError: INVALID_ARGUMENT for no or another metadata field, as `_resolve`.
+        """
+        if not request.HasField("model_spec"):
+            raise RequestError("INVALID_ARGUMENT", "Missing ModelSpec")
+        if not request.metadata_field:
+            message = "GetModelMetadataRequest must specify at least one metadata_field"
+            raise RequestError("INVALID_ARGUMENT", message)
+        for field in request.metadata_field:
+            if field != "signature_def":
+                raise RequestError("INVALID_ARGUMENT", f"Metadata field {field} is not supported")
+        version = self._resolve(request)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = self.model_name
+        if version is not None:
+            response.model_spec.version.value = version
+        response.metadata["signature_def"].Pack(self.model.metadata())
+        return response
+
     def _servicer(self):
         server = self
 
+        def call(method, request, context):
+            try:
+                return method(request)
+            except RequestError as e:  # model_servers/grpc_status_util.cc ToGRPCStatus
+                message = str(e).encode()
+                message = message if len(message) <= 1024 else message[:1024] + b"...TRUNCATED"
+                context.abort(getattr(grpc.StatusCode, e.code), message.decode(errors="replace"))
+
         class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             def Predict(self, request, context):  # noqa: N802 (grpc's name)
-                try:
-                    inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-                    outputs = server.run(
-                        request.model_spec.name, request.model_spec.signature_name, inputs
-                    )
-                except RequestError as e:
-                    context.abort(getattr(grpc.StatusCode, e.code), str(e))
-                except (TypeError, ValueError) as e:  # a TensorProto make_ndarray cannot read
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-                response = predict_pb2.PredictResponse()
-                response.model_spec.CopyFrom(request.model_spec)
-                response.model_spec.signature_name = (
-                    request.model_spec.signature_name or DEFAULT_SIGNATURE
-                )
-                if server.version is not None:
-                    response.model_spec.version.value = server.version
-                for k, v in outputs.items():
-                    response.outputs[k].CopyFrom(tf.make_tensor_proto(v))
-                return response
+                return call(server.predict, request, context)
 
             def GetModelMetadata(self, request, context):  # noqa: N802
-                if request.model_spec.name != server.model_name:
-                    context.abort(
-                        grpc.StatusCode.NOT_FOUND,
-                        f"Servable not found for request: Latest({request.model_spec.name})",
-                    )
-                fields = set(request.metadata_field)
-                if fields - {"signature_def"}:
-                    context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"Metadata field {sorted(fields - {'signature_def'})[0]} is not supported",
-                    )
-                response = get_model_metadata_pb2.GetModelMetadataResponse()
-                response.model_spec.CopyFrom(request.model_spec)
-                if server.version is not None:
-                    response.model_spec.version.value = server.version
-                response.metadata["signature_def"].Pack(server.model.metadata())
-                return response
+                return call(server.metadata, request, context)
 
         return Servicer()
 
     # -- REST ----------------------------------------------------------------
-    def rest_metadata(self) -> dict:
-        """``GET /v1/models/<name>/metadata`` as TF Serving answers it: the
-        SignatureDefMap in proto3 JSON under ``metadata.signature_def``."""
-        return {
-            "model_spec": {
-                "name": self.model_name,
-                "signature_name": "",
-                "version": str(self.version or ""),
-            },
-            "metadata": {
-                "signature_def": json_format.MessageToDict(
-                    self.model.metadata(), preserving_proto_field_name=True
-                )
-            },
-        }
-
     def _handler(self):
-        server = self
-        prefix = f"/v1/models/{self.model_name}"
+        servable = self.servable
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
-            def _send(self, status, payload):
-                body = json.dumps(payload).encode()
+            def _serve(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.encode("latin-1").decode("utf-8", "surrogateescape")
+                origin = self.headers.get("Origin")
+                status, content_type, payload = rest_response(
+                    self.command, path, body, servable, origin
+                )
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(payload)
 
-            def do_GET(self):  # noqa: N802 (http.server's name)
-                if self.path == f"{prefix}/metadata":
-                    self._send(200, server.rest_metadata())
-                elif self.path == prefix:  # the model status route
-                    version = str(server.version or "")
-                    status = {"version": version, "state": "AVAILABLE"}
-                    status["status"] = {"error_code": "OK", "error_message": ""}
-                    self._send(200, {"model_version_status": [status]})
-                else:
-                    self._send(404, {"error": f"Servable not found for {self.path}"})
-
-            def do_POST(self):  # noqa: N802
-                if not self.path.startswith("/v1/models/") or not self.path.endswith(":predict"):
-                    return self._send(400, {"error": f"Malformed request: POST {self.path}"})
-                name = self.path[len("/v1/models/") : -len(":predict")]
-                try:
-                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                except ValueError as e:
-                    return self._send(400, {"error": f"JSON Parse error: {e}"})
-                try:
-                    outputs = server.run(name, *_rest_request(server.model, body))
-                except RequestError as e:
-                    return self._send(404 if e.code == "NOT_FOUND" else 400, {"error": str(e)})
-                self._send(200, {"outputs": _rest_outputs(outputs)})
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _serve  # noqa: N815
 
         return Handler
 
@@ -288,69 +290,61 @@ class ModelServer:
         return f"http://{self.host}:{self.rest_port}"
 
 
+# libevent's evhttp_send_error page (util/net_http/server/internal/evhttp_server.cc).
+_NOT_FOUND_PAGE = b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
+
+
+def rest_response(method: str, path: str, body: bytes, servable, origin=None) -> tuple:
+    """One HTTP request answered as TF Serving's REST server answers it
+    (model_servers/http_server.cc RestApiRequestDispatcher; http_rest_api_handler.cc
+    ProcessRequest), by `pss_keras.testing.rest_api`'s parts.
+
+    Args:
+        method, path, body: the request (``path`` as sent, query included).
+        servable: the `rest_api.Servable` served.
+        origin: the Origin header (a CORS preflight, OPTIONS, needs http(s)://).
+
+    Returns:
+        (HTTP status, content type, body): JSON with raw UTF-8 and bare NaN as
+        rapidjson writes it; ``{"error": message}`` for an error (json_tensor.cc
+        MakeJsonFromStatus). A path outside /v1/ gets libevent's 404 page.
+    """
+    if not rest_api.HANDLED.fullmatch(path):
+        return 404, "text/html", _NOT_FOUND_PAGE
+    if method == "OPTIONS":  # empty; FAILED_PRECONDITION (400) without an http(s) Origin
+        return (200 if re.search("https?://", origin or "") else 400), "application/json", b""
+    try:
+        request, status = rest_api.route(method, path), 200
+        if request.verb in ("status", "metadata") and not request.name:
+            raise RequestError("INVALID_ARGUMENT", "Missing model name in request.")
+        if request.verb == "status":
+            answer = rest_api.model_status(servable, request.name, request.version)
+        elif request.verb == "metadata":
+            answer = rest_api.metadata(servable, *request[:3])
+        elif request.verb != "predict":
+            raise RequestError("UNIMPLEMENTED", f"The stand-in does not run {request.verb}.")
+        else:  # the servable is looked up once the JSON is read (ProcessPredictRequest)
+
+            def info_map(signature_name: str):
+                rest_api.resolve_version(servable, *request[:3])
+                return rest_api.get_info_map(servable.signature_defs, signature_name)
+
+            signature, inputs, form = rest_api.fill_predict_request(body, info_map)
+            answer = rest_api.make_json_from_tensors(servable.predict(signature, inputs), form)
+    except rest_api.UnreportedError as e:
+        return rest_api.HTTP_STATUS[e.code], "application/json", b""
+    except RequestError as e:
+        answer, status = {"error": str(e)}, rest_api.HTTP_STATUS.get(e.code, 500)
+    payload = json.dumps(answer, ensure_ascii=False).encode("utf-8", "surrogateescape")
+    return status, "application/json", payload
+
+
 class _HTTPServer(ThreadingHTTPServer):
     """One thread per connection, and a listen backlog above the default 5,
     so that many clients connecting at once are queued, not refused."""
 
     daemon_threads = True
     request_queue_size = 64
-
-
-def _rest_request(model: ServedModel, body: dict) -> tuple[str, dict]:
-    """(signature, inputs) of a REST predict body, typed by the SignatureDef
-    as TF Serving's JSON reader types them.
-
-    Raises:
-        RequestError: as TF Serving's REST API (an unknown signature is
-            INVALID_ARGUMENT there, read before the request runs).
-    """
-    if not isinstance(body, dict):
-        raise RequestError("INVALID_ARGUMENT", "JSON Value: not an object")
-    signature = body.get("signature_name", "") or DEFAULT_SIGNATURE
-    sig = model.signature_defs.get(signature)
-    if sig is None:  # http_rest_api_handler.cc GetInfoMap
-        raise RequestError(
-            "INVALID_ARGUMENT", f'Serving signature name: "{signature}" not found in signature def'
-        )
-    raw = body.get("inputs", {})
-    if not isinstance(raw, dict):  # one unnamed input: the signature's only one
-        raw = {next(iter(sig.inputs), ""): raw}
-    inputs = {}
-    for alias, value in raw.items():
-        try:
-            array = np.asarray(value)
-        except ValueError:  # numpy refuses ragged nesting
-            raise RequestError(
-                "INVALID_ARGUMENT", f"input {alias}: lists of unequal lengths (not a tensor)"
-            ) from None
-        dtype = model.input_dtypes[signature].get(alias)
-        if dtype is None:
-            inputs[alias] = array
-            continue
-        if array.size and array.dtype.kind == "f" and not dtype.is_floating:
-            raise RequestError(  # util/json_tensor.cc TypeError
-                "INVALID_ARGUMENT",
-                f"JSON Value: {array.flat[0]} Type: Number is not of expected type: {dtype.name}",
-            )
-        try:
-            inputs[alias] = array.astype(object if dtype == tf.string else dtype.as_numpy_dtype)
-        except (TypeError, ValueError, OverflowError) as e:  # e.g. text for a uint8 input
-            raise RequestError(
-                "INVALID_ARGUMENT", f"input {alias} is not of expected type {dtype.name}: {e}"
-            ) from None
-    return signature, inputs
-
-
-def _rest_outputs(outputs: dict) -> dict:
-    """Arrays as JSON values (strings decoded, as TF Serving writes UTF-8)."""
-    decoded = {}
-    for k, v in outputs.items():
-        if v.dtype == object:
-            v = np.vectorize(lambda b: b.decode() if isinstance(b, bytes) else b, otypes=[object])(
-                v
-            )
-        decoded[k] = v.tolist()
-    return decoded
 
 
 def serve(config: ServeConfig, ready=print) -> ModelServer:
@@ -362,7 +356,11 @@ def serve(config: ServeConfig, ready=print) -> ModelServer:
         OSError: if a port cannot be bound.
     """
     server = ModelServer(
-        config.model_dir, config.model_name, config.threads, config.request_workers
+        config.model_dir,
+        config.model_name,
+        config.threads,
+        config.request_workers,
+        config.version_labels,
     )
     try:
         server.start(config.host, config.port, config.rest_api_port)

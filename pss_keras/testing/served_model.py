@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 
 SERVE_TAG = "serve"
@@ -47,10 +47,11 @@ _CODE_NAMES = {
 }  # fmt: skip
 
 
-def _type_string(dtype: tf.DType) -> str:
-    """TensorFlow's C++ name of a dtype, as its messages print it (``float``
-    for float32, ``uint8``, ``string``)."""
-    return types_pb2.DataType.Name(dtype.as_datatype_enum)[3:].lower()
+def type_string(dtype) -> str:
+    """TensorFlow's C++ name of a dtype (``tf.DType``, DataType enum or numpy
+    dtype), as its messages print it (``float`` for float32, ``uint8``,
+    ``string``): DataTypeString in tensorflow/core/framework/types.cc."""
+    return types_pb2.DataType.Name(tf.dtypes.as_dtype(dtype).as_datatype_enum)[3:].lower()
 
 
 class RequestError(Exception):
@@ -65,6 +66,83 @@ class RequestError(Exception):
 class ModelRefused(RuntimeError):
     """The model cannot be served (not a SavedModel, or its warm-up failed);
     TF Serving would not make the version available."""
+
+
+def _ndarray(alias: str, value) -> np.ndarray:
+    """An input as an array: as given, or read from a TensorProto.
+
+    Raises:
+        RequestError: INVALID_ARGUMENT ``tensor parsing error: <alias>``
+            for a TensorProto that does not hold its shape's values (TF's
+            saved_model/util.cc GetInputValues).
+    """
+    if not isinstance(value, tensor_pb2.TensorProto):
+        return np.asarray(value)
+    try:
+        return tf.make_ndarray(value)
+    except (TypeError, ValueError):
+        raise RequestError("INVALID_ARGUMENT", f"tensor parsing error: {alias}") from None
+
+
+def _input_values(sig, inputs: dict) -> dict:
+    """``{alias: array}`` of the signature's inputs, checked as TF Serving
+    checks a request: the count (servables/tensorflow/predict_util.cc
+    VerifyRequestInputsSize), then names, defaults and parsing (TF's
+    saved_model/util.cc GetInputValues).
+
+    Raises:
+        RequestError: INVALID_ARGUMENT, with TF Serving's messages.
+    """
+    names, defaults = sorted(sig.inputs), sig.defaults
+    if len(inputs) > len(names) or (len(inputs) < len(names) and not defaults):
+        sent = sorted(inputs)
+        raise RequestError(
+            "INVALID_ARGUMENT",
+            f"input size does not match signature: {len(inputs)}!={len(names)} "
+            f"len({{{','.join(sent)}}}) != len({{{','.join(names)}}}). "
+            f"Sent extra: {{{','.join(sorted(set(sent) - set(names)))}}}. "
+            f"Missing but required: {{{','.join(sorted(set(names) - set(sent)))}}}.",
+        )
+    values = {}
+    for alias in names:
+        if alias not in inputs and alias not in defaults:
+            raise RequestError(
+                "INVALID_ARGUMENT",
+                f"Signature input alias: {alias}(feed name: {sig.inputs[alias].name}) not "
+                "found in request and no default value provided. Inputs expected to be in "
+                f"the request {{{','.join(sorted(inputs))}}}, or default input alias set: "
+                f"{','.join(sorted(defaults))}",
+            )
+        values[alias] = _ndarray(alias, inputs[alias] if alias in inputs else defaults[alias])
+    used = sorted(set(inputs) & set(names))
+    if inputs and len(used) != len(inputs):
+        raise RequestError(
+            "INVALID_ARGUMENT",
+            f"Inputs contains invalid name. Used request inputs: {','.join(used)}, "
+            f"request input: {','.join(sorted(inputs))}",
+        )
+    return values
+
+
+def _fetches(sig, output_filter) -> dict:
+    """``{output alias: tensor name}`` to fetch: all the signature's outputs,
+    or those of ``output_filter`` (predict_util.cc PreProcessPrediction).
+
+    Raises:
+        RequestError: INVALID_ARGUMENT for an unknown or repeated alias.
+    """
+    chosen = []
+    for alias in output_filter:
+        if alias not in sig.outputs:
+            raise RequestError(
+                "INVALID_ARGUMENT",
+                f"output tensor alias not found in signature: {alias} Outputs expected to be "
+                f"in the set {{{','.join(sorted(sig.outputs))}}}.",
+            )
+        if alias in chosen:
+            raise RequestError("INVALID_ARGUMENT", f"duplicate output tensor alias: {alias}")
+        chosen.append(alias)
+    return {alias: sig.outputs[alias].name for alias in chosen or sig.outputs}
 
 
 def version_dir(model_dir: str) -> tuple[str, int | None]:
@@ -104,6 +182,8 @@ class ServedModel:
 
     Attributes:
         signature_defs: ``{signature: SignatureDef}``, the ones it serves.
+        all_signature_defs: the MetaGraph's, the init op's too: what
+            GetModelMetadata lists.
         input_dtypes: ``{signature: {input alias: tf.DType}}``.
         warmup_requests: how many warm-up requests ran at load.
 
@@ -129,8 +209,10 @@ class ServedModel:
         except (OSError, RuntimeError, ValueError, tf.errors.OpError) as e:
             self.session.close()
             raise ModelRefused(f"Cannot load the SavedModel at {model_dir}: {e}") from None
-        # The TF2 SavedModel's init op is stored as a signature; TF Serving
-        # runs it at load and never serves it.
+        # The TF2 SavedModel's init op is stored as a signature: TF Serving
+        # runs it at load and lists it in the metadata; the stand-in does not
+        # run it on request.
+        self.all_signature_defs = dict(meta_graph.signature_def)
         self.signature_defs = {
             k: v for k, v in meta_graph.signature_def.items() if not k.startswith("__")
         }
@@ -140,18 +222,21 @@ class ServedModel:
         }
         self.warmup_requests = self._warm_up()
 
-    def predict(self, signature: str, inputs: dict) -> dict:
-        """Runs ``signature`` on ``inputs`` ``{alias: array}`` the way TF
-        Serving's Predict does: checked against the SignatureDef, then
-        ``sess.run`` fetching its output tensor names with the inputs fed to
-        its input tensor names. Returns ``{output alias: array}``.
+    def predict(self, signature: str, inputs: dict, output_filter=()) -> dict:
+        """Runs ``signature`` on ``inputs`` ``{alias: array or TensorProto}``
+        the way TF Serving's Predict does (servables/tensorflow/predict_util.cc
+        RunPredict): checked against the SignatureDef, then ``sess.run``
+        fetching its output tensor names (``output_filter``'s aliases only,
+        when given) with the inputs fed to its input tensor names. Returns
+        ``{output alias: array}``.
 
         Thread-safe (a Session's run is).
 
         Raises:
             RequestError: FAILED_PRECONDITION for an unknown signature,
-                INVALID_ARGUMENT for missing, extra, mistyped or misshaped
-                inputs, or a failure of the graph on them.
+                INVALID_ARGUMENT for missing, extra, unreadable, mistyped or
+                misshaped inputs, an unknown or repeated output alias, or a
+                failure of the graph on them.
         """
         signature = signature or DEFAULT_SIGNATURE
         sig = self.signature_defs.get(signature)
@@ -159,41 +244,42 @@ class ServedModel:
             raise RequestError(
                 "FAILED_PRECONDITION", f'Serving signature key "{signature}" not found.'
             )
-        if set(inputs) != set(sig.inputs):
-            sent, expected = sorted(inputs), sorted(sig.inputs)
-            raise RequestError(
-                "INVALID_ARGUMENT",
-                f"input size does not match signature: {len(inputs)}!={len(expected)} "
-                f"len({{{','.join(sent)}}}) != len({{{','.join(expected)}}}). "
-                f"Sent extra: {{{','.join(sorted(set(sent) - set(expected)))}}}. "
-                f"Missing but required: {{{','.join(sorted(set(expected) - set(sent)))}}}.",
-            )
+        values = _input_values(sig, inputs)
+        fetches = _fetches(sig, output_filter)
+        feed = self._feed(sig, self.input_dtypes[signature], values)
+        try:
+            return self.session.run(fetches, feed_dict=feed)
+        except tf.errors.OpError as e:
+            raise RequestError(_CODE_NAMES.get(e.error_code, "UNKNOWN"), e.message) from None
+
+    @staticmethod
+    def _feed(sig, dtypes: dict, values: dict) -> dict:
+        """``{tensor name: array}`` to feed, its dtypes and shapes checked:
+        TF Serving leaves that to the session (which refuses another dtype);
+        a Python Session would cast silently.
+
+        Raises:
+            RequestError: INVALID_ARGUMENT.
+        """
         feed = {}
-        # TF Serving feeds the tensors as sent and the session refuses a
-        # wrong dtype; Python's sess.run would cast silently, so check here.
         for position, alias in enumerate(sorted(sig.inputs)):
-            info, value = sig.inputs[alias], np.asarray(inputs[alias])
-            dtype = self.input_dtypes[signature][alias]
+            value, dtype = values[alias], dtypes[alias]
             if value.dtype != dtype.as_numpy_dtype:
-                sent = tf.string if value.dtype == object else tf.dtypes.as_dtype(value.dtype)
+                sent = tf.string if value.dtype == object else value.dtype
                 raise RequestError(
                     "INVALID_ARGUMENT",
-                    f"Expects arg[{position}] to be {_type_string(dtype)} but "
-                    f"{_type_string(sent)} is provided",
+                    f"Expects arg[{position}] to be {type_string(dtype)} but "
+                    f"{type_string(sent)} is provided",
                 )
-            shape = tf.TensorShape(info.tensor_shape)
+            shape = tf.TensorShape(sig.inputs[alias].tensor_shape)
             if not shape.is_compatible_with(value.shape):
                 raise RequestError(
                     "INVALID_ARGUMENT",
                     f"input {alias} has shape {list(value.shape)}, the signature expects "
                     f"{shape.as_list() if shape.rank is not None else 'any'}",
                 )
-            feed[info.name] = value
-        fetches = {alias: info.name for alias, info in sig.outputs.items()}
-        try:
-            return self.session.run(fetches, feed_dict=feed)
-        except tf.errors.OpError as e:
-            raise RequestError(_CODE_NAMES.get(e.error_code, "UNKNOWN"), e.message) from None
+            feed[sig.inputs[alias].name] = value
+        return feed
 
     def _warm_up(self) -> int:
         """Replays the warm-up file through `predict`; returns the count.
@@ -219,9 +305,8 @@ class ServedModel:
                         f"{log.WhichOneof('log_type')}; this stand-in replays only predict_log."
                     )
                 request = log.predict_log.request
-                inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
                 try:
-                    self.predict(request.model_spec.signature_name, inputs)
+                    self.predict(request.model_spec.signature_name, dict(request.inputs))
                 except RequestError as e:
                     raise ModelRefused(
                         f"Refused {self.model_dir}: warm-up request {count} of {path} "
@@ -241,7 +326,7 @@ class ServedModel:
     def metadata(self) -> get_model_metadata_pb2.SignatureDefMap:
         """What GetModelMetadata's ``signature_def`` field carries."""
         defs = get_model_metadata_pb2.SignatureDefMap()
-        for k, v in self.signature_defs.items():
+        for k, v in self.all_signature_defs.items():
             defs.signature_def[k].CopyFrom(v)
         return defs
 
