@@ -1,6 +1,9 @@
 """The stand-in for tensorflow_model_server (pss_keras.testing.model_server):
-its REST and gRPC answers to malformed requests, its metadata, serve()."""
+its REST and gRPC answers to malformed requests, its metadata, serve(), and
+TF Serving's REST formats end to end (tests/test_testing_rest_api.py has
+each behaviour on its own)."""
 
+import base64
 import json
 import re
 import socket
@@ -11,11 +14,12 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from serving_fixtures import MODEL
-from tensorflow_serving.apis import predict_pb2
+from serving_fixtures import MODEL, _images
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from pss_keras.testing import model_server
 from pss_keras.testing.model_server import ModelServer
+from pss_keras.testing.served_model import ModelRefused
 
 pytest_plugins = ["serving_fixtures"]
 
@@ -84,8 +88,6 @@ def test_malformed_rest_inputs_get_http_400_with_a_message(served, images, messa
 def test_unreadable_grpc_tensor_is_invalid_argument(served):
     """A TensorProto whose bytes do not fill its shape (make_ndarray's
     ValueError) is INVALID_ARGUMENT, as TF Serving answers it."""
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
-
     server, summary, _ = served
     request = predict_pb2.PredictRequest()
     request.model_spec.name = MODEL
@@ -98,3 +100,116 @@ def test_unreadable_grpc_tensor_is_invalid_argument(served):
         with pytest.raises(grpc.RpcError) as raised:
             stub.Predict(request, timeout=30)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _predict_url(server, version=None):
+    versions = "" if version is None else f"/versions/{version}"
+    return f"{server.rest_address}/v1/models/{MODEL}{versions}:predict"
+
+
+def test_rest_refuses_a_signature_without_inputs_but_answers_the_tier_table(served):
+    """As TF Serving: ``tiers`` has no input, so REST refuses it;
+    ``tier_table`` takes an ignored ``dummy``."""
+    server, summary, _ = served
+    status, answer = _post(_predict_url(server), '{"signature_name": "tiers"}')
+    assert (status, answer) == (400, {"error": "Failed to get input map for signature: tiers"})
+    status, answer = _post(_predict_url(server), '{"signature_name": "tier_table", "inputs": 0}')
+    assert status == 200 and isinstance(answer["outputs"], dict)
+    assert all(len(column) == len(summary["tiers"]) for column in answer["outputs"].values())
+
+
+def test_rest_row_format_answers_one_object_per_instance(served):
+    server, summary, _ = served
+    name = summary["tiers"][0]["name"]
+    images = _images((3, 24, 20, 3))
+    body = json.dumps({"signature_name": name, "instances": images.tolist()})
+    status, answer = _post(_predict_url(server), body)
+    assert status == 200 and list(answer) == ["predictions"] and len(answer["predictions"]) == 3
+    assert {"logits", "probabilities", "top5_classes"} <= set(answer["predictions"][0])
+    body = json.dumps({"signature_name": name, "inputs": images.tolist()})
+    status, columns = _post(_predict_url(server), body)
+    assert status == 200 and list(columns) == ["outputs"]
+    rows = [row["logits"] for row in answer["predictions"]]
+    np.testing.assert_allclose(rows, columns["outputs"]["logits"], atol=1e-6)
+
+
+def test_rest_b64_jpeg_gives_the_logits_of_its_decoded_pixels(served):
+    """``{"b64": ...}`` is decoded to bytes for the string input of
+    ``<tier>_bytes``: the same logits as the JPEG's decoded pixels."""
+    server, summary, _ = served
+    name = summary["tiers"][0]["name"]
+    jpeg = tf.io.encode_jpeg(_images((1, 40, 52, 3), seed=3)[0]).numpy()
+    pixels = tf.io.decode_image(jpeg, channels=3).numpy()
+    encoded = {"b64": base64.b64encode(jpeg).decode()}
+    body = json.dumps({"signature_name": f"{name}_bytes", "instances": [encoded]})
+    status, from_bytes = _post(_predict_url(server), body)
+    assert status == 200, from_bytes
+    body = json.dumps({"signature_name": name, "instances": [pixels.tolist()]})
+    status, from_pixels = _post(_predict_url(server), body)
+    assert status == 200, from_pixels
+    logits = [answer["predictions"][0]["logits"] for answer in (from_bytes, from_pixels)]
+    np.testing.assert_allclose(logits[0], logits[1], atol=1e-5)
+
+
+def test_rest_and_grpc_find_the_version_by_number(served):
+    server, summary, _ = served
+    name = summary["tiers"][0]["name"]
+    body = json.dumps({"signature_name": name, "inputs": _images((1, 8, 8, 3)).tolist()})
+    status, answer = _post(_predict_url(server, summary["version"]), body)
+    assert status == 200 and "logits" in answer["outputs"]
+    status, answer = _post(_predict_url(server, 999), body)
+    missing = f"Servable not found for request: Specific({MODEL}, 999)"
+    assert (status, answer) == (404, {"error": missing})
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = MODEL, name
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(_images((1, 8, 8, 3))))
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request.model_spec.version.value = summary["version"]
+        assert stub.Predict(request, timeout=30).model_spec.version.value == summary["version"]
+        request.model_spec.version.value = 999
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(request, timeout=30)
+        assert (raised.value.code(), raised.value.details()) == (grpc.StatusCode.NOT_FOUND, missing)
+        request.model_spec.version_label = "stable"  # no labels configured
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(request, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == "Unrecognized servable version label: stable"
+
+
+def test_grpc_input_names_are_checked_as_tf_serving_checks_them(served):
+    server, summary, _ = served
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.signature_name = summary["tiers"][0]["name"]
+    tensor = tf.make_tensor_proto(_images((1, 8, 8, 3)))
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request.inputs["images"].CopyFrom(tensor)
+        request.inputs["extra"].CopyFrom(tensor)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(request, timeout=30)
+        assert raised.value.details() == (
+            "input size does not match signature: 2!=1 len({extra,images}) != len({images}). "
+            "Sent extra: {extra}. Missing but required: {}."
+        )
+        del request.inputs["images"]
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(request, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.fullmatch(
+        r"Signature input alias: images\(feed name: \S+\) not found in request and no default "
+        r"value provided\. Inputs expected to be in the request \{extra\}, or default input "
+        r"alias set: ",
+        raised.value.details(),
+    )
+
+
+def test_a_version_label_must_name_the_served_version(served):
+    """TF Serving refuses a config whose label names a version it does not
+    serve; the stand-in refuses it before loading the model."""
+    _, summary, _ = served
+    refused = r"^Request to assign label to version 999 of model pss, which is not currently "
+    with pytest.raises(ModelRefused, match=refused):
+        ModelServer(summary["path"], MODEL, version_labels={"stable": 999})
