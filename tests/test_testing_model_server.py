@@ -15,7 +15,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from serving_fixtures import MODEL, _images
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from pss_keras.testing import model_server
 from pss_keras.testing.model_server import ModelServer
@@ -100,6 +104,7 @@ def test_unreadable_grpc_tensor_is_invalid_argument(served):
         with pytest.raises(grpc.RpcError) as raised:
             stub.Predict(request, timeout=30)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == "tensor parsing error: images"  # TF's GetInputValues
 
 
 def _predict_url(server, version=None):
@@ -213,3 +218,73 @@ def test_a_version_label_must_name_the_served_version(served):
     refused = r"^Request to assign label to version 999 of model pss, which is not currently "
     with pytest.raises(ModelRefused, match=refused):
         ModelServer(summary["path"], MODEL, version_labels={"stable": 999})
+
+
+def _grpc_error(call, request):
+    with pytest.raises(grpc.RpcError) as raised:
+        call(request, timeout=30)
+    return raised.value.code().name, raised.value.details()
+
+
+def test_grpc_predict_model_spec_output_filter_and_long_messages(served):
+    server, summary, _ = served
+    request = predict_pb2.PredictRequest()
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(_images((1, 8, 8, 3))))
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+        assert _grpc_error(predict, request) == ("INVALID_ARGUMENT", "Missing ModelSpec")
+        request.model_spec.signature_name = ""
+        assert _grpc_error(predict, request) == (
+            "INVALID_ARGUMENT", "ModelSpec has no name specified."
+        )  # fmt: skip
+        request.model_spec.name = MODEL
+        request.output_filter.append("logits")
+        response = predict(request, timeout=30)
+        assert list(response.outputs) == ["logits"]
+        spec = response.model_spec
+        assert (spec.name, spec.signature_name, spec.version.value) == (
+            MODEL, "serving_default", summary["version"]
+        )  # fmt: skip
+        request.output_filter.append("logits")
+        assert _grpc_error(predict, request) == (
+            "INVALID_ARGUMENT", "duplicate output tensor alias: logits"
+        )  # fmt: skip
+        request.output_filter[:] = ["nope"]
+        assert _grpc_error(predict, request) == (
+            "INVALID_ARGUMENT",
+            "output tensor alias not found in signature: nope Outputs expected to be in the set "
+            "{logits,probabilities,top5_classes,top5_indices}.",
+        )
+        request.model_spec.signature_name = "x" * 2000  # messages are cut at 1024 bytes
+        message = f'Serving signature key "{"x" * 2000}" not found.'
+        assert _grpc_error(predict, request) == (
+            "FAILED_PRECONDITION", message[:1024] + "...TRUNCATED"
+        )  # fmt: skip
+
+
+def test_metadata_lists_every_signature_and_checks_its_fields(served):
+    """GetModelMetadata (and GET .../metadata) list the MetaGraph's
+    signatures, the init op's too; gRPC asks for known metadata fields."""
+    server, summary, _ = served
+    with urllib.request.urlopen(f"{server.rest_address}/v1/models/{MODEL}/metadata") as r:
+        rest = json.loads(r.read())["metadata"]["signature_def"]["signature_def"]
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = MODEL
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        metadata = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata
+        assert _grpc_error(metadata, request) == (
+            "INVALID_ARGUMENT", "GetModelMetadataRequest must specify at least one metadata_field"
+        )  # fmt: skip
+        request.metadata_field.append("labels")
+        assert _grpc_error(metadata, request) == (
+            "INVALID_ARGUMENT", "Metadata field labels is not supported"
+        )  # fmt: skip
+        request.metadata_field[:] = ["signature_def"]
+        response = metadata(request, timeout=30)
+    defs = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(defs)
+    assert set(defs.signature_def) == set(rest)
+    assert {"__saved_model_init_op", "tiers", "tier_table", "serving_default"} <= set(rest)
+    assert (response.model_spec.name, response.model_spec.version.value) == (
+        MODEL, summary["version"]
+    )  # fmt: skip

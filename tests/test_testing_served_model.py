@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from serving_fixtures import MODEL, _image_request, _rename_signature, _warmup_logs, _with_warmup
+from tensorflow.core.framework import tensor_pb2
 
 from pss_keras.export import saved_model as export
 from pss_keras.testing import served_model
@@ -95,3 +96,31 @@ def test_stand_in_closes_its_session_when_the_warm_up_breaks(served, monkeypatch
     with pytest.raises(KeyError, match="broken"):
         served_model.ServedModel(summary["path"])
     assert len(closed_sessions) == 1
+
+
+def test_input_checks_of_a_signature_with_defaults():
+    """TF Serving's gRPC-side checks (predict_util.cc VerifyRequestInputsSize,
+    TF's GetInputValues) on a SignatureDef with a default input: fewer inputs
+    are let through, a misnamed one is not, an unreadable TensorProto is
+    refused by name."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    sig = meta_graph_pb2.SignatureDef()
+    sig.inputs["x"].name, sig.inputs["k"].name = "x:0", "k:0"
+    sig.defaults["k"].CopyFrom(tf.make_tensor_proto(np.int32(3)))
+    x = tf.make_tensor_proto(np.zeros(2, np.float32))
+    values = served_model._input_values(sig, {"x": x})
+    assert values["k"] == 3 and values["x"].tolist() == [0.0, 0.0]
+    for inputs, message in [
+        ({"y": x}, "Signature input alias: x(feed name: x:0) not found in request and no default "
+                   "value provided. Inputs expected to be in the request {y}, or default input "
+                   "alias set: k"),
+        ({"x": x, "y": x}, "Inputs contains invalid name. Used request inputs: x, request input: x,y"),
+        ({"x": x, "k": x, "y": x}, "input size does not match signature: 3!=2 len({k,x,y}) != "
+                                   "len({k,x}). Sent extra: {y}. Missing but required: {}."),
+        ({"x": tensor_pb2.TensorProto(dtype=1, tensor_shape={"dim": [{"size": 3}]},
+                                      tensor_content=b"12")}, "tensor parsing error: x"),
+    ]:  # fmt: skip
+        with pytest.raises(served_model.RequestError) as raised:
+            served_model._input_values(sig, inputs)
+        assert (raised.value.code, str(raised.value)) == ("INVALID_ARGUMENT", message)

@@ -124,11 +124,11 @@ class ModelServer:
     ):
         self.model_dir, self.version = version_dir(model_dir)
         self.model_name, self.request_workers = model_name, request_workers
-        for label, version in (version_labels or {}).items():
+        for version in (version_labels or {}).values():
             if version != self.version:  # model_servers/server_core.cc UpdateModelVersionLabelMap
                 raise ModelRefused(
                     f"Request to assign label to version {version} of model {model_name}, which "
-                    f"is not currently available for inference (label {label})"
+                    "is not currently available for inference"
                 )
         self.model = ServedModel(self.model_dir, threads)
         self.servable = rest_api.Servable(
