@@ -285,6 +285,10 @@ def test_metadata_lists_every_signature_and_checks_its_fields(served):
     response.metadata["signature_def"].Unpack(defs)
     assert set(defs.signature_def) == set(rest)
     assert {"__saved_model_init_op", "tiers", "tier_table", "serving_default"} <= set(rest)
+    body = '{"signature_name": "__saved_model_init_op", "inputs": 0}'
+    assert _post(_predict_url(server), body) == (
+        400, {"error": "Failed to get input map for signature: __saved_model_init_op"}
+    )  # fmt: skip
     assert (response.model_spec.name, response.model_spec.version.value) == (
         MODEL, summary["version"]
     )  # fmt: skip

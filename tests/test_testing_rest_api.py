@@ -160,8 +160,16 @@ def test_a_version_beyond_int64_is_refused_with_an_empty_body():
 @pytest.mark.parametrize("origin, status", [("https://x.org", 200), (None, 400), ("x.org", 400)])
 def test_a_cors_preflight_is_answered_empty(origin, status):
     assert _Served()("OPTIONS", "/v1/models/m:predict", origin=origin) == (
-        status, "application/json", b""
+        status, "", b""  # no header, no body
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("verb", ["classify", "regress"])
+def test_classify_and_regress_are_not_run(verb):
+    served = _Served()
+    status, answer = served.post({"examples": [{}]}, f"/v1/models/m:{verb}")
+    assert (status, answer) == (501, {"error": f"The stand-in does not run {verb}."})
+    assert served.calls == []
 
 
 # -- B: model, version, label --------------------------------------------------

@@ -233,7 +233,8 @@ class ModelServer:
                     self.command, path, body, servable, origin
                 )
                 self.send_response(status)
-                self.send_header("Content-Type", content_type)
+                if content_type:
+                    self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
@@ -305,14 +306,14 @@ def rest_response(method: str, path: str, body: bytes, servable, origin=None) ->
         origin: the Origin header (a CORS preflight, OPTIONS, needs http(s)://).
 
     Returns:
-        (HTTP status, content type, body): JSON with raw UTF-8 and bare NaN as
+        (HTTP status, content type or "", body): JSON with raw UTF-8 and bare NaN as
         rapidjson writes it; ``{"error": message}`` for an error (json_tensor.cc
         MakeJsonFromStatus). A path outside /v1/ gets libevent's 404 page.
     """
     if not rest_api.HANDLED.fullmatch(path):
         return 404, "text/html", _NOT_FOUND_PAGE
-    if method == "OPTIONS":  # empty; FAILED_PRECONDITION (400) without an http(s) Origin
-        return (200 if re.search("https?://", origin or "") else 400), "application/json", b""
+    if method == "OPTIONS":  # empty, no header; FAILED_PRECONDITION (400) without an http(s) Origin
+        return (200 if re.search("https?://", origin or "") else 400), "", b""
     try:
         request, status = rest_api.route(method, path), 200
         if request.verb in ("status", "metadata") and not request.name:
