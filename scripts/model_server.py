@@ -6,8 +6,9 @@
 Loads the latest version as TF Serving does (session over the serve
 MetaGraph, warm-up requests replayed; a model whose warm-up fails is
 refused), prints the ports it serves on (--port=0 / --rest_api_port=0: any
-free port, printed) and serves gRPC and REST until Ctrl-C. See
-`pss_keras.testing.model_server`.
+free port, printed) and serves gRPC and REST until Ctrl-C;
+--version_labels=stable:1 names versions for /labels/<label> as TF Serving's
+model config does. See `pss_keras.testing.model_server`.
 """
 
 import os

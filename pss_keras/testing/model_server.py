@@ -229,9 +229,11 @@ class ModelServer:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 path = self.path.encode("latin-1").decode("utf-8", "surrogateescape")
                 origin = self.headers.get("Origin")
-                status, content_type, payload = rest_response(
-                    self.command, path, body, servable, origin
-                )
+                try:  # a fault of the stand-in is answered, not a dropped connection
+                    answer = rest_response(self.command, path, body, servable, origin)
+                except Exception as e:
+                    answer = 500, "application/json", json.dumps({"error": repr(e)}).encode()
+                status, content_type, payload = answer
                 self.send_response(status)
                 if content_type:
                     self.send_header("Content-Type", content_type)

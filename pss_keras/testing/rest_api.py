@@ -166,10 +166,6 @@ def debug_string(value) -> str:
     return "".join(out)
 
 
-def _format_error(doc, message: str) -> RequestError:  # JT FormatError
-    return _error(f"JSON Value: {debug_string(doc)} {message}")
-
-
 def parse_json(body: bytes) -> dict:
     """JT ParseJson: the request document (NaN, Infinity accepted; what follows the
     first value ignored). Raises `RequestError` ``JSON Parse error: <rapidjson's words>
@@ -192,7 +188,7 @@ def parse_json(body: bytes) -> dict:
         offset = len(text[:pos].encode("utf-8", "surrogateescape"))  # rapidjson counts bytes
         raise _error(f"JSON Parse error: {message} at offset: {offset}") from None
     if not isinstance(doc, dict):
-        raise _format_error(doc, "Is not object")
+        raise _error(f"JSON Value: {debug_string(doc)} Is not object")  # JT FormatError
     return doc
 
 
@@ -312,17 +308,19 @@ def fill_predict_request(body: bytes, info_map: Callable[[str], Mapping]) -> tup
     doc = parse_json(body)
     signature = doc.get("signature_name", "")
     if not isinstance(signature, str):
-        raise _format_error(doc, _M["signature_name"])
+        raise _error(f"JSON Value: {debug_string(doc)} {_M['signature_name']}")
     inputs, name = info_map(signature), signature or DEFAULT_SIGNATURE
     if not inputs:
         raise _error(f"Failed to get input map for signature: {signature or 'DEFAULT'}")
     if "instances" in doc and "inputs" in doc:
-        raise _format_error(doc, _M["both"])
+        raise _error(f"JSON Value: {debug_string(doc)} {_M['both']}")
     if "instances" in doc:
         if not isinstance(doc["instances"], list):
-            raise _format_error(doc, "Expecting 'instances' to be an list/array")
+            raise _error(
+                f"JSON Value: {debug_string(doc)} Expecting 'instances' to be an list/array"
+            )
         if not doc["instances"]:
-            raise _format_error(doc, "No values in 'instances' array")
+            raise _error(f"JSON Value: {debug_string(doc)} No values in 'instances' array")
         return name, _from_instances(doc["instances"], inputs), "row"
     if "inputs" not in doc:
         raise _error("Missing 'inputs' or 'instances' key")
@@ -347,10 +345,12 @@ def _json_values(alias: str, array: np.ndarray):
             write = lambda b: b.decode("utf-8", "surrogateescape")  # noqa: E731
         return np.vectorize(write, otypes=[object])(array).tolist()
     if array.dtype == np.float32:  # JT WriteDecimal: 6 significant digits if they read back, else 9
-        six, nine = (
-            np.vectorize(lambda x, f=f: float(f % x), otypes=[float]) for f in ("%.6g", "%.9g")
-        )
-        return np.where(six(array).astype(np.float32) == array, six(array), nine(array)).tolist()
+        flat = array.ravel().tolist()
+        six = np.array([float(f"{x:.6g}") for x in flat])
+        with np.errstate(over="ignore"):
+            for i in np.flatnonzero(six.astype(np.float32) != array.ravel()):
+                six[i] = float(f"{flat[i]:.9g}")
+        return six.reshape(array.shape).tolist()
     if array.size and array.dtype.name not in _WRITABLE:
         raise _error(f"Failed to write JSON value for tensor type: {type_string(array.dtype)}")
     return array.tolist()
