@@ -326,10 +326,16 @@ def test_rest_request_and_response_conversion(monkeypatch):
     }
     np.testing.assert_array_equal(out["logits"], [[0.5, 1.5]])
     assert out["top5_classes"].tolist() == [["cat"]]
-    # One output: TF Serving sends the bare tensor, in columnar or row format.
-    answers += [{"outputs": [[1, 2]]}, {"predictions": [[3, 4]]}]
-    np.testing.assert_array_equal(t.predict("x", {})["output"], [[1, 2]])
-    np.testing.assert_array_equal(t.predict("x", {})["output"], [[3, 4]])
+    # One output: TF Serving sends the bare tensor, in columnar or row format;
+    # its name comes from the metadata, read once (a GET after the first).
+    metadata = {
+        "signature_def": {"signature_def": {"x": {"outputs": {"y": {"dtype": "DT_INT32"}}}}}
+    }
+    answers += [{"outputs": [[1, 2]]}, {"metadata": metadata}, {"predictions": [[3, 4]]}]
+    np.testing.assert_array_equal(t.predict("x", {})["y"], [[1, 2]])
+    assert requests[-1].full_url.endswith("/v1/models/pss/metadata")
+    np.testing.assert_array_equal(t.predict("x", {})["y"], [[3, 4]])
+    assert len(requests) == 4  # the metadata was not asked again
 
 
 def test_rest_sends_string_tensors_as_b64_objects(monkeypatch):

@@ -108,6 +108,7 @@ class RestTransport:
         if not base_url.startswith(("http://", "https://")):
             base_url = "http://" + base_url
         self.base_url, self.model_name, self.timeout = base_url.rstrip("/"), model_name, timeout
+        self._output_names = None  # {signature: [output names]}, from metadata when needed
 
     def predict(self, signature: str, inputs: dict) -> dict:
         url = f"{self.base_url}/v1/models/{self.model_name}:predict"
@@ -122,7 +123,21 @@ class RestTransport:
         outputs = payload.get("outputs", payload.get("predictions"))
         if isinstance(outputs, dict):
             return {k: np.asarray(v) for k, v in outputs.items()}
-        return {"output": np.asarray(outputs)}
+        # One output: TF Serving drops its name (util/json_tensor.cc); the
+        # signature's metadata has it, so both transports answer alike.
+        return {self._only_output(signature): np.asarray(outputs)}
+
+    def _only_output(self, signature: str) -> str:
+        """The name of ``signature``'s one output (read once), else ``output``."""
+        if self._output_names is None:
+            try:
+                self._output_names = {
+                    name: list(sig["outputs"]) for name, sig in self.metadata().items()
+                }
+            except ServingError:
+                self._output_names = {}
+        names = self._output_names.get(signature or "serving_default", [])
+        return names[0] if len(names) == 1 else "output"
 
     def metadata(self) -> dict:
         """``GET /v1/models/<name>/metadata``'s signature definitions, read
