@@ -59,7 +59,7 @@ __all__ = [
     "predict_latency_us_np",
 ]
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _moved.install()
 
