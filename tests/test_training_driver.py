@@ -190,7 +190,13 @@ def test_bfloat16_run_trains_and_exports_float32(tiny_image_folder, tmp_path):
     from pss_keras.export import saved_model as export
 
     config = tiny_train_config(tmp_path / "job", tiny_image_folder, epochs=1)
-    config = dataclasses.replace(config, mixed_precision="bfloat16", tensorboard_update_freq=1)
+    # lr 0.03, not the suite's 0.1: at 0.1 a bfloat16 run went NaN at step 3
+    # in one full-suite run of several (not when run alone); this test is
+    # about bfloat16 training finitely and exporting float32, not about the
+    # rate's margin.
+    config = dataclasses.replace(
+        config, mixed_precision="bfloat16", tensorboard_update_freq=1, lr=0.03
+    )
     training.train(config)
     losses = tensorboard_values(os.path.join(config.job_dir, "logs"), "batch_loss_max")
     assert len(losses) == 8 and np.isfinite(losses).all(), losses
