@@ -158,3 +158,25 @@ def test_the_tensorflow_internals_of_folded_kernels_exist():
         if not callable(getattr(module, name, None))
     ]
     assert not missing, f"tensorflow {tf.__version__} lacks {missing}: update export/tier_graph.py"
+
+
+@pytest.mark.parametrize("materialize", [True, False])
+def test_a_symmetric_padded_job_gives_its_supernets_logits(tmp_path, materialize):
+    """A job recording the official PSS-Net's numerics (symmetric padding,
+    BN epsilon 1e-5): its supernet, tier graphs and standalone subnets all
+    follow them."""
+    path = tmp_path / "job"
+    synthetic_job.write(str(path), "mobilenet_v1", 0.25, (16, 32), tiers=2, seed=0,
+                        padding="symmetric", bn_epsilon=1e-5)  # fmt: skip
+    job = jobs.Job(str(path))
+    assert (job.config.padding, job.config.bn_epsilon) == ("symmetric", 1e-5)
+    assert (job.supernet.padding, job.supernet.bn_epsilon) == ("symmetric", 1e-5)
+    pixels = _pixels(job.image_size)
+    for entry in job.retained:
+        config, stats = job.tier(entry)
+        graph = tier_graph.TierGraph(job.supernet, config, stats, materialize, entry.name)
+        assert graph.padding == "symmetric"
+        x = preprocess(tf.constant(pixels), job.image_size)
+        expected = job.supernet(x, subnet=config, bn_stats=stats).numpy()
+        _assert_close(tf.function(graph)(x).numpy(), expected)
+        _assert_close(_standalone_logits(job, entry, pixels), expected)

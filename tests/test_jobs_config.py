@@ -152,3 +152,43 @@ def test_config_metric_types_need_a_range_and_a_table_each(tmp_path):
     for key in ("metric_types", "latency_targets", "lut_paths"):
         del old[key]
     assert base.__class__.from_dict(old).target_ranges()[0][0] == "flops"
+
+
+def test_the_architectures_numerics_are_recorded_and_round_trip(tmp_path):
+    """padding and bn_epsilon: in run_config.json, in what builds the
+    supernet (not in the search space's arguments), compared on resume."""
+    config = _config(tmp_path, padding="symmetric", bn_epsilon=1e-5)
+    config.validate()
+    saved = json.loads(json.dumps(config.to_dict()))
+    assert (saved["padding"], saved["bn_epsilon"]) == ("symmetric", 1e-5)
+    assert TrainConfig.from_dict(saved) == config
+    kwargs = config.supernet_kwargs(10)
+    assert (kwargs["padding"], kwargs["bn_epsilon"]) == ("symmetric", 1e-5)
+    assert kwargs == {**config.space_kwargs(10), "padding": "symmetric", "bn_epsilon": 1e-5}
+    assert config.resume_conflicts(saved) == []
+    assert _config(tmp_path).resume_conflicts(saved) == ["bn_epsilon", "padding"]
+
+
+def test_a_run_config_without_them_is_todays_architecture(tmp_path):
+    """Jobs written before the fields existed (e.g. pss_keras 0.1's) read as
+    'same' padding and BN epsilon 1e-3, and resume with today's defaults."""
+    today = _config(tmp_path)
+    saved = json.loads(json.dumps(today.to_dict()))
+    del saved["padding"], saved["bn_epsilon"]
+    old = TrainConfig.from_dict(saved)
+    assert (old.padding, old.bn_epsilon) == ("same", 1e-3) and old == today
+    assert today.resume_conflicts(saved) == []
+    assert _config(tmp_path, padding="symmetric").resume_conflicts(saved) == ["padding"]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(padding="valid"), r"padding='valid' is unknown; use one of \('same', 'symmetric'\)"),
+        (dict(bn_epsilon=0.0), r"bn_epsilon=0.0 must be in \(0, 1\)"),
+        (dict(bn_epsilon=float("nan")), r"bn_epsilon=nan must be in \(0, 1\)"),
+    ],
+)
+def test_an_unknown_padding_or_bad_epsilon_is_refused(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        _config(tmp_path, **changes).validate()

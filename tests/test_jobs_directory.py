@@ -35,3 +35,15 @@ def test_resume_with_other_settings_is_refused(job_copy):
     )
     with open(os.path.join(config.job_dir, "run_config.json")) as f:
         assert json.load(f)["data"]["data_dir"] == "/elsewhere"  # the new location is kept
+
+
+def test_a_legacy_run_config_reads_as_todays_architecture():
+    """tests/data/legacy_0_1's job (pss_keras 0.1) records no padding nor
+    BN epsilon: it is read, and its supernet built, as 'same' and 1e-3."""
+    legacy = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "legacy_0_1", "job")
+    with open(os.path.join(legacy, jobs.RUN_CONFIG)) as f:
+        assert not {"padding", "bn_epsilon"} & set(json.load(f))
+    config = jobs.read_run_config(legacy)
+    assert (config.padding, config.bn_epsilon) == ("same", 1e-3)
+    kwargs = config.supernet_kwargs(10)
+    assert (kwargs["padding"], kwargs["bn_epsilon"]) == ("same", 1e-3)

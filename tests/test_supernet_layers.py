@@ -99,3 +99,78 @@ def test_depthwise_kernels_start_at_the_reference_scale(model_name):
         kernel = layer.kernel.numpy()
         expected = np.sqrt(2.0 / (9 * kernel.shape[2]))
         assert abs(kernel.std() / expected - 1) < 0.15, (layer.name, kernel.std(), expected)
+
+
+# -- padding --------------------------------------------------------------------
+def _reference_conv(x, kernel, stride, depthwise):
+    """PyTorch's ``Conv2d(k, stride, padding=(k - 1) // 2)`` in NumPy
+    (float64): zeros on every side, then a strided cross-correlation."""
+    k = kernel.shape[0]
+    p = (k - 1) // 2
+    x = np.pad(x.astype(np.float64), [(0, 0), (p, p), (p, p), (0, 0)])
+    out = (x.shape[1] - k) // stride + 1
+    y = np.zeros((x.shape[0], out, out, x.shape[3] if depthwise else kernel.shape[3]))
+    for i in range(out):
+        for j in range(out):
+            patch = x[:, i * stride : i * stride + k, j * stride : j * stride + k, :]
+            if depthwise:
+                y[:, i, j] = np.einsum("bhwc,hwc->bc", patch, kernel[..., 0])
+            else:
+                y[:, i, j] = np.einsum("bhwc,hwco->bo", patch, kernel)
+    return y
+
+
+@pytest.mark.parametrize("depthwise, kernel_size", [(False, 3), (False, 1), (True, 3)])
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("size", [7, 8])
+def test_symmetric_padding_is_pytorchs(rng, depthwise, kernel_size, strides, size):
+    """(k - 1) // 2 zeros on every side, at stride 1 and 2, odd and even
+    inputs; TensorFlow's 'SAME' differs only at stride 2 on an even input
+    (its extra row and column go to the bottom and right)."""
+    if depthwise:
+        layer = layers.SwitchableDepthwiseConv2D(kernel_size, strides, padding="symmetric")
+    else:
+        layer = layers.SwitchableConv2D(16, kernel_size, strides, padding="symmetric")
+    layer.build((None, None, None, 12))
+    x = _x(rng, 5, size=size)
+    y = layer(x) if depthwise else layer(x, out_channels=7)
+    kernel = layer.kernel.numpy()[:, :, :5, :] if depthwise else layer.kernel.numpy()[:, :, :5, :7]
+    expected = _reference_conv(x, kernel, strides, depthwise)
+    assert y.shape == expected.shape
+    assert tuple(y.shape[1:3]) == layer.compute_output_shape((None, size, size, 5))[1:3]
+    np.testing.assert_allclose(y, expected, atol=1e-5, rtol=0)
+    same = layers.pad_input(x, kernel_size, "same")[1]
+    conv = tf.nn.depthwise_conv2d if depthwise else tf.nn.conv2d
+    tf_same = conv(x, kernel, (1, strides, strides, 1), same)
+    differs = strides == 2 and size % 2 == 0 and kernel_size > 1
+    assert np.allclose(tf_same, expected, atol=1e-5, rtol=0) != differs
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_default_padding_is_tensorflows_same_bit_for_bit(rng, depthwise):
+    """The default is the code path the layers had before padding was an
+    argument: the same op on the same operands, so the same bits."""
+    layer = (
+        layers.SwitchableDepthwiseConv2D(3, 2) if depthwise else layers.SwitchableConv2D(8, 3, 2)
+    )
+    layer.build((None, None, None, 6))
+    assert layer.padding == "same"
+    x = _x(rng, 6, size=8)
+    if depthwise:
+        before = tf.nn.depthwise_conv2d(x, layer.kernel, (1, 2, 2, 1), padding="SAME")
+    else:
+        before = tf.nn.conv2d(x, layer.kernel, strides=2, padding="SAME")
+    np.testing.assert_array_equal(layer(x), before)
+
+
+def test_padding_in_the_config_and_refused_when_unknown():
+    conv = layers.SwitchableConv2D(16, 3, strides=2, padding="symmetric", name="c")
+    assert layers.SwitchableConv2D.from_config(conv.get_config()).padding == "symmetric"
+    dw = layers.SwitchableDepthwiseConv2D(3, padding="symmetric")
+    assert layers.SwitchableDepthwiseConv2D.from_config(dw.get_config()).padding == "symmetric"
+    old = {k: v for k, v in conv.get_config().items() if k != "padding"}  # saved before padding
+    assert layers.SwitchableConv2D.from_config(old).padding == "same"
+    with pytest.raises(ValueError, match=r"padding='valid' is unknown; use one of \('same', 'symm"):
+        layers.SwitchableConv2D(16, 3, padding="valid")
+    with pytest.raises(ValueError, match="padding='SAME' is unknown"):
+        layers.SwitchableDepthwiseConv2D(3, padding="SAME")

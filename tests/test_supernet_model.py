@@ -183,3 +183,92 @@ def test_trainable_parameter_count_of_the_full_supernet():
     net = Supernet("mobilenet_v2", **TINY)
     n = sum(int(np.prod(w.shape)) for w in net.trainable_weights)
     assert n == flops.count_params(net.space.largest(), 10, 0.5)
+
+
+# -- padding and BN epsilon -------------------------------------------------------
+def _reference_numerics(model):
+    """A supernet of the official PSS-Net's numerics, with the weights of
+    a default one (the layers are made in the same order either way)."""
+    keras.utils.set_random_seed(3)
+    default = Supernet(model, **TINY)
+    keras.utils.set_random_seed(3)
+    reference = Supernet(model, **TINY, padding="symmetric", bn_epsilon=1e-5)
+    return default, reference
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_padding_and_bn_epsilon_reach_every_layer(model, rng):
+    default, net = _reference_numerics(model)
+    convs = [
+        layer
+        for layer in net.switchable_layers
+        if isinstance(layer, (layers.SwitchableConv2D, layers.SwitchableDepthwiseConv2D))
+    ]
+    bns = [
+        layer
+        for layer in net.switchable_layers
+        if isinstance(layer, layers.SwitchableBatchNormalization)
+    ]
+    assert convs and {layer.padding for layer in convs} == {"symmetric"}
+    assert len(bns) == len(convs) and {layer.epsilon for layer in bns} == {1e-5}
+    for a, b in zip(default.weights, net.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    config = net.space.smallest()  # 32 px: the stride-2 stem pads differently
+    stats = random_bn_stats(net, config, rng)
+    x = rng.uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    ours, theirs = default(x, subnet=config, bn_stats=stats), net(x, subnet=config, bn_stats=stats)
+    assert not np.allclose(ours, theirs, rtol=1e-3, atol=0)
+
+
+def test_padding_and_bn_epsilon_in_the_config(rng):
+    _, net = _reference_numerics("mobilenet_v1")
+    config = net.get_config()
+    assert (config["padding"], config["bn_epsilon"]) == ("symmetric", 1e-5)
+    clone = Supernet.from_config(config)
+    assert (clone.padding, clone.bn_epsilon) == ("symmetric", 1e-5)
+    clone.set_weights(net.get_weights())
+    x = rng.uniform(-1, 1, (2, 40, 40, 3)).astype("float32")
+    np.testing.assert_array_equal(clone(x), net(x))
+    # A config saved before these existed: today's architecture.
+    old = {k: v for k, v in config.items() if k not in ("padding", "bn_epsilon")}
+    assert (Supernet.from_config(old).padding, Supernet.from_config(old).bn_epsilon) == (
+        "same",
+        1e-3,
+    )
+    with pytest.raises(ValueError, match="padding='reflect' is unknown"):
+        Supernet("mobilenet_v1", **TINY, padding="reflect")
+
+
+def _old_conv_call(self, inputs, out_channels=None):
+    """SwitchableConv2D.call before padding was an argument."""
+    out_channels = self.filters if out_channels is None else out_channels
+    kernel = self.kernel[:, :, : tf.shape(inputs)[-1], :out_channels]
+    outputs = tf.nn.conv2d(inputs, kernel, strides=self.strides, padding="SAME")
+    if self.use_bias:
+        outputs = tf.nn.bias_add(outputs, self.bias[:out_channels])
+    return outputs
+
+
+def _old_depthwise_call(self, inputs):
+    """SwitchableDepthwiseConv2D.call before padding was an argument."""
+    kernel = self.kernel[:, :, : tf.shape(inputs)[-1], :]
+    return tf.nn.depthwise_conv2d(
+        inputs, kernel, strides=(1, self.strides, self.strides, 1), padding="SAME"
+    )
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_default_supernet_computes_what_it_did(tiny_supernets, model, rng, py_rng, monkeypatch):
+    """Today's runs: the same bits as the explicit 'SAME' convolutions
+    (inference with per-subnet statistics, and training's batch moments)."""
+    net = tiny_supernets[model]
+    assert (net.padding, net.bn_epsilon) == ("same", 1e-3)
+    config = net.space.random(py_rng)
+    stats = random_bn_stats(net, config, rng)
+    x = rng.uniform(-1, 1, (2, 48, 48, 3)).astype("float32")
+    now = [net(x, subnet=config, bn_stats=stats), net(x, subnet=config, training=True)]
+    monkeypatch.setattr(layers.SwitchableConv2D, "call", _old_conv_call)
+    monkeypatch.setattr(layers.SwitchableDepthwiseConv2D, "call", _old_depthwise_call)
+    before = [net(x, subnet=config, bn_stats=stats), net(x, subnet=config, training=True)]
+    for a, b in zip(now, before):
+        np.testing.assert_array_equal(a, b)

@@ -356,3 +356,26 @@ def test_a_run_started_from_a_file_has_its_weights_before_the_first_step(
     with pytest.raises(Stop):
         training.train(config)
     assert calls == [] and jobs.read_weights_origin(config.job_dir) == origin
+
+
+def test_a_source_of_other_numerics_is_copied_and_said(job_dir, mbv1_file):
+    """Into a supernet of the official PSS-Net's numerics (symmetric
+    padding, BN epsilon 1e-5): the weights are copied as they are, and the
+    description says the source computed otherwise."""
+    path, weights = job_dir
+    net = Supernet("mobilenet_v1", num_classes=5, width_scale=0.25, padding="symmetric",
+                   bn_epsilon=1e-5)  # fmt: skip
+    described = pretrained.initialize_supernet(net, path)
+    assert described.endswith(
+        "classifier copied (5 classes); the job has same padding and BN epsilon 0.001, this "
+        "run symmetric and 1e-05 (weights copied as they are)"
+    )
+    for layer in net.switchable_layers:
+        for got, want in zip(layer.get_weights(), weights[layer.name], strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=layer.name)
+    net = Supernet("mobilenet_v1", num_classes=10, width_scale=0.25, padding="symmetric")
+    described = pretrained.initialize_supernet(net, mbv1_file[0])
+    assert described.endswith(
+        "; keras.applications has same padding and BN epsilon 0.001, this run symmetric and "
+        "0.001 (weights copied as they are)"
+    )

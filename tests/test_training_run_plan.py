@@ -38,7 +38,7 @@ def test_format_values_runs(values, unit, expected):
 
 
 def _space(config):
-    return specs.SearchSpace(**config.supernet_kwargs(1))
+    return specs.SearchSpace(**config.space_kwargs(1))
 
 
 def _flops_bounds(config):
@@ -294,11 +294,15 @@ def test_header_states_the_runs_flops(tiny_image_folder, tmp_path):
     largest = count_mflops(space.largest(), 10, config.width_scale)
     smallest = count_mflops(space.smallest(), 10, config.width_scale)
     assert f"largest subnet {largest:,.2f} MFLOPs, smallest {smallest:,.2f} MFLOPs" in model_line
+    assert model_line.endswith(" MFLOPs")  # today's padding and BN epsilon go unsaid
+    reference = dataclasses.replace(config, padding="symmetric", bn_epsilon=1e-5)
+    (model_line,) = [line for line in dry_run(reference)[0].header() if line.startswith("model ")]
+    assert model_line.endswith(" MFLOPs; symmetric padding, BN epsilon 1e-05")
 
 
 def test_dry_run_map_is_the_runs_map(tiny_image_folder, tmp_path):
     config = tiny_train_config(tmp_path / "job", tiny_image_folder)
-    run_space = specs.SearchSpace(**config.supernet_kwargs(10))  # as training.train builds it
+    run_space = specs.SearchSpace(**config.space_kwargs(10))  # as training.train builds it
     largest = count_mflops(run_space.largest(), 10, config.width_scale)
     # One target at the largest subnet's FLOPs, a grid step finer than the
     # classifier's share of them.

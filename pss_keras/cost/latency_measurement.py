@@ -55,11 +55,19 @@ def _width(ref: blocks.Channels, channels: dict, num_classes: int) -> int:
 
 
 def block_model(
-    model_name: str, block: blocks.BlockSpec, c_in: int, c_out: int, num_classes: int
+    model_name: str,
+    block: blocks.BlockSpec,
+    c_in: int,
+    c_out: int,
+    num_classes: int,
+    padding: str = "same",
 ) -> keras.Model:
     """One block of the plan as a model with a dynamic spatial input
-    ``[1, None, None, c_in]``: its layers (convs with bias, BN folded),
-    ReLU6 where the plan has one, and the residual add."""
+    ``[1, None, None, c_in]``: its layers (convs with bias, BN folded,
+    padded as ``padding`` says, as in `extract_subnet`), ReLU6 where the
+    plan has one, and the residual add."""
+    from pss_keras.supernet.extraction import keras_padding
+
     if block.name == "top":
         c_out = c_in  # keyed by its input; the classifier's width is num_classes
     if block.in_stage == block.out_stage and c_in != c_out:
@@ -69,15 +77,17 @@ def block_model(
     x = inputs
     for spec in block.layers:
         width = _width(spec.c_out, channels, num_classes)
-        common = dict(strides=spec.stride, padding="same", use_bias=True)
-        if spec.kind == "conv":
-            x = keras.layers.Conv2D(width, spec.kernel, **common)(x)
-        elif spec.kind == "depthwise":
-            x = keras.layers.DepthwiseConv2D(spec.kernel, **common)(x)
-        elif spec.kind == "pool":
+        if spec.kind == "pool":
             x = keras.layers.GlobalAveragePooling2D()(x)
-        else:
+        elif spec.kind == "dense":
             x = keras.layers.Dense(width)(x)
+        else:
+            x, pad = keras_padding(keras, x, spec, padding)
+            common = dict(strides=spec.stride, padding=pad, use_bias=True)
+            if spec.kind == "conv":
+                x = keras.layers.Conv2D(width, spec.kernel, **common)(x)
+            else:
+                x = keras.layers.DepthwiseConv2D(spec.kernel, **common)(x)
         if spec.relu6:
             x = keras.layers.ReLU(max_value=6.0)(x)
     if block.residual:
@@ -196,6 +206,7 @@ def build_table(
     calibration_subnets: int = 10,
     seed: int = 0,
     progress: bool = True,
+    padding: str = "same",
 ) -> latency.LatencyTable:
     """Measures every block configuration of ``space`` on this machine.
 
@@ -213,25 +224,30 @@ def build_table(
             (0: the per-call overhead alone).
         seed: weights and the validation subnets.
         progress: show a progress bar.
+        padding: the convs' padding, as the supernet's (`blocks.PADDINGS`;
+            ``"symmetric"`` adds a pad before every 3x3 conv). The batch-norm
+            epsilon does not matter: BN is folded into random weights.
 
     Returns:
-        The table, with ``device``, ``runtime``, ``min_subnet_us``,
+        The table, with ``padding``, ``device``, ``runtime``, ``min_subnet_us``,
         ``max_subnet_us``, ``validation`` and ``build_seconds`` recorded.
     """
     start = time.perf_counter()
+    blocks.explicit_pad(padding, 3)  # an unknown padding fails before any timing
     keras.utils.set_random_seed(seed)
     timer = _Runtime(runtime, threads, repeats, warmup)
-    entries, overhead = _measure_blocks(space, timer, num_classes, progress)
+    entries, overhead = _measure_blocks(space, timer, num_classes, progress, padding)
     gpus = machine.gpu_names() if runtime == "tensorflow" else []
     meta = {
         "runtime": runtime,
+        "padding": padding,
         "runtime_version": _runtime_version(runtime),
         "device": machine.device_record(threads, gpus[0] if gpus else None),
         "num_classes": int(num_classes),
         "repeats": int(repeats),
         "warmup": int(warmup),
     }
-    supernet = _random_supernet(space, num_classes)
+    supernet = _random_supernet(space, num_classes, padding)
     calibration_rng = random.Random(f"calibration-{seed}")
     calibration = [space.random(calibration_rng) for _ in range(calibration_subnets)]
     calibration = _measure_subnets(supernet, calibration, timer, "calibration", progress)
@@ -260,7 +276,7 @@ def build_table(
     return table
 
 
-def _measure_blocks(space: specs.SearchSpace, timer, num_classes: int, progress: bool):
+def _measure_blocks(space: specs.SearchSpace, timer, num_classes: int, progress: bool, padding):
     """Every block configuration of ``space`` timed on ``timer``, less the
     per-call overhead (a trivial model's time).
 
@@ -280,7 +296,10 @@ def _measure_blocks(space: specs.SearchSpace, timer, num_classes: int, progress:
     for first in range(0, len(group_keys), _MODELS_PER_FILE):
         chunk = group_keys[first : first + _MODELS_PER_FILE]
         timer.load(
-            [block_model(space.model_name, plan[k], ci, co, num_classes) for k, ci, co in chunk]
+            [
+                block_model(space.model_name, plan[k], ci, co, num_classes, padding)
+                for k, ci, co in chunk
+            ]
         )
         for i, (kind, c_in, c_out) in enumerate(chunk):
             for in_size in groups[(kind, c_in, c_out)]:
@@ -300,11 +319,11 @@ def _runtime_version(runtime: str) -> str:
     return f"tensorflow {tf.__version__} ({device})"
 
 
-def _random_supernet(space, num_classes):
+def _random_supernet(space, num_classes, padding):
     """A supernet of ``space`` with random weights (latency does not depend on them)."""
     from pss_keras.supernet.model import Supernet
 
-    return Supernet(**{**space.to_dict(), "num_classes": num_classes})
+    return Supernet(**{**space.to_dict(), "num_classes": num_classes}, padding=padding)
 
 
 def _measure_subnets(supernet, configs, timer, label, progress) -> list:

@@ -35,6 +35,7 @@ from tensorflow.python.eager import context
 from tensorflow.python.ops import gen_resource_variable_ops
 
 from pss_keras.supernet import blocks, extraction
+from pss_keras.supernet.layers import pad_input
 from pss_keras.supernet.model import resize_to
 
 
@@ -145,7 +146,8 @@ class TierGraph(tf.Module):
         name: the tier's name (names the resources).
 
     ``x``: normalized images [batch, h, w, 3] at any size; resized to the
-    tier's resolution inside.
+    tier's resolution inside. The convs pad as the supernet's
+    (``supernet.padding``) and the folds use its ``bn_epsilon``.
     """
 
     def __init__(self, supernet, config, bn_stats, materialize: bool, name: str):
@@ -153,6 +155,7 @@ class TierGraph(tf.Module):
         supernet.space.validate(config)
         bn_stats = extraction.checked_bn_stats(supernet, config, bn_stats)
         self.resolution = config.resolution
+        self.padding = supernet.padding
         self._blocks = _layers(supernet, config, bn_stats)
         self.materialize = bool(materialize)
         # The supernet variables the graph (or its kernels) read: a saver
@@ -190,10 +193,11 @@ class TierGraph(tf.Module):
                     x = tf.matmul(x, kernel) + tf.convert_to_tensor(layer.bias)
                     continue
                 strides = (1, spec.stride, spec.stride, 1)
+                x, padding = pad_input(x, spec.kernel, self.padding)
                 if spec.kind == "depthwise":
-                    x = tf.nn.depthwise_conv2d(x, kernel, strides, "SAME")
+                    x = tf.nn.depthwise_conv2d(x, kernel, strides, padding)
                 else:
-                    x = tf.nn.conv2d(x, kernel, strides, "SAME")
+                    x = tf.nn.conv2d(x, kernel, strides, padding)
                 x = tf.nn.bias_add(x, layer.bias)
                 if spec.relu6:
                     x = tf.nn.relu6(x)

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 
-from pss_keras.supernet import specs
+from pss_keras.supernet import blocks, specs
 
 SYNTHETIC = "synthetic_shapes"
 # tf.distribute strategies a run can use (pss_keras.training.distribution).
@@ -95,6 +95,13 @@ class TrainConfig:
     the rule's default warm-up: `AUTO_WARMUP_EPOCHS` (at most half the run)
     when the rule scales the rate up, else none.
 
+    ``padding`` and ``bn_epsilon`` are the architecture's numerics, which
+    every stage that builds the job's supernet or a model of it follows
+    (`supernet_kwargs`): ``"same"`` and 1e-3 are keras.applications' and
+    this project's own runs'; ``"symmetric"`` and 1e-5 the official
+    PSS-Net's PyTorch supernets' (set by their importer, never a flag). A
+    run_config.json written before they were recorded reads as "same", 1e-3.
+
     ``init_from`` (``imagenet``, a keras.applications ``.h5`` file or
     another run's job directory; "" for random weights) is applied to a new
     run only (`pss_keras.supernet.pretrained.initialize_supernet`);
@@ -109,6 +116,8 @@ class TrainConfig:
     resolution_range: tuple[int, int] = (128, 224)
     resolution_step: int = 8
     width_range: tuple[float, float] = (0.75, 1.0)
+    padding: str = "same"
+    bn_epsilon: float = 1e-3
     flops_targets: tuple[float, float, float] = (110.0, 570.0, 10.0)
     metric_types: tuple[str, ...] = ("flops",)
     latency_targets: tuple[tuple[float, float, float], ...] = ()
@@ -171,6 +180,10 @@ class TrainConfig:
             raise ValueError(
                 f"model {self.model_name!r} is unknown; use one of {specs.MODEL_NAMES}."
             )
+        if self.padding not in blocks.PADDINGS:
+            raise ValueError(f"padding={self.padding!r} is unknown; use one of {blocks.PADDINGS}.")
+        if not (0 < self.bn_epsilon < 1):
+            raise ValueError(f"bn_epsilon={self.bn_epsilon} must be in (0, 1).")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy={self.strategy!r} is unknown; use one of {STRATEGIES}.")
         if self.selection not in SELECTIONS:
@@ -191,7 +204,7 @@ class TrainConfig:
         for ok, message in self._range_checks():
             if not ok:
                 raise ValueError(message)
-        specs.SearchSpace(**self.supernet_kwargs(1))  # the ranges, before any data is read
+        specs.SearchSpace(**self.space_kwargs(1))  # the ranges, before any data is read
         if self.data.image_size != self.resolution_range[1]:
             raise ValueError(
                 f"image_size={self.data.image_size} must equal the largest resolution "
@@ -288,8 +301,8 @@ class TrainConfig:
             data["latency_targets"] = tuple(tuple(t) for t in data["latency_targets"])
         return cls(data=DataConfig(**data_config), **data)
 
-    def supernet_kwargs(self, num_classes: int) -> dict:
-        """Arguments of `pss_keras.supernet.model.Supernet` for this run."""
+    def space_kwargs(self, num_classes: int) -> dict:
+        """Arguments of `pss_keras.supernet.specs.SearchSpace` for this run."""
         return dict(
             model_name=self.model_name,
             num_classes=num_classes,
@@ -297,6 +310,13 @@ class TrainConfig:
             resolution_range=self.resolution_range,
             resolution_step=self.resolution_step,
             width_range=self.width_range,
+        )
+
+    def supernet_kwargs(self, num_classes: int) -> dict:
+        """Arguments of `pss_keras.supernet.model.Supernet` for this run:
+        its search space and its architecture's padding and BN epsilon."""
+        return dict(
+            **self.space_kwargs(num_classes), padding=self.padding, bn_epsilon=self.bn_epsilon
         )
 
     def resume_conflicts(self, saved: dict) -> list[str]:

@@ -144,6 +144,30 @@ def stage_channels_np(model_name: str, mults: np.ndarray, width_scale: float = 1
 
 
 # --------------------------------------------------------------------------
+# Padding.
+
+# How a k x k conv pads its input: "same" is TensorFlow's (at stride 2 on an
+# even input only the bottom and right get the extra pixels); "symmetric"
+# is PyTorch's ``padding=(k - 1) // 2`` on every side, then a VALID conv (the
+# official PSS-Net's). Output sizes agree for the odd kernels of the plan:
+# ``(size - 1) // stride + 1`` either way; the values differ at every
+# stride-2 layer with an even input (and so every logit after it).
+PADDINGS = ("same", "symmetric")
+
+
+def explicit_pad(padding: str, kernel: int) -> int | None:
+    """Pixels to add on every side before a VALID conv of ``kernel`` under
+    ``padding``, or None for TensorFlow's 'same' padding.
+
+    Raises:
+        ValueError: for a padding not in `PADDINGS`.
+    """
+    if padding not in PADDINGS:
+        raise ValueError(f"padding={padding!r} is unknown; use one of {PADDINGS}.")
+    return None if padding == "same" else (int(kernel) - 1) // 2
+
+
+# --------------------------------------------------------------------------
 # The plan.
 
 
@@ -171,7 +195,7 @@ class LayerSpec:
             weight import rely on it.
         kind: ``"conv"``, ``"depthwise"``, ``"pool"`` or ``"dense"``.
         kernel: square kernel size (0 for the pool and the classifier).
-        stride: spatial stride ('same' padding).
+        stride: spatial stride (padded as `PADDINGS` says).
         c_in, c_out: input and output widths.
         relu6: a ReLU6 follows (not after a linear project, the pool or
             the classifier).
@@ -295,8 +319,8 @@ def walk(model_name: str, resolution, channels, num_classes: int):
         num_classes: classifier outputs.
 
     Yields:
-        The `LayerSpec`, its input and output spatial sizes ('same'
-        padding: ``(size - 1) // stride + 1``) and its input and output
+        The `LayerSpec`, its input and output spatial sizes (either of
+        `PADDINGS`: ``(size - 1) // stride + 1``) and its input and output
         widths.
     """
     size = resolution

@@ -4,6 +4,9 @@
 ordinary `keras.Model` of exactly that shape (Conv2D, DepthwiseConv2D,
 BatchNormalization or BN folded into the convs, Dense), with a fixed input
 resolution. It is what TFLite conversion and the standalone export use.
+The supernet's padding and batch-norm epsilon carry over: a
+``"symmetric"``-padded conv is a ZeroPadding2D and a "valid" conv (which
+every converter and tfmot take), a 'same' one a "same" conv.
 
 The same code builds the model with Keras 3 (default) or, for
 quantization-aware training with tensorflow-model-optimization, with tf_keras
@@ -145,7 +148,8 @@ def _conv_bn(K, x, supernet, spec, c_in, c_out, bn_stats, fold_bn):
         kernel = source.kernel.numpy()[:, :, :c_in, :c_out]
     gamma, beta = bn.gamma.numpy()[:c_out], bn.beta.numpy()[:c_out]
     mean, variance = (np.asarray(s, np.float32) for s in bn_stats[f"{spec.name}_bn"])
-    common = dict(kernel_size=spec.kernel, strides=spec.stride, padding="same", name=spec.name)
+    x, padding = keras_padding(K, x, spec, supernet.padding)
+    common = dict(kernel_size=spec.kernel, strides=spec.stride, padding=padding, name=spec.name)
     if depthwise:
         layer = K.layers.DepthwiseConv2D(use_bias=bool(fold_bn), **common)
     else:
@@ -162,6 +166,19 @@ def _conv_bn(K, x, supernet, spec, c_in, c_out, bn_stats, fold_bn):
     if spec.relu6:
         x = K.layers.ReLU(max_value=6.0, name=f"{spec.name}_relu")(x)
     return x
+
+
+def keras_padding(K, x, spec, padding):
+    """``(x, keras_padding)`` for the conv of ``spec`` under ``padding`` (one
+    of `blocks.PADDINGS`): ``x`` and ``"same"``, or ``x`` through a
+    ZeroPadding2D of ``(k - 1) // 2`` (named ``<layer>_pad``) and
+    ``"valid"``."""
+    pad = blocks.explicit_pad(padding, spec.kernel)
+    if pad is None:
+        return x, "same"
+    if pad:
+        x = K.layers.ZeroPadding2D(pad, name=f"{spec.name}_pad")(x)
+    return x, "valid"
 
 
 def _classifier(K, x, supernet, spec, c_in):

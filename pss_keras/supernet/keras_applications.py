@@ -1,9 +1,9 @@
 """keras.applications' MobileNets as a source of supernet weights.
 
-The supernet uses the same layer structure and 'same' padding as
-keras.applications, so with the copied weights its largest subnet reproduces
-``keras.applications.MobileNet(alpha=a)`` (or ``MobileNetV2``) exactly at
-``width_scale=a``. This module knows keras.applications' side: which
+The supernet uses the same layer structure and (by default) 'same' padding
+and BN epsilon as keras.applications, so with the copied weights its
+largest subnet reproduces ``keras.applications.MobileNet(alpha=a)`` (or
+``MobileNetV2``) exactly at ``width_scale=a``. This module knows keras.applications' side: which
 alphas and resolutions have ImageNet weights, its files' names, URLs and
 cache folder, its layer names (`keras_applications_name_map`), how to read
 a legacy ``.h5`` file's alpha, and the copy itself

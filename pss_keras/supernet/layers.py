@@ -20,9 +20,26 @@ import math
 import keras
 import tensorflow as tf
 
+from pss_keras.supernet import blocks
+
 
 def _channels(x):
     return tf.shape(x)[-1]
+
+
+def pad_input(inputs, kernel_size: int, padding: str):
+    """``(inputs, tf_padding)`` for a conv of ``kernel_size`` under
+    ``padding`` (one of `blocks.PADDINGS`): the input as it is and
+    ``"SAME"``, or, for ``"symmetric"``, the input zero-padded by
+    ``(k - 1) // 2`` on every side and ``"VALID"`` (a `tf.pad`, which every
+    device and converter runs).
+    """
+    pad = blocks.explicit_pad(padding, kernel_size)
+    if pad is None:
+        return inputs, "SAME"
+    if pad:
+        inputs = tf.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    return inputs, "VALID"
 
 
 def conv_kernel_initializer():
@@ -48,12 +65,14 @@ def depthwise_kernel_initializer(kernel_size: int, channels: int):
 
 @keras.saving.register_keras_serializable(package="pss_keras")
 class SwitchableConv2D(keras.layers.Layer):
-    """A 'same'-padded 2D convolution over the first channels of its weights.
+    """A 2D convolution over the first channels of its weights.
 
     Args:
         filters: maximum number of output channels (the kernel's width).
         kernel_size: square kernel size.
         strides: square stride.
+        padding: ``"same"`` (TensorFlow's) or ``"symmetric"`` (``(k - 1) // 2``
+            on every side, as PyTorch pads); see `blocks.PADDINGS`.
         use_bias: whether to add a (sliced) bias.
         kernel_initializer: initializer of the full kernel.
         **kwargs: forwarded to `keras.layers.Layer` (e.g. ``name``).
@@ -71,6 +90,7 @@ class SwitchableConv2D(keras.layers.Layer):
         strides=1,
         use_bias=False,
         kernel_initializer=None,
+        padding="same",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -78,6 +98,8 @@ class SwitchableConv2D(keras.layers.Layer):
         self.kernel_size = int(kernel_size)
         self.strides = int(strides)
         self.use_bias = bool(use_bias)
+        blocks.explicit_pad(padding, self.kernel_size)  # a bad one fails here
+        self.padding = padding
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or conv_kernel_initializer()
         )
@@ -103,7 +125,8 @@ class SwitchableConv2D(keras.layers.Layer):
     def call(self, inputs, out_channels=None):
         out_channels = self.filters if out_channels is None else out_channels
         kernel = self.kernel[:, :, : _channels(inputs), :out_channels]
-        outputs = tf.nn.conv2d(inputs, kernel, strides=self.strides, padding="SAME")
+        inputs, padding = pad_input(inputs, self.kernel_size, self.padding)
+        outputs = tf.nn.conv2d(inputs, kernel, strides=self.strides, padding=padding)
         if self.use_bias:
             outputs = tf.nn.bias_add(outputs, self.bias[:out_channels])
         return outputs
@@ -116,22 +139,26 @@ class SwitchableConv2D(keras.layers.Layer):
             strides=self.strides,
             use_bias=self.use_bias,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            padding=self.padding,
         )
         return config
 
 
 @keras.saving.register_keras_serializable(package="pss_keras")
 class SwitchableDepthwiseConv2D(keras.layers.Layer):
-    """A 'same'-padded depthwise conv whose width follows its input's.
+    """A depthwise conv whose width follows its input's.
 
     The kernel has the Keras `DepthwiseConv2D` layout
     [k, k, max_channels, 1]; a c-channel input uses its first c slices.
+    ``padding`` is as `SwitchableConv2D`'s.
     """
 
-    def __init__(self, kernel_size, strides=1, kernel_initializer=None, **kwargs):
+    def __init__(self, kernel_size, strides=1, kernel_initializer=None, padding="same", **kwargs):
         super().__init__(**kwargs)
         self.kernel_size = int(kernel_size)
         self.strides = int(strides)
+        blocks.explicit_pad(padding, self.kernel_size)  # a bad one fails here
+        self.padding = padding
         # None: the reference's He-normal over fan-out, set in build().
         self.kernel_initializer = (
             None if kernel_initializer is None else keras.initializers.get(kernel_initializer)
@@ -153,8 +180,9 @@ class SwitchableDepthwiseConv2D(keras.layers.Layer):
 
     def call(self, inputs):
         kernel = self.kernel[:, :, : _channels(inputs), :]
+        inputs, padding = pad_input(inputs, self.kernel_size, self.padding)
         return tf.nn.depthwise_conv2d(
-            inputs, kernel, strides=(1, self.strides, self.strides, 1), padding="SAME"
+            inputs, kernel, strides=(1, self.strides, self.strides, 1), padding=padding
         )
 
     def get_config(self):
@@ -165,6 +193,7 @@ class SwitchableDepthwiseConv2D(keras.layers.Layer):
             kernel_initializer=None
             if self.kernel_initializer is None
             else keras.initializers.serialize(self.kernel_initializer),
+            padding=self.padding,
         )
         return config
 

@@ -53,7 +53,12 @@ class Supernet(keras.Model):
         resolution_range: (min, max) subnet input resolution.
         resolution_step: grid step of the resolution.
         width_range: (min, max) of each stage's width multiplier.
-        bn_epsilon: batch-norm epsilon (1e-3, as in keras.applications).
+        bn_epsilon: batch-norm epsilon (1e-3, as in keras.applications;
+            the official PSS-Net's PyTorch supernets use 1e-5).
+        padding: how every conv pads its input: ``"same"`` (TensorFlow's,
+            as keras.applications) or ``"symmetric"`` (``(k - 1) // 2`` on
+            every side, as the official PSS-Net's PyTorch convs); see
+            `blocks.PADDINGS`.
         **kwargs: forwarded to `keras.Model` (e.g. ``name``).
 
     Call args:
@@ -80,6 +85,7 @@ class Supernet(keras.Model):
         resolution_step=8,
         width_range=(0.75, 1.0),
         bn_epsilon=1e-3,
+        padding="same",
         **kwargs,
     ):
         kwargs.setdefault("name", f"{model_name}_supernet")
@@ -91,6 +97,8 @@ class Supernet(keras.Model):
         self.resolution_step = int(resolution_step)
         self.width_range = tuple(float(w) for w in width_range)
         self.bn_epsilon = float(bn_epsilon)
+        blocks.explicit_pad(padding, 3)  # an unknown padding fails here, naming the known
+        self.padding = padding
         self.space = specs.SearchSpace(
             model_name=model_name,
             resolution_range=self.resolution_range,
@@ -127,10 +135,12 @@ class Supernet(keras.Model):
     def _make_layer(self, spec, c_in, c_out):
         """Creates and builds the full-width layer of ``spec``, then its BN."""
         if spec.kind == "conv":
-            layer = layers.SwitchableConv2D(c_out, spec.kernel, strides=spec.stride, name=spec.name)
+            layer = layers.SwitchableConv2D(
+                c_out, spec.kernel, strides=spec.stride, padding=self.padding, name=spec.name
+            )
         elif spec.kind == "depthwise":
             layer = layers.SwitchableDepthwiseConv2D(
-                spec.kernel, strides=spec.stride, name=spec.name
+                spec.kernel, strides=spec.stride, padding=self.padding, name=spec.name
             )
         else:
             layer = layers.SwitchableDense(
@@ -307,6 +317,7 @@ class Supernet(keras.Model):
             resolution_step=self.resolution_step,
             width_range=list(self.width_range),
             bn_epsilon=self.bn_epsilon,
+            padding=self.padding,
         )
         return config
 

@@ -1,9 +1,9 @@
 """Start a supernet from pretrained weights: keras.applications or another run.
 
-The supernet uses the same layer structure and 'same' padding as
-keras.applications, so with the copied weights its largest subnet reproduces
-``keras.applications.MobileNet(alpha=a)`` (or ``MobileNetV2``) exactly at
-``width_scale=a``. `initialize_supernet` (``--init_from``) copies weights
+The supernet uses the same layer structure, 'same' padding and BN epsilon
+as keras.applications (its defaults), so with the copied weights its largest
+subnet reproduces ``keras.applications.MobileNet(alpha=a)`` (or
+``MobileNetV2``) exactly at ``width_scale=a``. `initialize_supernet` (``--init_from``) copies weights
 into a freshly built supernet from one of three sources:
 
 * ``imagenet``: keras.applications' ImageNet weights for the supernet's
@@ -16,7 +16,9 @@ into a freshly built supernet from one of three sources:
 
 A different number of classes re-initializes the classifier only; the
 resolution range may differ (no weight depends on it); a different
-architecture or width is refused.
+architecture or width is refused. A source of other numerics (padding,
+BN epsilon: keras.applications' into a "symmetric" supernet, or another
+job's) is copied as it is, and the description says so.
 
 keras.applications' side (alphas, files, layer names, the copy):
 `pss_keras.supernet.keras_applications`.
@@ -68,6 +70,17 @@ def _classifier_note(supernet: Supernet, source_classes: int | None, where: str)
     return f"classifier re-initialized ({supernet.num_classes} classes, {where} has {has})"
 
 
+def _numerics_note(supernet: Supernet, padding: str, bn_epsilon: float, where: str) -> str:
+    """``""``, or a note that the source's padding and BN epsilon (its
+    outputs' numerics) differ from the supernet's, which apply from now on."""
+    if (padding, float(bn_epsilon)) == (supernet.padding, supernet.bn_epsilon):
+        return ""
+    return (
+        f"; {where} has {padding} padding and BN epsilon {bn_epsilon:g}, this run "
+        f"{supernet.padding} and {supernet.bn_epsilon:g} (weights copied as they are)"
+    )
+
+
 def _imagenet_resolution(supernet: Supernet) -> int:
     """The supernet's largest resolution if keras.applications has weights
     trained at it, else 224 (keras.applications' default)."""
@@ -98,7 +111,8 @@ def _from_imagenet(supernet: Supernet, cache_dir: str | None) -> str:
         model_name, alpha, path, 1000, (resolution, resolution, 3), what, hint
     )
     load_keras_applications_weights(supernet, source, classifier=supernet.num_classes == 1000)
-    return f"{what} ({path}); {_classifier_note(supernet, 1000, 'file')}"
+    note = _numerics_note(supernet, "same", 1e-3, "keras.applications")
+    return f"{what} ({path}); {_classifier_note(supernet, 1000, 'file')}{note}"
 
 
 def _from_file(supernet: Supernet, path: str) -> str:
@@ -136,7 +150,8 @@ def _from_file(supernet: Supernet, path: str) -> str:
     hint = f"give a keras.applications {app} weights file"
     source = load_application(model_name, alpha, path, classes, None, what, hint)
     load_keras_applications_weights(supernet, source, classifier=classes == supernet.num_classes)
-    return f"{what} from {path}; {_classifier_note(supernet, classes, 'file')}"
+    note = _numerics_note(supernet, "same", 1e-3, "keras.applications")
+    return f"{what} from {path}; {_classifier_note(supernet, classes, 'file')}{note}"
 
 
 def _describe_width(model_name: str, width_scale: float, width_range) -> str:
@@ -199,7 +214,8 @@ def _from_job(supernet: Supernet, job_dir: str) -> str:
         f"the supernet of job {job_dir} ({jobs.WEIGHTS}; "
         f"{_describe_width(config.model_name, config.width_scale, config.width_range)})"
     )
-    return f"{what}; {_classifier_note(supernet, num_classes, 'job')}"
+    note = _numerics_note(supernet, config.padding, config.bn_epsilon, "the job")
+    return f"{what}; {_classifier_note(supernet, num_classes, 'job')}{note}"
 
 
 def initialize_supernet(supernet: Supernet, init_from: str, cache_dir: str | None = None) -> str:

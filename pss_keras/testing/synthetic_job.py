@@ -18,6 +18,7 @@ deploy the job.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import keras
@@ -39,6 +40,8 @@ def write(
     tiers: int = 3,
     num_classes: int = 10,
     seed: int = 0,
+    padding: str = "same",
+    bn_epsilon: float = 1e-3,
 ) -> list[tiers_lib.RetainedTier]:
     """Writes a finished-looking job with random weights into ``job_dir``.
 
@@ -59,6 +62,8 @@ def write(
         tiers: how many tiers (at least 1).
         num_classes: classifier outputs (classes ``class_0`` ...).
         seed: Keras's random seed for the weights.
+        padding, bn_epsilon: the architecture's (`TrainConfig`'s fields),
+            recorded in the run configuration.
 
     Returns:
         The retained tiers written, smallest first.
@@ -76,6 +81,7 @@ def write(
     config, space = _config_and_space(
         job_dir, model_name, width_scale, resolution_range, num_classes
     )
+    config = dataclasses.replace(config, padding=padding, bn_epsilon=bn_epsilon)
     subnets = _subnets_along_path(space, tiers, num_classes, width_scale)
     os.makedirs(job_dir, exist_ok=True)
     jobs.write_run_config(job_dir, config)

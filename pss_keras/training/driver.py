@@ -183,7 +183,7 @@ def _open_run(config: TrainConfig, chief: bool) -> tuple[dict, data_lib.Pipeline
     resumed); the chief records the settings, the split and the tables in
     the job directory. Everything that can fail fast fails here, before
     anything is trained."""
-    space = specs.SearchSpace(**config.supernet_kwargs(1))
+    space = specs.SearchSpace(**config.space_kwargs(1))
     tables = preflight.load_latency_tables(config, space)  # before the data: fails fast
     # A train-only folder split by an earlier run of this job: the same split.
     pipelines = data_lib.Pipelines(

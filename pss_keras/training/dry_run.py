@@ -41,7 +41,7 @@ def dry_run(config: TrainConfig) -> tuple[run_plan.RunPlan, str]:
     config.validate()
     jobs.check_resume(config.job_dir, config)
     strategy, replicas = distribution.planned_strategy(config.strategy)
-    tables = preflight.load_latency_tables(config, specs.SearchSpace(**config.supernet_kwargs(1)))
+    tables = preflight.load_latency_tables(config, specs.SearchSpace(**config.space_kwargs(1)))
     problem = preflight.replicas_problem(config.data.batch_size, replicas)
     data, data_error = None, ""
     try:
@@ -57,7 +57,7 @@ def dry_run(config: TrainConfig) -> tuple[run_plan.RunPlan, str]:
             data_error = f"not usable as set: {e}"
     # The run's own space: the classifier's FLOPs depend on the class count.
     classes = len(data.class_names) if data is not None else run_plan.ASSUMED_CLASSES
-    space = specs.SearchSpace(**config.supernet_kwargs(classes))
+    space = specs.SearchSpace(**config.space_kwargs(classes))
     conditionals = preflight.build_maps(config, space, tables, log=False)
     maps = tuple(
         run_plan.MapReport.of(

@@ -244,7 +244,7 @@ class RunPlan:
     def header(self) -> list[str]:
         """The run header: one setting a line."""
         c, d = self.config, self.data
-        space = specs.SearchSpace(**c.supernet_kwargs(1))
+        space = specs.SearchSpace(**c.space_kwargs(1))
         lines = [f"job dir       {c.job_dir} ({self.resume})"]
         if d is None:
             lines.append(f"data          {c.data.dataset}: {self.data_error}")
@@ -277,7 +277,9 @@ class RunPlan:
             f"{'' if d is not None else ' (assumed)'}; largest subnet "
             f"{count_mflops(largest, classes, c.width_scale):,.2f} MFLOPs, smallest "
             f"{count_mflops(smallest, classes, c.width_scale):,.2f} MFLOPs"
-        )
+            + ("" if (c.padding, c.bn_epsilon) == ("same", 1e-3) else
+               f"; {c.padding} padding, BN epsilon {c.bn_epsilon:g}")
+        )  # fmt: skip
         for report in self.maps:
             lines.append(
                 f"targets       {report.summary()}; map of {report.num_samples:,} subnets "
