@@ -152,8 +152,8 @@ class PSSClient:
             images: uint8 RGB pixels [batch, h, w, 3] or [h, w, 3]; or
                 encoded images (JPEG, PNG, GIF, BMP) as a list of ``bytes``
                 (any sizes), sent to the tier's ``<tier>_bytes`` signature
-                (a third of the pixels' size over gRPC and about a fifth
-                over REST, decoded by the server).
+                and decoded by the server (a 224 x 224 JPEG of 17 KB: a
+                twelfth of its pixels' request over gRPC, a 45th over REST).
             tier: the tier's name.
 
         Returns the signature's outputs: logits, probabilities,
