@@ -206,3 +206,109 @@ def test_the_other_architecture_is_refused(states):
     _refused(states["mbv1"], "mobilenet_v2", "f.pt is a mobilenet_v1 supernet, not mobilenet_v2")
     with pytest.raises(ReferenceCheckpointError, match=r"mbv2_random.pt is a mobilenet_v2 supernet, not mobilenet_v1\.$"):  # fmt: skip
         load_reference_checkpoint(_path("mbv2_random.pt"), "mobilenet_v1")
+
+
+# -- an independent NumPy forward pass (the fixtures' logits do not depend on
+# the image: their random BN statistics wash it out, so these check the
+# convolutions, padding and residuals) ---------------------------------------
+MBV2_STAGE_OF_BLOCK = (1, 2, 2, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 6, 6, 6, 7)
+
+
+def _make_divisible(v, divisor=8):  # the reference's utils/comm.py
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return int(new_v + divisor if new_v < 0.9 * v else new_v)
+
+
+def _signal_state(state, seed=0):
+    """``state`` with weights and BN statistics that carry the image through."""
+    rng, out = np.random.default_rng(seed), {}
+    for key, value in state.items():
+        shape = np.shape(value)
+        if key.endswith("num_batches_tracked"):
+            out[key] = value
+        elif len(shape) == 4:
+            fan_in = shape[1] * shape[2] * shape[3]
+            out[key] = rng.normal(0, np.sqrt(2.0 / fan_in), shape).astype(np.float32)
+        elif key.endswith("running_var"):
+            out[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        elif key.endswith(".weight") and len(shape) == 1:
+            out[key] = rng.uniform(0.8, 1.2, shape).astype(np.float32)
+        else:
+            out[key] = rng.normal(0, 0.1 if len(shape) == 1 else 0.05, shape).astype(np.float32)
+    return out
+
+
+def _np_conv_bn(x, state, conv, bn, cout, stride, relu):
+    """The reference's USConv2d (pad (k-1)//2) + USBatchNorm2d (eps 1e-5), NCHW."""
+    w = state[conv + "weight"]
+    depthwise = w.shape[1] == 1 and w.shape[0] > 1
+    w = w[: x.shape[1]] if depthwise else w[:cout, : x.shape[1]]
+    k = w.shape[-1]
+    x = np.pad(x, ((0, 0), (0, 0), ((k - 1) // 2,) * 2, ((k - 1) // 2,) * 2))
+    size = (x.shape[2] - k) // stride + 1
+    y = 0.0
+    for i in range(k):
+        for j in range(k):
+            patch = x[:, :, i : i + stride * (size - 1) + 1 : stride, j : j + stride * (size - 1) + 1 : stride]  # fmt: skip
+            if depthwise:
+                y = y + patch * w[None, :, 0, i, j, None, None]
+            else:
+                y = y + np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
+    c = y.shape[1]
+    mean, var = state[bn + "bn.running_mean"][:c], state[bn + "bn.running_var"][:c]
+    y = (y - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5)
+    y = y * state[bn + "weight"][:c, None, None] + state[bn + "bias"][:c, None, None]
+    return np.clip(y, 0, 6) if relu else y
+
+
+def _np_reference(state, model, mults, x):
+    """The reference's forward pass (models/mobilenet_v1.py, _v2.py) in NumPy."""
+    state = {k.removeprefix("module."): np.asarray(v, np.float64) for k, v in state.items()}
+    x = _np_conv_bn(x, state, "features.0.0.", "features.0.1.", _make_divisible(32 * mults[0]), 2, True)  # fmt: skip
+    blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("features.")})[1:]
+    for b in blocks:
+        if model == "mbv2" and b == blocks[-1]:  # the 1280 head: full width, no layer_id
+            x = _np_conv_bn(x, state, f"features.{b}.0.", f"features.{b}.1.", 1280, 1, True)
+            continue
+        body = f"features.{b}.body." if model == "mbv2" else f"features.{b}."
+        convs = sorted({int(k[len(body) :].split(".")[0]) for k in state if k.startswith(body)})
+        convs = [i for i in convs if state[f"{body}{i}.weight"].ndim == 4]
+        stage = b if model == "mbv1" else MBV2_STAGE_OF_BLOCK[b - 1]
+        shortcut, full = x, state[f"{body}{convs[-1]}.weight"].shape
+        for n, i in enumerate(convs):
+            w = state[f"{body}{i}.weight"]
+            last = n == len(convs) - 1
+            cout = _make_divisible(w.shape[0] * mults[stage]) if last else _make_divisible(x.shape[1] * w.shape[0] / w.shape[1])  # fmt: skip
+            stride = 2 if w.shape[-1] == 3 and _STRIDES[model][b - 1] == 2 else 1
+            relu = not (last and model == "mbv2")
+            x = _np_conv_bn(x, state, f"{body}{i}.", f"{body}{i + 1}.", cout, stride, relu)
+        in_full = state[f"{body}{convs[0]}.weight"].shape[1 if model == "mbv2" else 0]
+        if model == "mbv2" and _STRIDES[model][b - 1] == 1 and in_full == full[0]:
+            x = x + shortcut
+    x = x.mean(axis=(2, 3))
+    w = state["classifier.0.weight"]
+    return x @ w[:, : x.shape[1]].T + state["classifier.0.bias"]
+
+
+_STRIDES = {
+    "mbv1": (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1),
+    "mbv2": (1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1),
+}
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_an_image_dependent_supernet_matches_a_numpy_reference(expected, states, model):
+    from pss_keras.supernet.reference_checkpoint import reference_supernet
+
+    state = _signal_state(states[model])
+    supernet = reference_supernet(reference_weights(state, MODELS[model]), MODELS[model])
+    config = reference_subnet(expected["models"][model]["subnets"][2]["config"])
+    config = specs.SubnetConfig(config.model_name, 136, config.stage_width_mults)
+    images = _inputs(1, 136)
+    reference = _np_reference(state, model, config.stage_width_mults, images.transpose(0, 3, 1, 2))
+    ours = np.asarray(supernet(images, subnet=config, training=False))
+    scale = np.max(np.abs(reference))
+    assert (
+        np.max(np.abs(reference[0] - reference[1])) > 0.01 * scale
+    )  # the image matters (100x the tolerance)
+    assert np.max(np.abs(ours - reference)) <= 1e-4 * scale
