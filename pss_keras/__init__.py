@@ -37,6 +37,8 @@ _LAZY = {
     "extract_subnet": "pss_keras.supernet.extraction",
     "load_keras_applications_weights": "pss_keras.supernet.keras_applications",
     "initialize_supernet": "pss_keras.supernet.pretrained",
+    "load_reference_checkpoint": "pss_keras.supernet.reference_checkpoint",
+    "reference_subnet": "pss_keras.supernet.reference_checkpoint",
 }
 
 __all__ = [
@@ -53,10 +55,12 @@ __all__ = [
     "initialize_supernet",
     "load_keras_applications_weights",
     "load_latency_table",
+    "load_reference_checkpoint",
     "load_reference_table",
     "make_divisible",
     "predict_latency_us",
     "predict_latency_us_np",
+    "reference_subnet",
 ]
 
 __version__ = "0.3.0"

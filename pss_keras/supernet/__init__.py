@@ -7,6 +7,8 @@ model        `Supernet`: MobileNetV1/V2 with one active subnet at a time
 extraction   a standalone Keras model of one subnet
 keras_applications   keras.applications' MobileNets: alphas, files, layer names, the copy
 pretrained   a run's initial weights (--init_from: ImageNet, a file, a job)
+torch_files  PyTorch (torch.save zip) checkpoints read with NumPy, no torch
+reference_checkpoint   the official PSS-Net checkpoints as our supernet
 """
 
 from pss_keras._lazy import exports
@@ -22,6 +24,11 @@ _EXPORTS = {
     "extract_subnet": "extraction",
     "initialize_supernet": "pretrained",
     "load_keras_applications_weights": "keras_applications",
+    "CheckpointError": "torch_files",
+    "read_checkpoint": "torch_files",
+    "ReferenceCheckpoint": "reference_checkpoint",
+    "load_reference_checkpoint": "reference_checkpoint",
+    "reference_subnet": "reference_checkpoint",
 }
 
 __getattr__, __dir__ = exports(__name__, _EXPORTS)
