@@ -244,6 +244,13 @@ def tiny_image_folder(tmp_path_factory):
     return str(toydata.make_synthetic_shapes(str(root), 16, 6, image_size=32, seed=1))
 
 
+def shared_data_folder(env_var: str, name: str) -> str:
+    """A folder of optional reference data: the one ``$env_var`` names, else
+    ``shared/data/<name>`` beside the repository's folder (docs/testing.md)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.environ.get(env_var) or os.path.join(root, "..", "shared", "data", name)
+
+
 def tiny_train_config(job_dir, dataset, **overrides):
     """A PSS run that takes seconds: width 0.25, 16..32 px, 3 targets."""
     from pss_keras.cost.flops import count_mflops

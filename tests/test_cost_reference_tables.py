@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import shared_data_folder
 from latency_helpers import (
     HAND_WRITTEN,
     V1_LARGEST,
@@ -30,10 +31,7 @@ from pss_keras.supernet import specs
 
 # The reference's four .pkl tables: $PSS_KERAS_REFERENCE_LUTS, or a
 # shared/data/reference_luts folder beside the repository's folder.
-REFERENCE_LUTS = os.environ.get("PSS_KERAS_REFERENCE_LUTS") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
-    "reference_luts",
-)  # fmt: skip
+REFERENCE_LUTS = shared_data_folder("PSS_KERAS_REFERENCE_LUTS", "reference_luts")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import shared_data_folder
 
 from pss_keras.supernet import specs
 from pss_keras.supernet.reference_checkpoint import (
@@ -25,10 +26,9 @@ from pss_keras.supernet.torch_files import CheckpointError, read_checkpoint
 
 # $PSS_KERAS_REFERENCE_CHECKPOINTS, or a shared/data/reference_checkpoints folder
 # beside the repository's folder (as tests/test_supernet_torch_files.py).
-REFERENCE_CHECKPOINTS = os.environ.get("PSS_KERAS_REFERENCE_CHECKPOINTS") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
-    "reference_checkpoints",
-)  # fmt: skip
+REFERENCE_CHECKPOINTS = shared_data_folder(
+    "PSS_KERAS_REFERENCE_CHECKPOINTS", "reference_checkpoints"
+)
 MODELS = {"mbv1": "mobilenet_v1", "mbv2": "mobilenet_v2"}
 FILES = ("mbv1_random.pt", "mbv2_random.pt", "expected.json")
 

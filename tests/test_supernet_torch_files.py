@@ -14,15 +14,15 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import shared_data_folder
 
 from pss_keras.supernet.torch_files import STORAGE_DTYPES, CheckpointError, read_checkpoint
 
 # The official code's checkpoints (random weights): $PSS_KERAS_REFERENCE_CHECKPOINTS,
 # or a shared/data/reference_checkpoints folder beside the repository's folder.
-REFERENCE_CHECKPOINTS = os.environ.get("PSS_KERAS_REFERENCE_CHECKPOINTS") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
-    "reference_checkpoints",
-)  # fmt: skip
+REFERENCE_CHECKPOINTS = shared_data_folder(
+    "PSS_KERAS_REFERENCE_CHECKPOINTS", "reference_checkpoints"
+)
 TOP_KEYS = [
     "model", "optimizer", "lr_scheduler", "last_epoch", "arch_pools", "random_state",
     "np_random_state", "torch_rng_state", "torch_cuda_rng_state",
