@@ -2,8 +2,9 @@
 
 Reads the two reference fixtures (random weights written by the official
 PyTorch code, with its eval-mode logits in expected.json): every subnet of
-ours gives the reference's logits; bad state dicts are built by editing the
-read dict in memory.
+ours gives the reference's logits, and so do the deployment paths of one
+subnet per model (standalone Keras subnet, the export's tier graph, float32
+TFLite); bad state dicts are built by editing the read dict in memory.
 """
 
 import json
@@ -85,6 +86,81 @@ def test_every_subnet_gives_the_reference_logits(expected, loaded, model):
         errors.append(error)
         assert error <= 1e-4, f"{config}: max relative error {error:.2e}"
     print(f"{model}: max relative error {max(errors):.2e} over {len(errors)} subnets")
+
+
+# -- the deployment paths: the standalone subnet, the export's tier graph and
+# the float32 TFLite model give the reference's logits too, from the file's
+# running statistics (the supernet's eval mode). One subnet per model: the
+# sampled config (mixed widths) of the smallest resolution.
+def _deployment_case(expected, loaded, model):
+    """``(supernet, config, images, reference logits, file statistics)``."""
+    supernet = loaded[model].supernet
+    sampled = expected["models"][model]["subnets"][2:]  # [0], [1]: smallest, largest
+    subnet = min(sampled, key=lambda s: s["config"]["resolution"])
+    config = supernet.space.validate(reference_subnet(subnet["config"], MODELS[model]))
+    images = _inputs(expected["seed"], config.resolution)
+    reference = np.asarray(subnet["logits"], dtype=np.float64)
+    return supernet, config, images, reference, supernet.get_bn_stats(config)
+
+
+def _relative_error(ours, reference):
+    ours = np.asarray(ours, dtype=np.float64)
+    assert ours.shape == reference.shape
+    return np.max(np.abs(ours - reference)) / np.max(np.abs(reference))
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_the_extracted_subnet_gives_the_reference_logits(expected, loaded, model):
+    from pss_keras.supernet.extraction import extract_subnet
+
+    supernet, config, images, reference, stats = _deployment_case(expected, loaded, model)
+    # bn_stats=None: extraction's default, the same stored statistics.
+    for bn_stats, fold_bn in ((stats, False), (stats, True), (None, False)):
+        sub = extract_subnet(supernet, config, bn_stats, fold_bn=fold_bn)
+        error = _relative_error(sub(images, training=False), reference)
+        case = f"fold_bn={fold_bn}, bn_stats={'file' if bn_stats else None}"
+        print(f"{model} {config} extracted ({case}): max relative error {error:.2e}")
+        # tests/test_supernet_extraction.py's tolerance, 1e-5 (an atol there),
+        # here of max |reference logit| (0.4-0.7, so no looser).
+        assert error <= 1e-5, f"{config}, {case}: {error:.2e} > 1e-5 (extraction's)"
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_the_tier_graph_gives_the_reference_logits(expected, loaded, model):
+    import tensorflow as tf
+
+    from pss_keras.export.tier_graph import TierGraph
+
+    supernet, config, images, reference, stats = _deployment_case(expected, loaded, model)
+    for materialize in (True, False):
+        # Normalized images, as the export's signatures feed it after
+        # preprocess(); at the tier's resolution its resize is the identity.
+        graph = TierGraph(supernet, config, stats, materialize, f"{model}_tier")
+        error = _relative_error(tf.function(graph)(tf.constant(images)), reference)
+        print(f"{model} {config} tier graph (materialize={materialize}): {error:.2e}")
+        # tests/test_export_tier_graph.py's tolerance: 1e-5 of the logits' scale.
+        assert error <= 1e-5, f"{config}, materialize={materialize}: {error:.2e} > 1e-5"
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_the_float32_tflite_subnet_gives_the_reference_logits(expected, loaded, model):
+    from pss_keras.data.preprocessing import to_pixels
+    from pss_keras.supernet.extraction import extract_subnet
+    from pss_keras.tflite.model_conversion import convert_model
+    from pss_keras.tflite.runner import TFLiteRunner
+
+    supernet, config, images, reference, stats = _deployment_case(expected, loaded, model)
+    # The model pss_keras.tflite.converter converts: BN folded, pixel input
+    # (its first layer normalizes). Its input is float32, so the reference's
+    # normalized images go in as to_pixels(images) (some outside [0, 255]),
+    # which that layer maps back to them up to float32 rounding.
+    sub = extract_subnet(supernet, config, stats, fold_bn=True, pixel_input=True)
+    runner = TFLiteRunner(model_content=convert_model(sub, config.resolution))
+    assert runner.input["dtype"] == np.float32
+    error = _relative_error(runner(np.asarray(to_pixels(images))), reference)
+    print(f"{model} {config} float32 TFLite: max relative error {error:.2e}")
+    # The float32 target of pss_keras.tflite.verification (and the TFLite tests).
+    assert error <= 1e-4, f"{config}: {error:.2e} > 1e-4 (float32 TFLite's target)"
 
 
 def test_the_file_s_pools_and_the_rest(expected, loaded):
