@@ -158,6 +158,7 @@ def _pair(name, cast):
 
 def _config():
     from pss_keras.jobs.config import DataConfig, TrainConfig
+    from pss_keras.jobs.directory import inherited_architecture
     from pss_keras.jobs.targets import MetricTargets
 
     if not F.job_dir:
@@ -191,6 +192,8 @@ def _config():
         resolution_range=resolution,
         resolution_step=F.resolution_step,
         width_range=_pair("width_mult_range", float),
+        # A job's padding and BN epsilon come with its weights (--init_from).
+        **inherited_architecture(F.init_from),
         flops_targets=targets.flops or TrainConfig.flops_targets,
         metric_types=targets.metric_types,
         latency_targets=targets.latency_targets,

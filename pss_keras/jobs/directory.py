@@ -96,6 +96,21 @@ def read_run_config(job_dir: str) -> TrainConfig:
         return TrainConfig.from_dict(json.load(f))
 
 
+def inherited_architecture(init_from: str) -> dict:
+    """The architecture fields (``padding``, ``bn_epsilon``) of a run that
+    starts from ``init_from``: a job directory's own (an imported official
+    checkpoint computes as PyTorch does), ``{}`` for any other source.
+
+    Raises:
+        ValueError: a job directory without its run configuration.
+    """
+    path = os.path.expanduser(init_from or "")
+    if not path or not os.path.isdir(path):
+        return {}
+    source = read_run_config(path)
+    return {"padding": source.padding, "bn_epsilon": source.bn_epsilon}
+
+
 def write_weights_origin(job_dir: str, description: str) -> None:
     """Records where a run's initial weights came from (``--init_from``)."""
     atomic_write_json(os.path.join(job_dir, WEIGHTS_ORIGIN), {"init_from": description})
@@ -172,8 +187,20 @@ def save_bn_stats(job_dir: str, tier_name: str, stats: dict) -> str:
 
 
 def load_bn_stats(job_dir: str, tier: RetainedTier | dict) -> dict:
-    """A retained tier's calibrated statistics ``{bn_layer: (mean, variance)}``."""
+    """A retained tier's calibrated statistics ``{bn_layer: (mean, variance)}``.
+
+    Raises:
+        ValueError: a tier without statistics (a checkpoint imported without
+            calibration images), saying what to pass.
+    """
     relative = tier["bn_stats"] if isinstance(tier, dict) else tier.bn_stats
+    if not relative:
+        name = tier["name"] if isinstance(tier, dict) else tier.name
+        raise ValueError(
+            f"Tier {name} of {job_dir} has no calibrated batch-norm statistics (imported "
+            "without calibration images); import it again with --calibration_data=<training "
+            "images> (e.g. ImageNet's or Imagenette's train folder)."
+        )
     with np.load(os.path.join(job_dir, relative)) as saved:
         layers = {key.rsplit("/", 1)[0] for key in saved.files}
         return {name: (saved[f"{name}/mean"], saved[f"{name}/variance"]) for name in layers}

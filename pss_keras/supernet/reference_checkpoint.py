@@ -133,21 +133,36 @@ def reference_subnet(config, model_name: str | None = None) -> specs.SubnetConfi
     return specs.SubnetConfig(name, int(config["resolution"]), mults)
 
 
+def reference_pools(arch_pools, space: specs.SearchSpace) -> dict:
+    """``{metric type: {target: [(config, score, reference dict)] best first}}``
+    of an ``arch_pools`` (empty pools kept as empty lists).
+
+    Raises:
+        ValueError: a pool key that is not a config of ``space`` (one line).
+    """
+    out = {}
+    for metric, targets in ((arch_pools or {}).get("pools") or {}).items():
+        out[metric] = {}
+        for target, pool in targets.items():
+            ranked = sorted(pool.items(), key=lambda item: -float(item[1]))
+            entries = []
+            for key, score in ranked:
+                config = _config_dict(key)
+                subnet = space.validate(reference_subnet(config, space.model_name))
+                entries.append((subnet, float(score), config))
+            out[metric][target] = entries
+    return out
+
+
 def reference_tiers(arch_pools, space: specs.SearchSpace) -> dict:
     """``{metric type: {target: configs best first}}`` of an ``arch_pools``.
 
     Every config is validated against ``space`` (ValueError otherwise).
     """
-    out = {}
-    pools = (arch_pools or {}).get("pools", {})
-    for metric, targets in pools.items():
-        out[metric] = {}
-        for target, pool in targets.items():
-            ranked = sorted(pool.items(), key=lambda item: -float(item[1]))
-            out[metric][target] = tuple(
-                space.validate(reference_subnet(key, space.model_name)) for key, _ in ranked
-            )
-    return out
+    return {
+        metric: {target: tuple(e[0] for e in pool) for target, pool in targets.items()}
+        for metric, targets in reference_pools(arch_pools, space).items()
+    }
 
 
 # --------------------------------------------------------------------------
