@@ -47,3 +47,29 @@ def test_a_legacy_run_config_reads_as_todays_architecture():
     assert (config.padding, config.bn_epsilon) == ("same", 1e-3)
     kwargs = config.supernet_kwargs(10)
     assert (kwargs["padding"], kwargs["bn_epsilon"]) == ("same", 1e-3)
+
+
+def test_a_run_from_a_job_inherits_its_architecture(tmp_path):
+    """``--init_from=JOB`` takes the job's padding and BN epsilon (an imported
+    official checkpoint computes as PyTorch does); other sources add nothing."""
+    from pss_keras.jobs.config import TrainConfig
+
+    job = str(tmp_path / "imported")
+    os.makedirs(job)
+    config = TrainConfig(job_dir=job, padding="symmetric", bn_epsilon=1e-5)
+    jobs.write_run_config(job, config)
+    assert jobs.inherited_architecture(job) == {"padding": "symmetric", "bn_epsilon": 1e-5}
+    assert jobs.inherited_architecture("") == {}
+    assert jobs.inherited_architecture("imagenet") == {}
+    assert jobs.inherited_architecture(str(tmp_path / "weights.h5")) == {}
+    with pytest.raises(ValueError, match="is not a PSS job directory"):
+        jobs.inherited_architecture(str(tmp_path))
+
+
+def test_a_tier_without_statistics_is_refused_with_what_to_pass(tmp_path):
+    tier = {"name": "flops_300m", "bn_stats": ""}
+    with pytest.raises(ValueError) as caught:
+        jobs.load_bn_stats(str(tmp_path), tier)
+    message = str(caught.value)
+    assert "Tier flops_300m" in message and "no calibrated batch-norm statistics" in message
+    assert "--calibration_data=" in message and "\n" not in message
