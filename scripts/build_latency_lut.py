@@ -10,8 +10,10 @@ overhead added once per subnet is the per-call overhead plus the median
 shortfall of ``--calibration_subnets`` whole subnets against the sum of
 their blocks; then ``--validate_subnets`` other random subnets are measured
 end to end against the table's prediction. Use the same search-space flags as
-train.py; pass the file to train.py with --infer_metric_types=...,latency_cpu
---lut_dirs=...,L.json (latency targets in microseconds).
+train.py, and the job's --padding (symmetric for a job imported from the
+official PSS-Net checkpoints); pass the file to train.py with
+--infer_metric_types=...,latency_cpu --lut_dirs=...,L.json (latency targets in
+microseconds).
 """
 
 import logging
@@ -22,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from pss_keras.cost import latency
-from pss_keras.supernet import specs  # noqa: E402
+from pss_keras.supernet import blocks, specs  # noqa: E402
 
 F = flags.FLAGS
 flags.DEFINE_enum("model_name", "mobilenet_v1", list(specs.MODEL_NAMES), "Architecture.")
@@ -38,6 +40,12 @@ flags.DEFINE_enum(
 flags.DEFINE_integer(
     "threads", 1, "Inference threads (LiteRT threads; TF intra-op threads).", lower_bound=1
 )
+flags.DEFINE_enum(
+    "padding", "same", list(blocks.PADDINGS),
+    "The 3x3 convs' padding, as the supernet's: same (Keras's, this project's supernets); "
+    "symmetric: the official PSS-Net PyTorch supernets' 3x3 padding (for a job imported from "
+    "their checkpoints).",
+)  # fmt: skip
 flags.DEFINE_integer("num_classes", 1000, "Classifier outputs of the measured top block.")
 flags.DEFINE_integer("repeats", 10, "Timed calls per entry (median).", lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "Untimed calls per entry first.", lower_bound=0)
@@ -85,7 +93,7 @@ def main(argv):
     keys = latency.table_keys(space)
     print(f"Measuring {len(keys):,} block configurations of {space.model_name} "
           f"(width {space.width_scale:g}, {space.resolution_range[0]}..{space.resolution_range[1]}"
-          f" px) with {F.runtime}, {F.threads} thread(s).")  # fmt: skip
+          f" px, {F.padding} padding) with {F.runtime}, {F.threads} thread(s).")  # fmt: skip
     try:
         table = latency_measurement.build_table(
             space,
@@ -97,6 +105,7 @@ def main(argv):
             validate_subnets=F.validate_subnets,
             calibration_subnets=F.calibration_subnets,
             seed=F.seed,
+            padding=F.padding,
         )
         print(latency_measurement.format_validation(table))
         table.meta["machine"] = machine.print_machine()

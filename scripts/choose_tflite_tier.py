@@ -6,9 +6,12 @@
 Prints each tier (resolution, MFLOPs, the job's validation top-1 and top-5,
 the median batch-1 time here, dominated or not), the machine, and per budget
 the chosen tier: the most accurate one within it (pss_keras.tflite.chooser,
-the logic an app mirrors). Errors are one line, exit status 1.
+the logic an app mirrors); for tiers without a measured top-1 (n/a: a job
+imported without validation data), the one with the most MFLOPs within it.
+Errors are one line, exit status 1.
 """
 
+import math
 import sys
 
 from absl import app, flags
@@ -40,9 +43,10 @@ def main(argv):
         print(chooser.format_table())
         for budget in budgets:
             tier = chooser.choose(budget)
+            top1 = "n/a" if math.isnan(tier.top1) else f"{tier.top1:.3f}"
             print(
                 f"budget {budget:g} ms: {tier.name} ({chooser.timings_ms[tier.name]:.3f} ms "
-                f"here, top1 {tier.top1:.3f})"
+                f"here, top1 {top1})"
             )
     except ValueError as e:
         sys.exit(f"error: {e}")

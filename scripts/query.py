@@ -10,7 +10,10 @@
 Images (JPEG, PNG, BMP, GIF) are decoded here and sent as raw uint8 pixels;
 with --encoded the files' bytes are sent as they are (to the tier's
 <tier>_bytes signature) and the server decodes them. Either way the model
-resizes, crops and normalizes them itself.
+resizes, crops and normalizes them itself. A budget chooses the most accurate
+tier within it; for tiers without a measured top-1 (a job imported from an
+official PSS-Net checkpoint without validation data: ``-`` in --list_tiers),
+the one with the most MFLOPs within it.
 """
 
 import os
@@ -82,6 +85,11 @@ def main(argv):
                     "names only, no cost, accuracy or latency; choose one with --tier"
                 )
                 return
+            if any(t.top1 is None for t in tiers):
+                print(
+                    "val top1 -: not measured (a job without validation data); a budget "
+                    "chooses the tier with the most MFLOPs within it"
+                )
             tables = sorted({t.latency_table for t in tiers if t.latency_table})
             print("export ms: measured at export (batch 1, the served computation)")
             for table in tables:

@@ -60,9 +60,12 @@ def test_build_latency_lut_script_writes_the_table(tmp_path, run_script):
         "scripts/build_latency_lut.py", "--width_scale=0.25", "--resolution_range=16,24",
         "--width_mult_range=1.0,1.0", "--runtime=tensorflow", "--repeats=1", "--warmup=0",
         "--validate_subnets=1", "--calibration_subnets=1", "--num_classes=10", f"--output={out}",
+        "--padding=symmetric",  # an imported official job's padding, recorded in the table
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(out.read_text())
+    assert data["padding"] == "symmetric"
+    assert latency.LatencyTable.load(str(out)).meta["padding"] == "symmetric"
     assert {"device", "min_subnet_us", "max_subnet_us", "validation"} <= set(data)
     assert {"mape", "spearman"} <= set(data["validation"])
     assert "mape" in result.stdout and "Wrote" in result.stdout

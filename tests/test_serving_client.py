@@ -167,7 +167,7 @@ def test_tiers_fall_back_to_model_metadata(no_tiers_server, protocol):
             c.predict([png])
         # Budgets and accuracy need the tier table.
         needs = (
-            r"needs each tier's MFLOPs, accuracy and latency, which only the tier table "
+            r"needs each tier's MFLOPs and latency, which only the tier table "
             r"\('tier_table' signature\) gives; this server's tiers come from GetModelMetadata "
             r"\(names and input shapes only\)\. Choose a tier by name: \['narrow', 'wide'\]\.$"
         )
@@ -346,6 +346,46 @@ def test_choose_tier_fits_a_budget_equal_to_a_float32_cost():
     c = serving.PSSClient(_TableTransport([("x", 1.1, 0.5, 0.3), ("y", 2.0, 0.9, 0.7)]))
     assert c.choose_tier(max_mflops=1.1).name == "x"
     assert c.choose_tier(latency_budget_ms=0.3).name == "x"
+
+
+# A job imported from an official checkpoint without validation data: NaN top-1.
+NAN = float("nan")
+UNMEASURED = [
+    ("a", 10.0, NAN, 4.0),
+    ("c", 30.0, NAN, 12.0),
+    ("b", 20.0, NAN, 9.0),
+    ("b_slow", 20.0, NAN, 11.0),  # b's MFLOPs, slower: the costlier of the two
+]
+
+
+@pytest.mark.parametrize(
+    "budget, expected",
+    [
+        (dict(max_mflops=25), "b_slow"),
+        (dict(max_mflops=19.9), "a"),
+        (dict(latency_budget_ms=10), "b"),
+        (dict(latency_budget_ms=11.5), "b_slow"),
+        ({}, "c"),
+    ],
+)
+def test_choose_tier_without_top1_picks_the_costliest_within_budget(budget, expected, caplog):
+    c = serving.PSSClient(_TableTransport(UNMEASURED))
+    assert all(t.top1 is None for t in c.tiers())  # NaN reads as "none"
+    with caplog.at_level("WARNING", logger="pss_keras.serving.client"):
+        assert c.choose_tier(**budget).name == expected
+        assert c.choose_tier(**budget).name == expected
+    said = [r.getMessage() for r in caplog.records if "no measured top-1" in r.getMessage()]
+    assert len(said) == 1 and "picks by cost" in said[0]  # once per client
+
+
+def test_choose_tier_with_some_tiers_unmeasured_picks_by_cost():
+    # d is the most accurate measured tier; with e unmeasured, cost decides.
+    rows = [("a", 10.0, 0.6, 4.0), ("d", 20.0, 0.9, 9.0), ("e", 30.0, NAN, 12.0)]
+    c = serving.PSSClient(_TableTransport(rows))
+    assert c.choose_tier(max_mflops=100).name == "e"
+    assert c.choose_tier(max_mflops=25).name == "d"
+    rows = [("a", 10.0, NAN, 4.0), ("d", 20.0, 0.5, 9.0), ("e", 30.0, 0.4, 12.0)]
+    assert serving.PSSClient(_TableTransport(rows)).choose_tier().name == "e"
 
 
 def test_choose_tier_names_the_cheapest_when_nothing_fits(table_client):

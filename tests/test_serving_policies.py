@@ -53,3 +53,13 @@ def test_median_step_policy_times_requests_with_its_clock():
     clock.now += 100  # time between requests is not a request's latency
     _, tier, ms = policy.predict(Client(), None)
     assert (tier.name, ms) == ("t1", pytest.approx(25)) and sent == ["t2", "t1"]
+
+
+def test_policies_take_tiers_without_top1_in_cost_order():
+    """Tiers of a job without validation data (top-1 None in the tier table):
+    both policies move between them by cost, none dominated."""
+    tiers = [serving.Tier(f"t{m}", "flops", m, m, 0, 32, None, float(m)) for m in (3, 1, 2)]
+    assert serving.MedianStepPolicy(tiers, objective_ms=10).tier.name == "t3"
+    adaptive = serving.AdaptiveTierPolicy(tiers, objective_ms=10, latency_source="measured")
+    assert [t.name for t in adaptive.tiers] == ["t1", "t2", "t3"] and adaptive.dominated == []
+    assert adaptive.tier.name == "t3"

@@ -81,9 +81,28 @@ def test_dominant_tiers_keep_the_tiers_worth_their_cost():
 def test_tiers_without_a_cost_table_are_refused_where_a_choice_needs_one():
     tiers = serving.tiers_from_metadata({"wide": _images_input((None, 32, 32, 3))})
     message = (
-        r"^Choosing among tiers needs each tier's MFLOPs, accuracy and latency, which only the "
+        r"^Choosing among tiers needs each tier's MFLOPs and latency, which only the "
         r"tier table \('tier_table' signature\) gives; .* Choose a tier by name: \['wide'\]\.$"
     )
     with pytest.raises(serving.ServingError, match=message):
         serving.dominant_tiers(tiers)
     served_tiers.require_tier_table([_tier("a", 1.0, 0.5, 1.0)], "anything")  # a table: accepted
+
+
+@pytest.mark.parametrize("unmeasured", [None, float("nan")])
+def test_tiers_without_top1_are_kept_and_never_dominate(unmeasured):
+    """A job without validation data: its tiers' top-1 is NaN (None as the
+    tier table's reader gives it). None is dominated; with some measured,
+    those are filtered among themselves alone."""
+    assert not served_tiers.has_top1(_tier("x", 1.0, unmeasured, 1.0))
+    assert served_tiers.has_top1(_tier("x", 1.0, 0.0, 1.0))
+    tiers = [
+        _tier(n, m, unmeasured, ms) for n, m, ms in [("c", 30, 12), ("a", 10, 4), ("b", 20, 9)]
+    ]
+    kept, dominated = serving.dominant_tiers(tiers, "measured")
+    assert [t.name for t in kept] == ["a", "b", "c"] and dominated == []
+    mixed = tiers + [_tier("good", 5.0, 0.8, 2.0), _tier("worse", 25.0, 0.7, 10.0)]
+    kept, dominated = serving.dominant_tiers(mixed, "measured")
+    assert [t.name for t in kept] == ["good", "a", "b", "c"]
+    assert [t.name for t in dominated] == ["worse"]
+    served_tiers.require_tier_table(tiers, "anything")  # cost without accuracy: accepted

@@ -6,6 +6,7 @@ here follows from the tiers' accuracy and those timings, never from wall time.
 
 import dataclasses
 import json
+import math
 import re
 import shutil
 import statistics
@@ -116,6 +117,59 @@ def test_a_dominated_tier_is_never_chosen(int8_tiers, tmp_path):
     fastest = min(timings, key=timings.get)
     assert tflite_chooser.choose_tier(tied, timings, 1e9).name == fastest
     assert tflite_chooser.choose_tier(tied[::-1], timings, 1e9).name == fastest
+
+
+NAN = float("nan")
+
+
+def _stand_in_folder(folder, rows):
+    """A folder of tiers (name, MFLOPs, top-1) whose files are stand-in
+    bytes: `read_tiers` checks only their sha256, and with given timings
+    nothing runs them."""
+    folder.mkdir()
+    manifest = {"tiers": []}
+    for name, mflops, top1 in rows:
+        (folder / f"{name}.tflite").write_bytes(name.encode())
+        digest = tflite_manifest.file_digest(name.encode())
+        manifest["tiers"].append(
+            dict(name=name, file=f"{name}.tflite", sha256=digest, resolution=32, mflops=mflops)
+            | {"top1": top1, "top5": top1}
+        )
+    (folder / "manifest.json").write_text(json.dumps(manifest))  # NaN as JSON's NaN
+    return str(folder)
+
+
+def test_tiers_without_top1_are_all_kept_and_chosen_by_cost(tmp_path):
+    """A job imported without validation data: top-1 NaN (or null). No tier
+    is dominated, a budget takes the most MFLOPs within it, the table says n/a."""
+    folder = _stand_in_folder(
+        tmp_path / "imported", [("a", 1.0, NAN), ("b", 2.0, NAN), ("c", 3.0, None)]
+    )
+    tiers = tflite_chooser.read_tiers(folder)
+    assert all(math.isnan(t.top1) and math.isnan(t.top5) for t in tiers)
+    timings = {"a": 1.0, "b": 3.0, "c": 2.0}  # c: more MFLOPs than b, yet faster here
+    kept, dominated = tflite_chooser.dominant_tiers(tiers, timings)
+    assert [t.name for t in kept] == ["a", "c", "b"] and dominated == []
+    assert tflite_chooser.choose_tier(tiers, timings, 1.0).name == "a"
+    assert tflite_chooser.choose_tier(tiers, timings, 2.5).name == "c"
+    assert tflite_chooser.choose_tier(tiers, timings, 1e9).name == "c"
+    table = tflite_chooser.OnDeviceChooser(folder, timings_ms=timings).format_table()
+    rows = [line.split() for line in table.splitlines()[1:4]]
+    assert [r[0] for r in rows] == ["a", "b", "c"]
+    assert all(r[3:5] == ["n/a", "n/a"] and r[-1] == "no" for r in rows)
+    assert "nan" not in table and "top1 n/a: not measured" in table
+    # Some measured: those are compared among themselves only, cost decides.
+    folder = _stand_in_folder(
+        tmp_path / "mixed", [("a", 1.0, 0.6), ("b", 2.0, 0.5), ("c", 3.0, NAN)]
+    )
+    tiers = tflite_chooser.read_tiers(folder)
+    timings = {"a": 1.0, "b": 2.0, "c": 3.0}
+    kept, dominated = tflite_chooser.dominant_tiers(tiers, timings)
+    assert [t.name for t in kept] == ["a", "c"] and [t.name for t in dominated] == ["b"]
+    assert tflite_chooser.choose_tier(tiers, timings, 2.5).name == "a"  # b: dominated
+    assert tflite_chooser.choose_tier(tiers, timings, 1e9).name == "c"
+    table = tflite_chooser.format_tiers(tiers, timings).splitlines()
+    assert table[1].split()[3] == "0.600" and table[3].split()[3] == "n/a"
 
 
 def test_a_budget_below_every_tier_names_the_fastest(int8_tiers):
@@ -300,3 +354,22 @@ def test_the_script_prints_the_tiers_and_a_choice_per_budget(int8_tiers, run_scr
     result = run_script("scripts/choose_tflite_tier.py", f"--tflite_dir={missing}")
     assert result.returncode == 1
     assert result.stderr.strip().startswith(f"error: {missing / 'manifest.json'} does not exist")
+
+
+def test_the_script_prints_n_a_for_tiers_without_top1(int8_tiers, tmp_path, run_script):
+    out, manifest = int8_tiers
+    folder = tmp_path / "imported"
+    shutil.copytree(out, folder)
+    unmeasured = json.loads((folder / "manifest.json").read_text())
+    for row in unmeasured["tiers"]:
+        row["top1"] = row["top5"] = NAN
+    (folder / "manifest.json").write_text(json.dumps(unmeasured))
+    result = run_script(
+        "scripts/choose_tflite_tier.py", f"--tflite_dir={folder}", "--budget_ms=1e6",
+        "--warmup=0", "--repeats=1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "nan" not in result.stdout and "top1 n/a: not measured" in result.stdout
+    largest = max(manifest["tiers"], key=lambda t: t["mflops"])["name"]
+    assert f"budget 1e+06 ms: {largest} (" in result.stdout
+    assert result.stdout.rstrip().endswith("here, top1 n/a)")

@@ -6,13 +6,16 @@ reload. `PSSClient` discovers the tiers through the tier table (the
 ``tier_table`` signature; ``tiers`` for an export from before it; when
 neither answers, their names through GetModelMetadata:
 `pss_keras.serving.tiers.tiers_from_metadata`), chooses a tier from a FLOPs
-or latency budget (the most accurate tier within it) and queries it with
+or latency budget (the most accurate tier within it; the most expensive for
+tiers without a measured top-1) and queries it with
 pixels or encoded images, over gRPC or REST
 (`pss_keras.serving.transports`; `connect` opens one). To adapt the tier to
 observed latency, see `pss_keras.serving.policies`.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
@@ -25,11 +28,14 @@ from pss_keras.jobs.tiers import (
 )
 from pss_keras.serving.tiers import (
     Tier,
+    has_top1,
     require_tier_table,
     tier_latency_ms,
     tiers_from_metadata,
 )
 from pss_keras.serving.transports import PROTOCOLS, GrpcTransport, RestTransport, ServingError
+
+logger = logging.getLogger(__name__)
 
 # TF Serving's answers to a request for a signature the model lacks (gRPC
 # FAILED_PRECONDITION; REST INVALID_ARGUMENT, HTTP 400) or cannot run as
@@ -57,6 +63,7 @@ class PSSClient:
         self._tiers = None
         # Where tiers() found the tiers: "tiers" (the signature) or "metadata".
         self.tier_source = None
+        self._said_by_cost = False  # choose_tier logs its choice by cost once
 
     def tiers(self, refresh: bool = False) -> list[Tier]:
         """The served tiers (read once).
@@ -112,6 +119,12 @@ class PSSClient:
         of equally accurate tiers, the cheaper one. With no budget every
         tier fits, so this is the most accurate tier.
 
+        When a tier has no measured top-1 (`has_top1`: NaN in the table, for
+        a job imported from an official PSS-Net checkpoint without
+        validation data), accuracy cannot order the tiers: the choice is
+        then the most expensive tier within the budgets (the most MFLOPs,
+        then the highest latency), and the client logs so once.
+
         Args:
             max_mflops: FLOPs budget.
             latency_budget_ms: latency budget, compared with `tier_latency_ms`.
@@ -142,7 +155,17 @@ class PSSClient:
                 f"the cheapest is {cheapest.name} ({cheapest.mflops:.2f} MFLOPs, "
                 f"{tier_latency_ms(cheapest, latency_source):.2f} ms)."
             )
-        return max(fits, key=lambda t: (t.top1, -t.mflops))
+        if all(has_top1(t) for t in tiers):
+            return max(fits, key=lambda t: (t.top1, -t.mflops))
+        if not self._said_by_cost:
+            self._said_by_cost = True
+            unmeasured = [t.name for t in tiers if not has_top1(t)]
+            logger.warning(
+                "Tier(s) %s carry no measured top-1 (a job without validation data): "
+                "choose_tier picks by cost, the most expensive tier within the budget.",
+                unmeasured,
+            )
+        return max(fits, key=lambda t: (t.mflops, tier_latency_ms(t, latency_source)))
 
     def predict(self, images, tier: str | None = None) -> dict:
         """Runs ``images`` on ``tier`` (default: ``serving_default`` for

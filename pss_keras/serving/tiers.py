@@ -5,10 +5,15 @@ model's tier table is unavailable (names, input sizes and encoded-image
 signatures only);
 `tier_latency_ms` is the latency a budget or objective is compared with;
 `dominant_tiers` drops the tiers no choice should take; `require_tier_table`
-refuses tiers without cost and accuracy where a choice needs them.
+refuses tiers without a cost where a choice needs them; `has_top1` tells a
+tier with a measured accuracy from one without (a job imported from an
+official PSS-Net checkpoint without validation data serves top-1 NaN, which
+the tier table's reader gives as None).
 """
 
 from __future__ import annotations
+
+import math
 
 from pss_keras.jobs.tiers import (
     ENCODED_INPUT,
@@ -85,14 +90,22 @@ def tiers_from_metadata(signatures: dict) -> list[Tier]:
 
 
 def require_tier_table(tiers, what: str) -> None:
-    """Refuses tiers without cost and accuracy (found through metadata)."""
-    if any(t.mflops is None or t.top1 is None or t.latency_ms is None for t in tiers):
+    """Refuses tiers without cost (found through metadata). A tier without a
+    measured top-1 (`has_top1`) is accepted: choices then go by cost."""
+    if any(t.mflops is None or t.latency_ms is None for t in tiers):
         raise ServingError(
-            f"{what} needs each tier's MFLOPs, accuracy and latency, which only the "
+            f"{what} needs each tier's MFLOPs and latency, which only the "
             f"tier table ('{TIER_TABLE_SIGNATURE}' signature) gives; this server's tiers come from "
             "GetModelMetadata (names and input shapes only). Choose a tier by name: "
             f"{[t.name for t in tiers]}."
         )
+
+
+def has_top1(tier) -> bool:
+    """Whether ``tier`` carries a measured top-1: not None (a tier from
+    metadata, or a NaN the tier table's reader turned into None) nor NaN (a
+    job imported without validation data)."""
+    return tier.top1 is not None and not math.isnan(tier.top1)
 
 
 LATENCY_SOURCES = ("auto", "measured", "predicted")
@@ -132,15 +145,24 @@ def dominant_tiers(tiers, latency_source: str = "auto") -> tuple[list[Tier], lis
     A tier is dominated when another costs no more (`tier_latency_ms`, then
     MFLOPs) and is at least as accurate: choosing it would spend more for
     no accuracy. Of tiers equal in both, the first kept is the cheaper by
-    MFLOPs.
+    MFLOPs. A tier without a measured top-1 (`has_top1`) is neither
+    dominated nor dominating: always kept (with none measured, every tier is
+    kept, in cost order).
 
     Returns:
-        (kept tiers, cheapest first and each more accurate than the one
-        before; dominated tiers).
+        (kept tiers, cheapest first and, of those with a measured top-1,
+        each more accurate than the one before; dominated tiers).
 
     Raises:
         ServingError: if the tiers came from metadata (no cost or accuracy).
     """
     tiers = list(tiers)
     require_tier_table(tiers, "Choosing among tiers")
-    return split_dominated(tiers, lambda t: tier_latency_ms(t, latency_source))
+
+    def cost(t):
+        return tier_latency_ms(t, latency_source)
+
+    # split_dominated compares top-1s: only measured ones go through it.
+    kept, dominated = split_dominated([t for t in tiers if has_top1(t)], cost)
+    unmeasured = [t for t in tiers if not has_top1(t)]
+    return sorted(kept + unmeasured, key=lambda t: (cost(t), t.mflops)), dominated

@@ -19,7 +19,10 @@ the logic an Android or iOS app mirrors with its own LiteRT interpreter:
    accurate tiers, the faster. A dominated tier (another is no slower and
    at least as accurate: `dominant_tiers`) is never chosen. No tier within
    the budget is an error naming the fastest tier and its timing, for the
-   app to fall back or relax the budget.
+   app to fall back or relax the budget. Tiers without a measured top-1
+   (NaN: a job imported from an official PSS-Net checkpoint without
+   validation data) are never dominated, and when any tier has none the
+   choice goes by cost: the most MFLOPs (then the slowest) within the budget.
 
 `OnDeviceChooser` does both: ``OnDeviceChooser(folder).choose(budget_ms)``,
 with ``timings_ms=`` to start from cached timings instead of timing again.
@@ -65,8 +68,10 @@ class TFLiteTier:
         mflops: its cost.
         top1: the job's validation top-1 of the tier (the float model with
             calibrated statistics; the file's own agreement with it is the
-            manifest's ``verification``).
-        top5: the job's validation top-5 (None if the manifest lacks it).
+            manifest's ``verification``); NaN when the job has none (a job
+            imported without validation data: NaN or null in the manifest).
+        top5: the job's validation top-5 (None if the manifest lacks it;
+            NaN when the job has none).
     """
 
     name: str
@@ -120,7 +125,10 @@ def read_tiers(folder: str) -> list[TFLiteTier]:
             resolution, mflops = int(row["resolution"]), float(row["mflops"])
         except (TypeError, KeyError, ValueError) as e:
             raise ValueError(f"Cannot read {path} (a tier row lacks {e}); {again}") from None
-        top1, top5 = row.get("top1"), row.get("top5")
+        # null: NaN (not measured) as strict JSON writes it; a missing key: an old manifest.
+        top1, top5 = (
+            math.nan if k in row and row[k] is None else row.get(k) for k in ("top1", "top5")
+        )
         if not isinstance(top1, (int, float)) or isinstance(top1, bool):
             raise ValueError(
                 f"{path}: tier {name} has no validation top-1 (a manifest from before tiers "
@@ -227,28 +235,35 @@ def dominant_tiers(tiers, timings_ms) -> tuple[list[TFLiteTier], list[TFLiteTier
 
     A tier is dominated when another is no slower on this device (its
     timing, then MFLOPs) and at least as accurate (``top1``): running it
-    would spend more time for no accuracy.
+    would spend more time for no accuracy. A tier whose ``top1`` is NaN (no
+    measured accuracy) is neither dominated nor dominating: always kept.
 
     Args:
         tiers: from `read_tiers`.
         timings_ms: ``{tier name: ms}`` from `time_tiers` (or a cache).
 
     Returns:
-        (kept tiers, fastest first and each more accurate than the one
-        before; dominated tiers).
+        (kept tiers, fastest first and, of those with a measured top-1, each
+        more accurate than the one before; dominated tiers).
 
     Raises:
         ValueError: if a tier has no timing, or a timing is not positive.
     """
     ms = _timings_of(tiers, timings_ms)
-    return split_dominated(tiers, lambda t: ms[t.name])
+    # split_dominated compares top-1s: only measured ones go through it.
+    measured = [t for t in tiers if not math.isnan(t.top1)]
+    kept, dominated = split_dominated(measured, lambda t: ms[t.name])
+    unmeasured = [t for t in tiers if math.isnan(t.top1)]
+    return sorted(kept + unmeasured, key=lambda t: (ms[t.name], t.mflops)), dominated
 
 
 def choose_tier(tiers, timings_ms, budget_ms: float) -> TFLiteTier:
     """The most accurate tier whose timing here is within ``budget_ms``.
 
     Of equally accurate tiers the faster one; a dominated tier is never
-    chosen (`dominant_tiers`).
+    chosen (`dominant_tiers`). When a tier has no measured top-1 (NaN),
+    accuracy cannot order them: the choice is then the kept tier with the
+    most MFLOPs within the budget (of equal MFLOPs, the slower).
 
     Args:
         tiers: from `read_tiers`.
@@ -270,21 +285,39 @@ def choose_tier(tiers, timings_ms, budget_ms: float) -> TFLiteTier:
             f"No tier runs within {budget_ms:g} ms on this device: the fastest, {fastest.name}, "
             f"takes {timings_ms[fastest.name]:.3f} ms. Raise the budget or convert a smaller tier."
         )
+    if any(math.isnan(t.top1) for t in tiers):
+        return max(fits, key=lambda t: (t.mflops, timings_ms[t.name]))
     return fits[-1]  # kept tiers grow in accuracy with their timing
 
 
 def format_tiers(tiers, timings_ms) -> str:
-    """A table: tier, resolution, MFLOPs, top-1, timing here, dominated or not."""
+    """A table: tier, resolution, MFLOPs, top-1, timing here, dominated or not.
+
+    An accuracy the job did not measure (NaN) shows ``n/a``, one the
+    manifest lacks ``-``; a last line says when choices go by cost.
+    """
     _, dominated = dominant_tiers(tiers, timings_ms)
     dominated = {t.name for t in dominated}
     lines = [f"{'tier':<14}{'res':>5}{'MFLOPs':>8}{'top1':>7}{'top5':>7}{'ms here':>9}  dominated"]
     for t in tiers:
-        top5 = f"{t.top5:>7.3f}" if t.top5 is not None else f"{'-':>7}"
         lines.append(
-            f"{t.name:<14}{t.resolution:>5}{t.mflops:>8.2f}{t.top1:>7.3f}{top5}"
-            f"{timings_ms[t.name]:>9.3f}  {'yes' if t.name in dominated else 'no'}"
+            f"{t.name:<14}{t.resolution:>5}{t.mflops:>8.2f}{_accuracy(t.top1)}"
+            f"{_accuracy(t.top5)}{timings_ms[t.name]:>9.3f}  "
+            f"{'yes' if t.name in dominated else 'no'}"
+        )
+    if any(math.isnan(t.top1) for t in tiers):
+        lines.append(
+            "top1 n/a: not measured (a job without validation data); a budget chooses by "
+            "cost: the most MFLOPs within it"
         )
     return "\n".join(lines)
+
+
+def _accuracy(value, width: int = 7) -> str:
+    """A right-aligned accuracy cell: ``-`` if missing, ``n/a`` if NaN."""
+    if value is None:
+        return f"{'-':>{width}}"
+    return f"{'n/a':>{width}}" if math.isnan(value) else f"{value:>{width}.3f}"
 
 
 def _runtime() -> str:
