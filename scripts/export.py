@@ -7,6 +7,7 @@ Writes <export_dir>/<new version>/ (never overwrites a version): one
 signature per retained tier, serving_default (the largest tier) and `tiers`.
 """
 
+import math
 import os
 import sys
 
@@ -29,6 +30,11 @@ flags.DEFINE_integer("latency_repeats", 20, "Runs per tier for the recorded batc
 F = flags.FLAGS
 
 
+def _accuracy(top1) -> str:
+    """A tier's top-1, or n/a (an imported checkpoint's tiers without validation data)."""
+    return f"{top1:.3f}" if top1 is not None and math.isfinite(top1) else "n/a"
+
+
 def main(argv):
     del argv
     from pss_keras.export import saved_model as export
@@ -48,7 +54,7 @@ def main(argv):
     print(f"{'signature':<16}{'MFLOPs':>9}{'res':>5}{'val top1':>10}{'batch-1 ms':>12}")
     for t in summary["tiers"]:
         print(
-            f"{t['name']:<16}{t['mflops']:>9.2f}{t['resolution']:>5}{t['top1']:>10.3f}"
+            f"{t['name']:<16}{t['mflops']:>9.2f}{t['resolution']:>5}{_accuracy(t['top1']):>10}"
             f"{t['latency_ms']:>12.2f}"
         )
     print("input: " + summary["input"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 
 from pss_keras.utils.fileio import fsync_dir, fsync_tree
@@ -124,7 +125,7 @@ def format_manifest(manifest: dict) -> str:
         lines.append(
             f"{t['name']:<14}{t['resolution']:>5}{t['mflops']:>8.2f}{t['size_bytes'] / 1024:>9.1f}"
             f"{t['input']['dtype']:>9}"
-            + (f"{t['top1']:>9.3f}" if t.get("top1") is not None else f"{'-':>9}")
+            + (f"{t['top1']:>9.3f}" if _measured(t.get("top1")) else f"{'-':>9}")
             + f"{acc}{t['latency_ms']:>8.3f}"
             + "".join(f"{t['predicted_us'][m] / 1000:>16.3f}" for m in predicted)
         )
@@ -136,3 +137,9 @@ def format_manifest(manifest: dict) -> str:
     for metric_type, where in sorted((manifest.get("latency_tables") or {}).items()):
         lines.append(f"{metric_type} ms: predicted by the run's table, {where}")
     return "\n".join(lines)
+
+
+def _measured(top1) -> bool:
+    """Whether a tier carries a top-1 (not a manifest from before rows had one, nor an
+    imported checkpoint's tier without validation data: NaN)."""
+    return isinstance(top1, (int, float)) and math.isfinite(top1)
