@@ -1,12 +1,12 @@
 """Reading ``torch.save`` checkpoints without PyTorch (pss_keras.supernet.torch_files).
 
-Most tests build their checkpoints by hand in tmp_path (no torch: a pickler
-that spells stand-ins as torch's globals, and a zip in torch's layout); the
-first ones read the two reference fixtures, when present.
+Most tests build their checkpoints by hand in tmp_path (no torch: the
+stand-ins of pss_keras.testing.torch_writer, pickled with torch's globals
+into a zip in torch's layout); the first ones read the two reference
+fixtures, when present.
 """
 
 import collections
-import io
 import os
 import pickle
 import random
@@ -17,6 +17,7 @@ import pytest
 from conftest import shared_data_folder
 
 from pss_keras.supernet.torch_files import STORAGE_DTYPES, CheckpointError, read_checkpoint
+from pss_keras.testing.torch_writer import Parameter, Storage, Tensor, pickled, write_records
 
 # The official code's checkpoints (random weights): $PSS_KERAS_REFERENCE_CHECKPOINTS,
 # or a shared/data/reference_checkpoints folder beside the repository's folder.
@@ -99,81 +100,13 @@ def test_reference_values_are_the_stored_bytes(reference):
 
 
 # -- hand-built checkpoints ---------------------------------------------------------
-class _Global:
-    """Pickles as ``GLOBAL module name`` (what torch's pickles name)."""
-
-    def __init__(self, module, name):
-        self.module, self.name = module, name
-
-    def __call__(self, *args):  # pickle saves only callables as a REDUCE's function
-        raise AssertionError("a stand-in, never called")
-
-
-class _Storage:
-    """Pickles as torch's storage persistent id."""
-
-    def __init__(self, key, numel, storage="FloatStorage", location="cpu"):
-        self.pid = ("storage", _Global("torch", storage), key, location, numel)
-
-
-class _Tensor:
-    """Pickles as torch does a tensor: ``_rebuild_tensor_v2(storage, ...)``."""
-
-    def __init__(self, storage, offset, size, stride, rebuild="_rebuild_tensor_v2"):
-        self.args = (storage, offset, tuple(size), tuple(stride), False, collections.OrderedDict())
-        self.rebuild = _Global("torch._utils", rebuild)
-
-    def __reduce__(self):
-        return self.rebuild, self.args
-
-
-class _Parameter:
-    def __init__(self, tensor):
-        self.tensor = tensor
-
-    def __reduce__(self):
-        return _Global("torch._utils", "_rebuild_parameter"), (self.tensor, True, {})
-
-
-class _TorchLikePickler(pickle._Pickler):  # the Python pickler: its save_global can be replaced
-    def persistent_id(self, obj):
-        return obj.pid if isinstance(obj, _Storage) else None
-
-    def reducer_override(self, obj):
-        return obj.name if isinstance(obj, _Global) else NotImplemented
-
-    def save_global(self, obj, name=None):
-        if not isinstance(obj, _Global):
-            return super().save_global(obj, name)
-        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
-        self.memoize(obj)
-
-
-def _pickled(obj) -> bytes:
-    buffer = io.BytesIO()
-    _TorchLikePickler(buffer, protocol=2).dump(obj)
-    return buffer.getvalue()
-
-
-def _write(path, data_pkl: bytes, records=None, byteorder="little", top="archive"):
-    """A zip in torch.save's layout; byteorder None writes no record (torch 1.7)."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-        z.writestr(f"{top}/data.pkl", data_pkl)
-        if byteorder is not None:
-            z.writestr(f"{top}/byteorder", byteorder)
-        for key, raw in (records or {}).items():
-            z.writestr(f"{top}/data/{key}", raw)
-        z.writestr(f"{top}/version", "3\n")
-    return str(path)
-
-
 SIX = np.arange(6, dtype="<f4").tobytes()
 
 
 def test_a_non_contiguous_tensor_and_a_shared_storage(tmp_path):
-    storage = _Storage("0", 6)
-    obj = {"t": _Tensor(storage, 1, (2, 2), (1, 2)), "all": _Tensor(storage, 0, (6,), (1,))}
-    path = _write(tmp_path / "a.pt", _pickled(obj), {"0": SIX}, top="whatever_name")
+    storage = Storage("0", 6)
+    obj = {"t": Tensor(storage, 1, (2, 2), (1, 2)), "all": Tensor(storage, 0, (6,), (1,))}
+    path = write_records(tmp_path / "a.pt", pickled(obj), {"0": SIX}, top="whatever_name")
     loaded = read_checkpoint(path)
     # element [i, j] is storage[1 + i + 2 j]
     np.testing.assert_array_equal(loaded["t"], np.array([[1, 3], [2, 4]], np.float32))
@@ -187,8 +120,10 @@ def test_a_non_contiguous_tensor_and_a_shared_storage(tmp_path):
 def test_each_storage_type_reads_as_its_dtype(tmp_path, name):
     dtype = np.dtype(STORAGE_DTYPES[name])
     values = np.array([0, 1, 0, 1], dtype)
-    obj = [_Parameter(_Tensor(_Storage("7", 4, name), 0, (2, 2), (2, 1)))]
-    loaded = read_checkpoint(_write(tmp_path / "a.pt", _pickled(obj), {"7": values.tobytes()}))
+    obj = [Parameter(Tensor(Storage("7", 4, name), 0, (2, 2), (2, 1)))]
+    loaded = read_checkpoint(
+        write_records(tmp_path / "a.pt", pickled(obj), {"7": values.tobytes()})
+    )
     assert loaded[0].dtype == dtype
     np.testing.assert_array_equal(loaded[0], values.reshape(2, 2))
 
@@ -196,9 +131,9 @@ def test_each_storage_type_reads_as_its_dtype(tmp_path, name):
 @pytest.mark.parametrize("byteorder", [None, "big"])
 def test_byte_order(tmp_path, byteorder):
     raw = np.arange(6, dtype=">f4" if byteorder == "big" else "<f4").tobytes()
-    obj = {"t": _Tensor(_Storage("0", 6), 0, (2, 3), (3, 1), rebuild="_rebuild_tensor")}
+    obj = {"t": Tensor(Storage("0", 6), 0, (2, 3), (3, 1), rebuild="_rebuild_tensor")}
     obj["t"].args = obj["t"].args[:4]  # torch._utils._rebuild_tensor's four arguments
-    loaded = read_checkpoint(_write(tmp_path / "a.pt", _pickled(obj), {"0": raw}, byteorder))
+    loaded = read_checkpoint(write_records(tmp_path / "a.pt", pickled(obj), {"0": raw}, byteorder))
     np.testing.assert_array_equal(loaded["t"], np.arange(6).reshape(2, 3))
     assert loaded["t"].dtype == np.float32 and loaded["t"].dtype.isnative
 
@@ -208,7 +143,7 @@ def test_numpy_1_spellings_of_array_and_scalar(tmp_path):
     assert b"numpy._core.multiarray\n_reconstruct\n" in data  # this numpy writes numpy 2's
     old = data.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
     assert old != data
-    loaded = read_checkpoint(_write(tmp_path / "a.pt", old))
+    loaded = read_checkpoint(write_records(tmp_path / "a.pt", old))
     np.testing.assert_array_equal(loaded["a"], np.arange(5))
     assert loaded["a"].dtype == np.int32 and loaded["s"] == 2.5
 
@@ -225,7 +160,7 @@ def _os_system(marker) -> bytes:
 
 def test_a_disallowed_global_is_refused_before_it_runs(tmp_path):
     marker = tmp_path / "ran"
-    path = _write(tmp_path / "evil.pt", _os_system(marker))
+    path = write_records(tmp_path / "evil.pt", _os_system(marker))
     with pytest.raises(CheckpointError, match=r"evil\.pt: .*global os\.system.*refused") as info:
         read_checkpoint(path)
     assert "\n" not in str(info.value)
@@ -233,7 +168,7 @@ def test_a_disallowed_global_is_refused_before_it_runs(tmp_path):
     # protocol 4's STACK_GLOBAL goes through the same gate
     stack = pickle.dumps(print, protocol=4)
     with pytest.raises(CheckpointError, match=r"global builtins\.print"):
-        read_checkpoint(_write(tmp_path / "print.pt", stack))
+        read_checkpoint(write_records(tmp_path / "print.pt", stack))
 
 
 def test_a_pickle_cannot_modify_an_allowed_function(tmp_path):
@@ -247,7 +182,7 @@ def test_a_pickle_cannot_modify_an_allowed_function(tmp_path):
         + pickle.TUPLE2 + pickle.BUILD + pickle.STOP
     )  # fmt: skip
     with pytest.raises(CheckpointError, match=r"modifies torch\._utils\._rebuild_tensor_v2"):
-        read_checkpoint(_write(tmp_path / "a.pt", data))
+        read_checkpoint(write_records(tmp_path / "a.pt", data))
 
 
 @pytest.mark.parametrize(
@@ -260,16 +195,16 @@ def test_a_pickle_cannot_modify_an_allowed_function(tmp_path):
     ids=["short-record", "tensor-beyond-storage", "missing-record"],
 )
 def test_a_storage_shorter_than_its_tensor_or_missing(tmp_path, size, numel, raw, message):
-    obj = {"t": _Tensor(_Storage("0", numel), 0, size, (size[-1], 1)[-len(size) :])}
+    obj = {"t": Tensor(Storage("0", numel), 0, size, (size[-1], 1)[-len(size) :])}
     records = {} if raw is None else {"0": raw}
-    path = _write(tmp_path / "short.pt", _pickled(obj), records)
+    path = write_records(tmp_path / "short.pt", pickled(obj), records)
     with pytest.raises(CheckpointError, match=rf"short\.pt: .*{message}"):
         read_checkpoint(path)
 
 
 def _valid(tmp_path) -> str:
-    obj = {"t": _Tensor(_Storage("0", 6), 0, (6,), (1,))}
-    return _write(tmp_path / "valid.pt", _pickled(obj), {"0": SIX})
+    obj = {"t": Tensor(Storage("0", 6), 0, (6,), (1,))}
+    return write_records(tmp_path / "valid.pt", pickled(obj), {"0": SIX})
 
 
 def test_files_that_are_no_zip_checkpoint(tmp_path):
@@ -317,9 +252,9 @@ def test_zips_that_are_no_checkpoint(tmp_path):
     corrupt.write_bytes(bytes(whole))
     with pytest.raises(CheckpointError, match=r"crc\.pt: the record archive/data/0 is corrupt"):
         read_checkpoint(corrupt)
-    bad_order = _write(tmp_path / "order.pt", _pickled(1), byteorder="middle")
+    bad_order = write_records(tmp_path / "order.pt", pickled(1), byteorder="middle")
     with pytest.raises(CheckpointError, match=r"order\.pt: .*byteorder says 'middle'"):
         read_checkpoint(bad_order)
-    garbage = _write(tmp_path / "garbage.pt", b"\x80\x02}(")
+    garbage = write_records(tmp_path / "garbage.pt", b"\x80\x02}(")
     with pytest.raises(CheckpointError, match=r"garbage\.pt: data\.pkl is not a readable"):
         read_checkpoint(garbage)
