@@ -30,6 +30,7 @@ from pss_keras.training import reference_import
 from pss_keras.training.checkpoints import Checkpointer
 from pss_keras.training.evaluation import SubnetEvaluator
 
+REFERENCE_LUTS = shared_data_folder("PSS_KERAS_REFERENCE_LUTS", "reference_luts")
 REFERENCE_CHECKPOINTS = shared_data_folder(
     "PSS_KERAS_REFERENCE_CHECKPOINTS", "reference_checkpoints"
 )
@@ -223,11 +224,9 @@ def test_a_folder_of_other_files_or_an_unknown_table_is_refused(tmp_path, mbv2_f
     with pytest.raises(ValueError, match="already holds files that are not an imported"):
         reference_import.import_reference(mbv2_file, "mobilenet_v2", str(job_dir), TINY)
     assert os.listdir(job_dir) == ["notes.txt"]
-    with pytest.raises(
-        ValueError, match=r"--lut_dirs names \['latency_cpu'\]; .* pools for \['flops'\] only"
-    ):
+    with pytest.raises(ValueError, match=r"--lut_dirs names \['latency_tpu'\]; latency tables"):
         reference_import.import_reference(
-            mbv2_file, "mobilenet_v2", str(tmp_path / "new"), TINY, {"latency_cpu": "x.pkl"}
+            mbv2_file, "mobilenet_v2", str(tmp_path / "new"), TINY, {"latency_tpu": "x.pkl"}
         )
     assert not os.path.exists(tmp_path / "new")
 
@@ -285,3 +284,23 @@ def test_the_script_imports_and_says_what_is_missing(tmp_path, mbv2_file):
     assert good.returncode == 0, good.stderr[-2000:]
     assert "smallest" in good.stdout and "largest" in good.stdout and " n/a" in good.stdout
     assert "The tiers are not calibrated: export refuses them" in good.stdout
+
+
+def test_latency_tables_predict_every_tier(tmp_path, mbv2_file):
+    """The reference's CPU table (a FLOPs-only file keeps FLOPs targets: the
+    table predicts the tiers, and the job keeps a JSON copy of it)."""
+    table = os.path.join(REFERENCE_LUTS, "mbv2_cpu.pkl")
+    if not os.path.isfile(table):
+        pytest.skip(f"no reference latency table {table}")
+    from pss_keras.cost.tables import load_table
+
+    job_dir = str(tmp_path / "job")
+    retained = reference_import.import_reference(
+        mbv2_file, "mobilenet_v2", job_dir, lut_paths={"latency_cpu": table}, progress=False
+    )
+    lut = load_table(table)
+    for tier in retained:
+        assert tier.predicted_us == {"latency_cpu": round(lut.predict_us(tier.config), 3)}
+    assert tier.predicted_us["latency_cpu"] > retained[0].predicted_us["latency_cpu"]
+    assert os.path.isfile(jobs.latency_table_path(job_dir, "latency_cpu"))
+    assert jobs.read_run_config(job_dir).metric_types == ("flops",)

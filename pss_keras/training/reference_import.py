@@ -43,13 +43,14 @@ from pss_keras.data import image_files
 from pss_keras.data.decoding import DatasetError
 from pss_keras.jobs import directory as jobs
 from pss_keras.jobs import tiers as tiers_lib
-from pss_keras.jobs.config import DataConfig, TrainConfig
+from pss_keras.jobs.config import METRIC_TYPES, DataConfig, TrainConfig
 from pss_keras.supernet import reference_checkpoint as reference
 from pss_keras.supernet import specs
 from pss_keras.training import preflight, reference_tiers
 from pss_keras.training.checkpoints import Checkpointer
 from pss_keras.training.evaluation import SubnetEvaluator
 
+LATENCY_TYPES = tuple(m for m in METRIC_TYPES if m != "flops")
 # How a job says it was imported (weights_origin.json); a re-import replaces only such a job.
 IMPORTED_FROM = "the official PSS-Net checkpoint"
 
@@ -228,8 +229,9 @@ def import_reference(
         job_dir: a new directory (or an earlier import, which is replaced).
         data: calibration and validation images (`ImportData`).
         lut_paths: ``{latency type: table file}`` (the reference's ``.pkl``
-            tables or your own), to predict the tiers' latency and keep
-            those pools in the checkpoint.
+            tables or your own): every tier's latency is predicted with
+            each; a type the file has pools for also keeps its targets in
+            the run configuration and its pools in the checkpoint.
         topk: candidates kept per pool.
 
     Returns:
@@ -256,11 +258,9 @@ def import_reference(
         for m, t in pools.items()
         if t
     }
-    unknown = sorted(set(lut_paths) - set(grids))
+    unknown = sorted(set(lut_paths) - set(LATENCY_TYPES))
     if unknown:
-        raise ValueError(
-            f"--lut_dirs names {unknown}; {checkpoint} has pools for {sorted(grids)} only."
-        )
+        raise ValueError(f"--lut_dirs names {unknown}; latency tables are for {LATENCY_TYPES}.")
     tables = {m: tables_lib.load_table(p) for m, p in sorted(lut_paths.items())}
     for table in tables.values():
         table.check_space(space)
