@@ -152,16 +152,19 @@ def with_subnet(config: TrainConfig, value: str) -> TrainConfig:
         "max", "largest", "min", "smallest", "random",
     )  # fmt: skip
     if looks_like_name:
-        where = (
-            f"a tier of {config.init_from} (its tiers: {', '.join(sorted(tiers))})"
-            if tiers
-            else "a tier name, which needs --init_from=JOB (a finished job that has it)"
-        )
+        if tiers:
+            where = f"a tier of {config.init_from} (its tiers: {', '.join(sorted(tiers))})"
+        elif config.init_from:
+            where = f"a tier: --init_from={config.init_from} is no job with {RETAINED}"
+        else:
+            where = "a subnet, and a tier name needs --init_from=JOB (the finished job that has it)"
         raise ValueError(f"--subnet={value} is not {where}; or give a subnet as {forms}.")
     try:
         subnet = specs.parse_subnet(value, space, seed=config.seed)
     except ValueError as e:
-        raise ValueError(f"--subnet={value}: {e}") from None
+        text = str(e)  # parse_subnet's "Subnet '...' ..." names the value already
+        text = f"--subnet{text[6:]}" if text.startswith("Subnet ") else f"--subnet={value}: {text}"
+        raise ValueError(text) from None
     return dataclasses.replace(config, subnet=subnet, subnet_name="")
 
 
