@@ -14,6 +14,7 @@ from pss_keras.data import preprocessing
 from pss_keras.export import replacement
 from pss_keras.export import saved_model as export
 from pss_keras.jobs import directory as jobs
+from pss_keras.supernet import extraction
 from pss_keras.training import driver as training
 
 
@@ -68,10 +69,19 @@ def test_a_fine_tuned_tier_replaces_its_inherited_one_in_a_new_version(fine_tune
         expected = _reference(owner, tuned_tier if tier.name == name else tier, images)
         got = loaded.signatures[tier.name](images=tf.constant(images))["logits"].numpy()
         np.testing.assert_allclose(got, expected, atol=5e-5 * np.abs(expected).max(), rtol=0)
-    # The replaced tier's weights are its own variables, besides the shared supernet's.
-    own = [n for n, _ in tf.train.list_variables(os.path.join(summary["path"], "variables"))]
-    before = [n for n, _ in tf.train.list_variables(os.path.join(first["path"], "variables"))]
-    assert len(own) > len(before)
+
+    # The replaced tier's weights are its own variables, besides the shared
+    # supernet's: exactly those of its standalone (BN-folded) subnet.
+    def stored(version):
+        shapes = tf.train.list_variables(os.path.join(version, "variables", "variables"))
+        return len(shapes), sum(int(np.prod(shape)) for _, shape in shapes)
+
+    extracted = extraction.extract_subnet(
+        tuned.supernet, *tuned.tier(tuned_tier), fold_bn=True, name=name
+    )
+    (n_after, size_after), (n_before, size_before) = stored(summary["path"]), stored(first["path"])
+    assert n_after - n_before == len(extracted.weights)
+    assert size_after - size_before == sum(int(np.prod(w.shape)) for w in extracted.weights)
 
 
 @pytest.mark.heavy
@@ -103,3 +113,23 @@ def test_parse_replacements():
         replacement.parse_replacements(["a"])
     with pytest.raises(ValueError, match=r"^--replace_tier names tier a twice\.$"):
         replacement.parse_replacements(["a=x", "a=y"])
+
+
+@pytest.mark.slow
+def test_export_script_replaces_a_tier(fine_tuned, tmp_path, run_script):
+    source, name, tuned_dir = fine_tuned
+    out = tmp_path / "export"
+    flags = ["scripts/export.py", f"--job_dir={source.job_dir}", f"--export_dir={out}"]
+    result = run_script(*flags, "--latency_repeats=1", f"--replace_tier={name}={tuned_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wrote {out / '1'} (shared weights" in result.stdout
+    assert f"\n{name}: the weights of {tuned_dir} (its tier {name}; inherited top-1 was " in (
+        result.stdout
+    )
+    result = run_script(*flags, f"--replace_tier={name}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --replace_tier={name}: give TIER=JOB, e.g. flops_12m=jobs/flops_12m_ft (the tier "
+        "of --job_dir and the job that fine-tuned it)."
+    )
+    assert sorted(os.listdir(out)) == ["1"]
