@@ -232,10 +232,14 @@ def test_one_subnet_from_scratch_is_one_tier_that_exports_and_converts(
     from pss_keras.tflite import converter as tflite
 
     config = tiny_train_config(
-        tmp_path / "job", tiny_image_folder, epochs=1, subnet=SUBNET, tensorboard_update_freq=1
-    )
+        tmp_path / "job", tiny_image_folder, epochs=1, subnet=SUBNET, tensorboard_update_freq=1,
+        validate_every=1,
+    )  # fmt: skip
     with caplog.at_level(logging.INFO):
         summary = training.train(config)
+    # --validate_every validates the subnet itself (calibrated BN).
+    (validated,) = _messages(caplog, "epoch 1: validation top-1 ")
+    assert re.fullmatch(r"epoch 1: validation top-1 subnet [\d.]+ \(calibrated BN\)", validated)
     mflops = count_mflops(SUBNET, 10, 0.25)
     assert _messages(caplog, "subnet  ") == [
         f"subnet        one subnet alone: {SUBNET.name}, {mflops:,.2f} MFLOPs, from scratch; "

@@ -79,3 +79,23 @@ def test_the_checkpoint_state_is_the_subnet():
     )
     with pytest.raises(ValueError, match=r"^The checkpoint is of a PSS run \(pools, no subnet\)"):
         FixedSubnet(SUBNET).load_state_dict({"pools": {}, "rng": 1})
+
+
+def test_float16_scales_the_loss_and_keeps_float32_state(rng):
+    """Under mixed_float16 the step goes through the LossScaleOptimizer as
+    the PSS step does; variables and logits stay float32."""
+    from pss_keras.training import driver as training
+
+    with training.precision_scope("float16"):
+        net = _net()
+        trainer = SubnetTrainer(net, SUBNET)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=False)
+        trainer.optimizer.build(trainer.trainable_variables)
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert net.get_layer_by_name("stem_conv").compute_dtype == "float16"
+    x = rng.normal(size=(8, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, 8).astype("int32")
+    logs = trainer.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"]) and logs[SCORE] == pytest.approx(-logs["loss"], rel=1e-6)
+    assert {v.dtype for v in net.weights} == {"float32", "int32"}
+    assert trainer(x[:2]).dtype == tf.float32
