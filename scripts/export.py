@@ -2,9 +2,12 @@
 
     python scripts/export.py --job_dir=jobs/quickstart --export_dir=saved_models/quickstart
     saved_model_cli show --all --dir saved_models/quickstart/1
+    python scripts/export.py --job_dir=jobs/quickstart --replace_tier=flops_1p6m=jobs/quickstart_ft
 
 Writes <export_dir>/<new version>/ (never overwrites a version): one
 signature per retained tier, serving_default (the largest tier) and `tiers`.
+--replace_tier=TIER=JOB serves TIER with JOB's weights (a tier fine-tuned
+alone: scripts/train.py --init_from=... --subnet=TIER), stored as its own.
 """
 
 import math
@@ -27,6 +30,12 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_list("tiers", [], "Tiers to export (default: all retained).")
 flags.DEFINE_integer("latency_repeats", 20, "Runs per tier for the recorded batch-1 latency.")
+flags.DEFINE_multi_string(
+    "replace_tier", [],
+    "TIER=JOB (repeatable): serve TIER with the weights of JOB's tier of the same subnet (a tier "
+    "fine-tuned alone with train.py --init_from=<this job> --subnet=TIER), as a standalone "
+    "subnet with its own variables; the other tiers are this job's.",
+)  # fmt: skip
 F = flags.FLAGS
 
 
@@ -38,13 +47,15 @@ def _accuracy(top1) -> str:
 def main(argv):
     del argv
     from pss_keras.export import saved_model as export
+    from pss_keras.export.replacement import parse_replacements
 
     export_dir = F.export_dir or os.path.join(
         "saved_models", os.path.basename(os.path.normpath(F.job_dir))
     )
     try:
+        replace = parse_replacements(F.replace_tier)
         summary = export.export(
-            F.job_dir, export_dir, F.export_mode, F.tiers or None, F.latency_repeats
+            F.job_dir, export_dir, F.export_mode, F.tiers or None, F.latency_repeats, replace
         )
     except ValueError as e:
         sys.exit(f"error: {e}")
@@ -56,6 +67,11 @@ def main(argv):
         print(
             f"{t['name']:<16}{t['mflops']:>9.2f}{t['resolution']:>5}{_accuracy(t['top1']):>10}"
             f"{t['latency_ms']:>12.2f}"
+        )
+    for name, source in summary.get("replaced_tiers", {}).items():
+        print(
+            f"{name}: the weights of {source['job_dir']} (its tier {source['tier']}; inherited "
+            f"top-1 was {_accuracy(source['inherited_top1'])})"
         )
     print("input: " + summary["input"])
     print(

@@ -28,6 +28,9 @@ def main(argv):
     out = F.output_dir or os.path.join(F.job_dir, "plots")
     name = os.path.basename(os.path.normpath(F.job_dir))
     print(plots.plot_tiers({name: tiers}, os.path.join(out, "tiers.png"), title=name))
+    if all(t.get("selected_on") == "single" for t in tiers):
+        print("(one subnet trained alone: no pools, no pool scores to plot)")
+        return
     scores = plots.read_pool_scores(os.path.join(F.job_dir, jobs.LOGS, "pss"))
     if not scores:
         sys.exit(f"error: no pool scores in {F.job_dir}/{jobs.LOGS}/pss (TensorBoard logs).")

@@ -1,8 +1,11 @@
-"""Trains a PSS supernet and retains the best subnet of every target.
+"""Trains a PSS supernet and retains the best subnet of every target (or, with
+--subnet, trains one subnet alone and retains it).
 
     python scripts/train.py --flagfile=quickstart.flags    # minutes, no download
     python scripts/train.py --flagfile=mbv1.flags --dataset_dir=...  # the paper's run
     python scripts/train.py --flagfile=mbv1_c.flags --lut_dirs=mbv1_cpu.pkl --dry_run  # check it
+    python scripts/train.py --flagfile=quickstart.flags --init_from=jobs/quickstart \
+        --subnet=flops_1p6m --epochs=5 --lr=0.01 --job_dir=jobs/quickstart_ft  # one tier alone
 
 Flags follow the reference implementation's argument names where it has
 one. Re-running with the same --job_dir resumes from its last checkpoint.
@@ -134,6 +137,13 @@ flags.DEFINE_string(
     "and cache), a keras.applications weights file (.h5), or another run's --job_dir. A "
     "different class count re-initializes the classifier only; a resume never re-imports.",
 )  # fmt: skip
+flags.DEFINE_string(
+    "subnet", None,
+    "Train one subnet alone (plain cross-entropy, no pools) instead of the supernet: a tier "
+    "of the --init_from job (fine-tunes it from the job's weights), or RES:m1,...,mN (a "
+    "resolution and one width multiplier per stage, or one for all; from scratch unless "
+    "--init_from). The job retains that one tier.",
+)  # fmt: skip
 flags.DEFINE_integer("tensorboard_update_freq", 50, "Steps between TensorBoard step scalars.")
 flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
 flags.DEFINE_bool(
@@ -158,7 +168,7 @@ def _pair(name, cast):
 
 def _config():
     from pss_keras.jobs.config import DataConfig, TrainConfig
-    from pss_keras.jobs.directory import inherited_architecture
+    from pss_keras.jobs.directory import inherited_architecture, with_subnet
     from pss_keras.jobs.targets import MetricTargets
 
     if not F.job_dir:
@@ -171,7 +181,7 @@ def _config():
         F.lut_dirs,
     )
     resolution = _pair("resolution_range", int)
-    return TrainConfig(
+    config = TrainConfig(
         job_dir=F.job_dir,
         data=DataConfig(
             dataset=F.dataset,
@@ -223,6 +233,7 @@ def _config():
         retain_bounds=F.retain_bounds,
         validate_every=F.validate_every,
     )
+    return with_subnet(config, F.subnet) if F.subnet is not None else config
 
 
 def _dry_run(config):

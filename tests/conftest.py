@@ -40,7 +40,9 @@ COSTLIEST_FIRST = (
     "test_training_preflight.py",  # 80 s
     "test_scripts.py",  # not re-measured: its old rank
     "test_training_trainer.py",  # 75 s
+    "test_training_subnet_trainer.py",  # 10 s
     "test_export_saved_model.py",  # 75 s
+    "test_export_replacement.py",  # 95 s (its fine-tuned job: 35 s)
     "test_tflite_converter.py",  # 55 s (+ float_manifest: 20 s)
     "test_tflite_qat.py",  # 35 s
     "test_tflite_model_conversion.py",  # 30 s

@@ -192,3 +192,36 @@ def test_a_run_config_without_them_is_todays_architecture(tmp_path):
 def test_an_unknown_padding_or_bad_epsilon_is_refused(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         _config(tmp_path, **changes).validate()
+
+
+def test_one_subnet_alone_is_recorded_and_compared_on_resume(tmp_path):
+    """``subnet`` (a run that trains one subnet alone): in run_config.json
+    as the subnet's record, read back as a SubnetConfig, compared on resume
+    (its tier's name is not)."""
+    from pss_keras.supernet.specs import SubnetConfig
+
+    subnet = SubnetConfig("mobilenet_v1", 24, (0.8,) * 14)
+    config = _config(tmp_path, subnet=subnet, subnet_name="flops_1m")
+    config.validate()
+    saved = json.loads(json.dumps(config.to_dict()))
+    assert saved["subnet"] == subnet.to_dict() and saved["subnet_name"] == "flops_1m"
+    assert TrainConfig.from_dict(saved) == config
+    assert dataclasses.replace(config, subnet_name="").resume_conflicts(saved) == []
+    other = dataclasses.replace(subnet, resolution=32)
+    assert _config(tmp_path, subnet=other).resume_conflicts(saved) == ["subnet"]
+    assert _config(tmp_path).resume_conflicts(saved) == ["subnet"]  # PSS on its job: refused
+
+
+def test_a_run_config_without_subnet_is_a_pss_run(tmp_path):
+    """Jobs written before ``subnet`` existed read as PSS runs (None) and
+    resume as such; a single-subnet run is refused on them."""
+    from pss_keras.supernet.specs import SubnetConfig
+
+    today = _config(tmp_path)
+    saved = json.loads(json.dumps(today.to_dict()))
+    del saved["subnet"], saved["subnet_name"]
+    old = TrainConfig.from_dict(saved)
+    assert old.subnet is None and old == today
+    assert today.resume_conflicts(saved) == []
+    subnet = SubnetConfig("mobilenet_v1", 24, (0.8,) * 14)
+    assert _config(tmp_path, subnet=subnet).resume_conflicts(saved) == ["subnet"]

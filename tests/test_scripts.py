@@ -76,6 +76,20 @@ def test_plot_job_writes_both_plots(trained_job, tmp_path):
     assert "retained_subnets.json is missing: not a finished PSS job directory" in result.stderr
 
 
+def test_plot_job_of_one_subnet_alone_plots_its_tier(trained_job, tmp_path):
+    """A job that trained one subnet alone has no pools: its tier is
+    plotted and the pool scores are skipped, saying why."""
+    _, summary = trained_job
+    job = tmp_path / "job"
+    job.mkdir()
+    tier = dict(summary["retained"][0], selected_on="single", pool_score=None)
+    (job / "retained_subnets.json").write_text(json.dumps([tier]))
+    result = _run("scripts/plot_job.py", f"--job_dir={job}", f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _is_png(tmp_path / "tiers.png") and not (tmp_path / "pool_scores.png").exists()
+    assert "(one subnet trained alone: no pools, no pool scores to plot)" in result.stdout
+
+
 def test_compare_sampling_trains_both_arms_and_writes_results(tiny_image_folder, tmp_path):
     """The study script at test scale: two arms on the same data and seed;
     the uniform arm never samples from its pools (p_space 1.0)."""

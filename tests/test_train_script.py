@@ -44,6 +44,16 @@ def _run(*args, timeout=900):
         (["--resolution_range=32"], "--resolution_range needs two comma-separated values"),
         # Refused before any data is read (it used to fail after caching images).
         (["--resolution_range=64,32"], "resolution_range=(64, 32) must be (min, max)"),
+        # One subnet alone: a bad multiplier count, a tier name without a job.
+        (
+            ["--subnet=48:0.8,1"],
+            "error: --subnet '48:0.8,1' could not be read: stage_width_mults has 2 values but "
+            "mobilenet_v1 has 14 stages.",
+        ),
+        (
+            ["--subnet=flops_1p6m"],
+            "error: --subnet=flops_1p6m is not a subnet, and a tier name needs --init_from=JOB",
+        ),
     ],
 )
 def test_bad_flags_fail_fast_with_one_line(tmp_path, flags, message):

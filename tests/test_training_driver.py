@@ -176,6 +176,11 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_image_folder, tmp_
         (dict(pool_size=0), "pool_size=0"),
         (dict(model_name="resnet"), "model 'resnet' is unknown"),
         (dict(epochs=0), "epochs=0"),
+        (
+            dict(subnet=SubnetConfig("mobilenet_v1", 40, (1.0,) * 14)),
+            r"^The subnet mobilenet_v1-r40-w1,.* is not in this run's space: resolution=40 is "
+            r"not on this supernet's grid 16..32 step 8\.$",
+        ),
     ],
 )
 def test_bad_settings_fail_fast(tmp_path, overrides, message):
@@ -208,6 +213,105 @@ def test_bfloat16_run_trains_and_exports_float32(tiny_image_folder, tmp_path):
     for tier in summary["tiers"]:
         outputs = loaded.signatures[tier["name"]](images=images)
         assert outputs["probabilities"].dtype == tf.float32, outputs
+
+
+# --- One subnet trained alone ------------------------------------------------------------------
+
+SUBNET = SubnetConfig("mobilenet_v1", 24, (0.8,) * 14)
+
+
+def _messages(caplog, prefix):
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(prefix)]
+
+
+@pytest.mark.heavy
+def test_one_subnet_from_scratch_is_one_tier_that_exports_and_converts(
+    tiny_image_folder, tmp_path, caplog
+):
+    from pss_keras.export import saved_model as export
+    from pss_keras.tflite import converter as tflite
+
+    config = tiny_train_config(
+        tmp_path / "job", tiny_image_folder, epochs=1, subnet=SUBNET, tensorboard_update_freq=1,
+        validate_every=1,
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        summary = training.train(config)
+    # --validate_every validates the subnet itself (calibrated BN).
+    (validated,) = _messages(caplog, "epoch 1: validation top-1 ")
+    assert re.fullmatch(r"epoch 1: validation top-1 subnet [\d.]+ \(calibrated BN\)", validated)
+    mflops = count_mflops(SUBNET, 10, 0.25)
+    assert _messages(caplog, "subnet  ") == [
+        f"subnet        one subnet alone: {SUBNET.name}, {mflops:,.2f} MFLOPs, from scratch; "
+        "plain cross-entropy, no pools"
+    ]
+    assert not _messages(caplog, "targets  ")  # no maps, no pools
+    (tier,) = summary["retained"]
+    name = "flops_" + f"{round(mflops, 2):g}".replace(".", "p") + "m"
+    assert (tier["name"], tier["selected_on"], tier["metric_type"]) == (name, "single", "flops")
+    assert SubnetConfig.from_dict(tier["config"]) == SUBNET and tier["pool_score"] is None
+    assert tier["target"] == round(mflops, 3) and 0 <= tier["top1"] <= tier["top5"] <= 1
+    stats = jobs.load_bn_stats(config.job_dir, tier)  # calibrated after training
+    channels = training.build_supernet(config, 10).bn_channels(SUBNET)
+    assert {k: v[0].shape for k, v in stats.items()} == {k: (c,) for k, c in channels.items()}
+    assert jobs.read_run_config(config.job_dir).subnet == SUBNET
+    state = os.path.join(config.job_dir, "checkpoints", "epoch-0001", "pss_state.json")
+    with open(state) as f:
+        assert json.load(f)["sampler"] == {"subnet": SUBNET.to_dict()}  # no pools
+    losses = tensorboard_values(os.path.join(config.job_dir, "logs"), "batch_loss")
+    assert len(losses) == 8 and np.isfinite(losses).all(), losses
+    again = training.evaluate_job(config.job_dir, progress=False)
+    assert [(e["name"], e["top1"]) for e in again] == [(name, tier["top1"])]
+    # Its one tier exports and converts like any job's.
+    exported = export.export(config.job_dir, str(tmp_path / "export"), latency_repeats=1)
+    assert [t["name"] for t in exported["tiers"]] == [name] and exported["default_tier"] == name
+    loaded = tf.saved_model.load(exported["path"])
+    assert loaded.signatures[name](images=tf.zeros([2, 40, 40, 3], tf.uint8))["logits"].shape == (
+        2,
+        10,
+    )
+    out = tmp_path / "tflite"
+    manifest = tflite.convert(
+        config.job_dir, str(out), tflite.ConvertConfig(latency_repeats=1), progress=False
+    )
+    (converted,) = manifest["tiers"]
+    assert converted["name"] == name and (out / converted["file"]).stat().st_size > 0
+    assert converted["verification"]["top1_agreement"] >= 0.98, converted["verification"]
+
+
+@pytest.mark.heavy
+def test_a_tier_of_a_job_fine_tuned_alone(trained_job, tiny_image_folder, tmp_path, caplog):
+    source, summary = trained_job
+    name = summary["retained"][-1]["name"]
+    subnet = SubnetConfig.from_dict(summary["retained"][-1]["config"])
+    config = tiny_train_config(
+        tmp_path / "job", tiny_image_folder, epochs=1, init_from=source.job_dir
+    )
+    config = jobs.with_subnet(config, name)
+    assert (config.subnet, config.subnet_name) == (subnet, name)
+    with caplog.at_level(logging.INFO):
+        retained = training.train(config)["retained"]
+    assert _messages(caplog, "subnet  ")[0].endswith(
+        f"from {source.job_dir} tier {name}; plain cross-entropy, no pools"
+    )
+    assert [(e["name"], e["config"], e["selected_on"]) for e in retained] == [
+        (name, subnet.to_dict(), "single")
+    ]
+    assert f"the supernet of job {source.job_dir}" in jobs.read_weights_origin(config.job_dir)
+    # It started from the job's weights: what the subnet does not use (a
+    # depthwise kernel's further channels: no gradient, no weight decay)
+    # is still the job's, and what it uses has moved.
+    tuned, inherited = (jobs.Job(j).supernet for j in (config.job_dir, source.job_dir))
+    widths, partial = tuned.bn_channels(subnet), 0
+    for layer in tuned.switchable_layers:
+        if layer.name.endswith("_depthwise"):
+            c = widths[f"{layer.name}_bn"]
+            a = layer.kernel.numpy()
+            b = inherited.get_layer_by_name(layer.name).kernel.numpy()
+            np.testing.assert_array_equal(a[..., c:, :], b[..., c:, :], err_msg=layer.name)
+            assert not np.allclose(a[..., :c, :], b[..., :c, :]), layer.name
+            partial += c < a.shape[2]
+    assert partial  # some layer of the subnet is narrower than the supernet's
 
 
 # --- at_chance ---------------------------------------------------------------------------------

@@ -94,6 +94,37 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(
     assert [e["config"] for e in summary["retained"]] == expected
 
 
+@pytest.mark.heavy
+def test_one_subnet_alone_resumed_after_sigterm_matches_uninterrupted(
+    tiny_image_folder, tmp_path, monkeypatch
+):
+    from pss_keras.supernet.specs import SubnetConfig
+
+    subnet = SubnetConfig("mobilenet_v1", 24, (0.8,) * 14)
+    straight = tiny_train_config(tmp_path / "straight", tiny_image_folder, subnet=subnet)
+    training.train(straight)  # 2 epochs of 8 steps, never stopped
+    job = tiny_train_config(tmp_path / "job", tiny_image_folder, subnet=subnet)
+    original = preemption.StepCheckpoint.on_train_batch_end
+
+    def signal_at_step_3(self, batch, logs=None):
+        if self.epoch == 1 and batch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the callback's handler
+        return original(self, batch, logs)
+
+    monkeypatch.setattr(preemption.StepCheckpoint, "on_train_batch_end", signal_at_step_3)
+    with pytest.raises(TrainingInterrupted) as caught:
+        training.train(job)
+    assert "at epoch 2, step 3 of 8" in str(caught.value)
+    assert caught.value.checkpoint.endswith("epoch-0001-step-000003")
+    assert not os.path.exists(os.path.join(job.job_dir, RETAINED))
+    monkeypatch.setattr(preemption.StepCheckpoint, "on_train_batch_end", original)
+    summary = training.train(job)
+    assert summary["resumed_from_epoch"] == 1
+    for a, b in zip(_weights(straight), _weights(job)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
+    assert [e["config"] for e in summary["retained"]] == [subnet.to_dict()]
+
+
 @pytest.mark.slow
 def test_train_script_stops_on_sigterm_within_30_s_and_resumes(
     tiny_image_folder, tmp_path, run_script

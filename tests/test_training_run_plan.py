@@ -206,6 +206,28 @@ def test_train_script_dry_run(tiny_image_folder, tmp_path, run_script):
     assert not job.exists()
 
 
+def test_train_script_dry_run_of_a_tier_fine_tuned_alone(trained_job, tmp_path, run_script):
+    """``--init_from=JOB --subnet=TIER``: the header names the subnet and
+    where it starts; no targets, no map."""
+    source, summary = trained_job
+    tier = summary["retained"][0]
+    job = tmp_path / "job"
+    result = run_script(
+        *tiny_train_flags(job, source.data.dataset, epochs=1),
+        f"--init_from={source.job_dir}",
+        f"--subnet={tier['name']}",
+        "--dry_run",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    subnet = specs.SubnetConfig.from_dict(tier["config"])
+    assert (
+        f"  subnet        one subnet alone: {subnet.name}, {tier['mflops']:,.2f} MFLOPs, from "
+        f"{source.job_dir} tier {tier['name']}; plain cross-entropy, no pools\n"
+    ) in result.stdout, result.stdout
+    assert "targets" not in result.stdout and "map time" not in result.stdout
+    assert f"Nothing was written under {job}." in result.stdout and not job.exists()
+
+
 def _values(text: str, step: float) -> list[float]:
     """The grid values a `format_values` text lists (``none``: none)."""
     text = text.rsplit(" ", 1)[0] if text != "none" else ""

@@ -72,3 +72,41 @@ def test_selection_protocols_record_every_candidate(job_copy, monkeypatch):
     assert {t["selected_on"] for t in again} == {"validation"}
     with pytest.raises(ValueError, match="selection='best' is unknown"):
         training.evaluate_job(config.job_dir, progress=False, selection="best")
+
+
+def test_retain_single_is_one_calibrated_tier_with_its_predicted_latency(job_copy):
+    """The one tier of a subnet trained alone (here: the shared job's
+    supernet): calibrated and evaluated as every tier, named by its MFLOPs
+    unless named, ``selected_on`` single, its latency under each table."""
+    from latency_helpers import synthetic_table
+
+    from pss_keras.cost.flops import count_mflops
+    from pss_keras.supernet import specs
+    from pss_keras.training.selection import retain_single, single_tier_name
+
+    config, _ = job_copy
+    job = jobs.Job(config.job_dir)
+    space = job.supernet.space
+    subnet = specs.SubnetConfig("mobilenet_v1", 24, (0.8,) * 14)
+    table = synthetic_table(space)
+    pipelines = data.Pipelines(config.data)
+    (tier,) = retain_single(
+        job.supernet, subnet, "", pipelines, config.job_dir, {"latency_cpu": table}, 2
+    )
+    mflops = count_mflops(subnet, 10, 0.25)
+    assert (
+        tier["name"]
+        == single_tier_name(mflops)
+        == "flops_" + f"{round(mflops, 2):g}".replace(".", "p") + "m"
+    )
+    assert (tier["metric_type"], tier["target"], tier["selected_on"]) == (
+        "flops", round(mflops, 3), "single",
+    )  # fmt: skip
+    predicted = table.metric_fn()(space, *specs.configs_to_arrays([subnet]))[0]
+    assert tier["predicted_us"] == {"latency_cpu": round(float(predicted), 3)}
+    assert 0 <= tier["minival_top1"] <= 1 and 0 <= tier["top1"] <= tier["top5"] <= 1
+    assert [t.name for t in jobs.Job(config.job_dir).retained] == [tier["name"]]
+    (named,) = retain_single(job.supernet, subnet, "mine", pipelines, config.job_dir, {}, 2)
+    assert named["name"] == "mine" and named["predicted_us"] == {}
+    assert named["top1"] == tier["top1"]  # the same calibration batches, the same figures
+    assert single_tier_name(320.0) == "flops_320m" and single_tier_name(12.344) == "flops_12p34m"

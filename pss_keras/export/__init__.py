@@ -2,6 +2,7 @@
 
 saved_model   `export`: one signature per tier, the tier table, warm-up records
 tier_graph    one tier's inference graph on the shared weights, BN folded
+replacement   a tier fine-tuned alone in place of its inherited one (``replace``)
 """
 
 from pss_keras._lazy import exports

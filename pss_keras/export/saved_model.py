@@ -30,6 +30,10 @@ Modes (figures: docs/serving_speed.md):
   convolutions (a Keras model per tier), one weight copy per tier on disk
   and in memory.
 
+A tier fine-tuned alone (``replace``: `pss_keras.export.replacement`) runs
+its own job's weights as in ``standalone``, its variables stored beside
+the shared ones; the other tiers follow the mode.
+
 The export is written into a hidden temporary directory beside the target
 and renamed to ``<export_dir>/<version>/`` (a new integer version, never
 overwriting one): TF Serving never sees a half-written version, also when
@@ -50,7 +54,7 @@ import numpy as np
 import tensorflow as tf
 
 from pss_keras.data.preprocessing import preprocess, preprocess_encoded
-from pss_keras.export import tier_graph
+from pss_keras.export import replacement, tier_graph
 from pss_keras.jobs.directory import Job
 from pss_keras.jobs.tiers import (
     ENCODED_INPUT,
@@ -181,6 +185,7 @@ def export(
     mode: str = "shared",
     tiers=None,
     latency_repeats: int = 20,
+    replace: dict | None = None,
 ) -> dict:
     """Writes ``<export_dir>/<version>/`` for TF Serving; returns a summary.
 
@@ -191,16 +196,30 @@ def export(
             module docstring).
         tiers: tier names to export (default: every retained tier).
         latency_repeats: repetitions of the per-tier latency measurement.
+        replace: ``{tier: job_dir}``: tiers that run another job's weights
+            (a tier fine-tuned alone), each as a standalone subnet with its
+            own variables (`pss_keras.export.replacement`).
 
     Returns:
-        ``{"path", "version", "mode", "tiers": [...], "default_tier"}``.
+        ``{"path", "version", "mode", "tiers": [...], "default_tier"}``
+        (and ``replaced_tiers`` when ``replace`` is given).
 
     Raises:
-        ValueError: for a missing job, unknown tier or mode.
+        ValueError: for a missing job, unknown tier or mode, or a bad
+            replacement.
     """
     job = Job(job_dir)
     entries = job.select(tiers)
-    fns = tier_functions(job, entries, mode)
+    replaced = replacement.replacements(job, entries, replace or {})
+    own = {r.name: r for r in replaced}
+    shared = tier_functions(job, [t for t in entries if t.name not in own], mode)
+    fns = {
+        t.name: shared[t.name] if t.name not in own else _standalone_fn(
+            own[t.name].job, *own[t.name].job.tier(own[t.name].tier), t.name
+        )
+        for t in entries
+    }  # fmt: skip
+    entries = replacement.replaced_entries(entries, replaced)
     table = _tier_table(job, entries, fns, latency_repeats)
     default = max(entries, key=lambda t: t.mflops).name
     archive = _archive(fns, default, table)
@@ -213,6 +232,15 @@ def export(
         "class_names": job.class_names,
         "tiers": table,
     }
+    if replaced:
+        summary["replaced_tiers"] = {
+            r.name: {
+                "job_dir": r.job.job_dir,
+                "tier": r.tier.name,
+                "inherited_top1": r.inherited_top1,
+            }
+            for r in replaced
+        }
     warmup = {name: "images" for name in [*fns, "serving_default"]}
     warmup |= {encoded_signature(name): "encoded" for name in fns}
     warmup |= {TIER_TABLE_SIGNATURE: "table", TIERS_SIGNATURE: "none"}

@@ -107,6 +107,11 @@ class TrainConfig:
     run only (`pss_keras.supernet.pretrained.initialize_supernet`);
     ``checkpoint_every_steps`` adds checkpoints inside epochs (0: at epoch
     ends and on SIGTERM / SIGINT only).
+
+    ``subnet`` trains that one subnet alone (plain cross-entropy; the pool,
+    target and selection settings are unused) and retains it as one tier
+    named ``subnet_name`` ("": by its MFLOPs); None (also an older
+    run_config.json) is a PSS run.
     """
 
     job_dir: str
@@ -148,6 +153,8 @@ class TrainConfig:
     validate_every: int = 0
     init_from: str = ""
     checkpoint_every_steps: int = 0
+    subnet: specs.SubnetConfig | None = None
+    subnet_name: str = ""
 
     @property
     def lr_in_use(self) -> float:
@@ -204,7 +211,13 @@ class TrainConfig:
         for ok, message in self._range_checks():
             if not ok:
                 raise ValueError(message)
-        specs.SearchSpace(**self.space_kwargs(1))  # the ranges, before any data is read
+        space = specs.SearchSpace(**self.space_kwargs(1))  # the ranges, before any data is read
+        if self.subnet is not None:
+            try:
+                space.validate(self.subnet)
+            except ValueError as e:
+                what = self.subnet_name or self.subnet.name
+                raise ValueError(f"The subnet {what} is not in this run's space: {e}") from None
         if self.data.image_size != self.resolution_range[1]:
             raise ValueError(
                 f"image_size={self.data.image_size} must equal the largest resolution "
@@ -299,6 +312,8 @@ class TrainConfig:
                 data[key] = tuple(data[key])
         if "latency_targets" in data:
             data["latency_targets"] = tuple(tuple(t) for t in data["latency_targets"])
+        if data.get("subnet") is not None:
+            data["subnet"] = specs.SubnetConfig.from_dict(data["subnet"])
         return cls(data=DataConfig(**data_config), **data)
 
     def space_kwargs(self, num_classes: int) -> dict:
@@ -332,6 +347,7 @@ class TrainConfig:
             "strategy", "selection", "retain_bounds", "validate_every", "checkpoint_every_steps",
             # A resume never re-imports: its checkpoint holds the weights.
             "init_from",
+            "subnet_name",  # names the one tier (the subnet itself is compared)
             # Tables may move; the job keeps a copy and compares contents.
             "lut_paths",
             # Compared as the rates in use (below): the same rate may be

@@ -22,6 +22,7 @@ when it loads one).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -109,6 +110,62 @@ def inherited_architecture(init_from: str) -> dict:
         return {}
     source = read_run_config(path)
     return {"padding": source.padding, "bn_epsilon": source.bn_epsilon}
+
+
+def with_subnet(config: TrainConfig, value: str) -> TrainConfig:
+    """``config`` set to train one subnet alone (``--subnet=value``).
+
+    ``value`` is a tier of the ``config.init_from`` job (its
+    ``retained_subnets.json``; the job's one tier is then named after it),
+    or a subnet of the run's space: ``RES:m1,...,mN`` (resolution and one
+    width multiplier per stage; one multiplier for every stage), ``max``,
+    ``min`` or a JSON object (`pss_keras.supernet.specs.parse_subnet`).
+
+    Raises:
+        ValueError: one line: a name that is neither (naming the job's
+            tiers), a bad resolution or multiplier count, a subnet outside
+            the run's space, or ``retain_bounds`` set.
+    """
+    if config.retain_bounds:
+        raise ValueError(
+            f"--subnet={value} trains one subnet and retains it alone; --retain_bounds (the "
+            "supernet's smallest and largest subnets as tiers) does not apply: leave it out."
+        )
+    space = specs.SearchSpace(**config.space_kwargs(1))
+    job = os.path.expanduser(config.init_from or "")
+    tiers = {}
+    if job and os.path.isfile(os.path.join(job, RETAINED)):
+        tiers = {str(r.get("name")): r for r in read_retained(job) if isinstance(r, dict)}
+    if value in tiers:
+        subnet = specs.SubnetConfig.from_dict(tiers[value]["config"])
+        try:
+            space.validate(subnet)
+        except ValueError as e:
+            raise ValueError(
+                f"--subnet={value}: the tier of {config.init_from} is not in this run's space: {e} "
+                "Give the job's --model_name, --width_scale, --resolution_range, "
+                "--resolution_step and --width_mult_range (e.g. its flagfile)."
+            ) from None
+        return dataclasses.replace(config, subnet=subnet, subnet_name=value)
+    forms = "RES:m1,...,mN (a resolution and one width multiplier per stage, or one for all)"
+    looks_like_name = not (":" in value or value.lstrip().startswith("{")) and value.lower() not in (
+        "max", "largest", "min", "smallest", "random",
+    )  # fmt: skip
+    if looks_like_name:
+        if tiers:
+            where = f"a tier of {config.init_from} (its tiers: {', '.join(sorted(tiers))})"
+        elif config.init_from:
+            where = f"a tier: --init_from={config.init_from} is no job with {RETAINED}"
+        else:
+            where = "a subnet, and a tier name needs --init_from=JOB (the finished job that has it)"
+        raise ValueError(f"--subnet={value} is not {where}; or give a subnet as {forms}.")
+    try:
+        subnet = specs.parse_subnet(value, space, seed=config.seed)
+    except ValueError as e:
+        text = str(e)  # parse_subnet's "Subnet '...' ..." names the value already
+        text = f"--subnet{text[6:]}" if text.startswith("Subnet ") else f"--subnet={value}: {text}"
+        raise ValueError(text) from None
+    return dataclasses.replace(config, subnet=subnet, subnet_name="")
 
 
 def write_weights_origin(job_dir: str, description: str) -> None:

@@ -52,7 +52,11 @@ class RetainedTier:
         selected_on: ``minival`` (the default, honest protocol) or
             ``validation`` (``val_best_of_topk``, the reference's protocol:
             its top1 is then chosen on itself); ``sandwich`` for the space's
-            smallest and largest subnets (`retain_subnets` ``bounds``).
+            smallest and largest subnets (`retain_subnets` ``bounds``);
+            ``single`` for the one tier of a run that trained that subnet
+            alone (``TrainConfig.subnet``: no pool, nothing chosen; its
+            ``target`` is its own MFLOPs); ``pool_score`` for an imported
+            checkpoint's tiers.
         candidates: every top-k subnet of its pool that was evaluated:
             ``{"config", "pool_score", "minival_top1", "top1", "top5"}``.
         predicted_us: its latency predicted by each of the run's look-up

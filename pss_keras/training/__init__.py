@@ -2,6 +2,7 @@
 
 pools, sampling       subnet pools; conditional and prioritized samplers
 trainer               the sandwich step (`PSSTrainer`)
+subnet_trainer        one subnet trained alone (`SubnetTrainer`, ``--subnet``)
 preflight             what a run checks and builds before its first step
 fitting               the epochs as Keras fits, with their callbacks
 callbacks             candidate choice, validation, the time estimate, TensorBoard

@@ -1,6 +1,7 @@
 """The callbacks of a PSS run: the candidate choice around each step, pool
-summaries and checkpoints at each epoch end, validation of the sandwich
-bounds, the time estimate; TensorBoard steps that continue across a resume.
+summaries and checkpoints at each epoch end (`EpochCheckpoint` alone for
+one subnet trained alone), validation of the sandwich bounds, the time
+estimate; TensorBoard steps that continue across a resume.
 
 Stopping a diverged run: `pss_keras.training.divergence`; checkpoints
 inside an epoch and a stop on a signal: `pss_keras.training.preemption`.
@@ -79,16 +80,45 @@ class PSSCallback(keras.callbacks.Callback):
             self.counts["space"],
         )
         if self.checkpointer is not None:
-            if self.guard is not None and self.guard.suspect_since is not None:
-                logging.warning(
-                    "No checkpoint after epoch %d: the largest subnet's loss has been above "
-                    "%.3g since step %d (a resume goes back to the last checkpoint before it).",
-                    epoch + 1,
-                    self.guard.limit,
-                    self.guard.suspect_since,
-                )
-            else:
-                self.checkpointer.save(epoch + 1)
+            checkpoint_unless_suspect(self.checkpointer, self.guard, epoch)
+
+
+def checkpoint_unless_suspect(checkpointer, guard, epoch: int) -> None:
+    """The checkpoint after ``epoch`` (0-based), unless the run's
+    `DivergenceGuard` (``guard``, or None) suspects the run: then a warning,
+    and a resume goes back to the last checkpoint before the streak."""
+    if guard is not None and guard.suspect_since is not None:
+        logging.warning(
+            "No checkpoint after epoch %d: %s loss has been above "
+            "%.3g since step %d (a resume goes back to the last checkpoint before it).",
+            epoch + 1,
+            guard.subject,
+            guard.limit,
+            guard.suspect_since,
+        )
+    else:
+        checkpointer.save(epoch + 1)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """The checkpoint at every epoch end of a run that trains one subnet
+    alone (`pss_keras.training.subnet_trainer`), where a PSS run's
+    `PSSCallback` writes it: none while ``guard`` suspects divergence.
+
+    Args:
+        checkpointer: the run's `Checkpointer`, or None (workers other than
+            the chief write nothing).
+        guard: the run's `DivergenceGuard` (before this callback), or None.
+    """
+
+    def __init__(self, checkpointer=None, guard=None):
+        super().__init__()
+        self.checkpointer = checkpointer
+        self.guard = guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.checkpointer is not None:
+            checkpoint_unless_suspect(self.checkpointer, self.guard, epoch)
 
 
 class ContinuedTensorBoard(keras.callbacks.TensorBoard):
@@ -117,13 +147,15 @@ class ContinuedTensorBoard(keras.callbacks.TensorBoard):
 
 
 class ValidationCallback(keras.callbacks.Callback):
-    """Validates the largest and the smallest subnet every ``every`` epochs.
+    """Validates the largest and the smallest subnet (or ``subnets``) every
+    ``every`` epochs.
 
     With calibrated BN, as the end-of-run selection (the supernet keeps no
     useful running statistics: training normalizes with batch moments), on
     the validation split. Adds ``val_largest_top1`` and ``val_smallest_top1``
-    to the epoch logs, so the progress bar and TensorBoard's epoch scalars
-    show the curve. Must come before the TensorBoard callback.
+    (``val_<name>_top1`` of each of ``subnets``) to the epoch logs, so the
+    progress bar and TensorBoard's epoch scalars show the curve. Must come
+    before the TensorBoard callback.
 
     Args:
         supernet: the supernet being trained.
@@ -131,9 +163,13 @@ class ValidationCallback(keras.callbacks.Callback):
         every: epochs between validations (the last epoch always validates).
         epochs: the run's epoch count.
         calib_batches: training batches of the calibration (read once).
+        subnets: ``{name: SubnetConfig}`` to validate instead (one subnet
+            trained alone: ``{"subnet": its config}``).
     """
 
-    def __init__(self, supernet, pipelines, every: int, epochs: int, calib_batches: int = 8):
+    def __init__(
+        self, supernet, pipelines, every: int, epochs: int, calib_batches: int = 8, subnets=None
+    ):
         super().__init__()
         from pss_keras.training.evaluation import SubnetEvaluator
 
@@ -144,22 +180,21 @@ class ValidationCallback(keras.callbacks.Callback):
         self.epochs = int(epochs)
         self.calib_batches = int(calib_batches)
         self.calibration = pipelines.calibration(self.calib_batches)
+        self.subnets = dict(
+            subnets or {"largest": self.space.largest(), "smallest": self.space.smallest()}
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not ((epoch + 1) % self.every == 0 or epoch + 1 == self.epochs):
             return
-        for name, config in (
-            ("largest", self.space.largest()),
-            ("smallest", self.space.smallest()),
-        ):
+        for name, config in self.subnets.items():
             stats = self.evaluator.calibrate(config, self.calibration, self.calib_batches)
             result = self.evaluator.evaluate(config, stats, self.pipelines.validation())
             logs[f"val_{name}_top1"] = result["top1"]
         logging.info(
-            "epoch %d: validation top-1 largest %.4f, smallest %.4f (calibrated BN)",
+            "epoch %d: validation top-1 %s (calibrated BN)",
             epoch + 1,
-            logs["val_largest_top1"],
-            logs["val_smallest_top1"],
+            ", ".join(f"{name} {logs[f'val_{name}_top1']:.4f}" for name in self.subnets),
         )
 
 

@@ -28,13 +28,17 @@ class DivergenceGuard(keras.callbacks.Callback):
     many: ``spike`` times ``ln(num_classes)``, the loss at initialization) is
     logged as a warning naming the learning rate (at most once an epoch).
 
-    Must come before `PSSCallback` in the callback list.
+    Must come before `PSSCallback` (or, training one subnet alone,
+    `EpochCheckpoint`) in the callback list.
 
     Args:
         num_classes: the classifier's classes (chance loss ``ln(num_classes)``).
         first_step: global step of the first step of this fit (a resume's).
         steps_per_epoch: steps in an epoch.
         lr_hint: what the message suggests about the rate, e.g. how it was set.
+        score_key: the step log whose negative is the watched loss
+            (``largest_score``; one subnet trained alone: ``score``).
+        subject: whose loss it is, in the messages (``the largest subnet's``).
     """
 
     def __init__(
@@ -47,8 +51,12 @@ class DivergenceGuard(keras.callbacks.Callback):
         patience: int = 20,
         spike: float = 3.0,
         baseline_steps: int = 50,
+        score_key: str = "largest_score",
+        subject: str = "the largest subnet's",
     ):
         super().__init__()
+        self.score_key = score_key
+        self.subject = subject
         self.chance = math.log(max(2, num_classes))
         self.limit = factor * self.chance
         self.patience = int(patience)
@@ -66,7 +74,7 @@ class DivergenceGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
         step, self.step = self.step + 1, self.step + 1  # 1-based, as TensorBoard's
-        loss = -float(logs["largest_score"])
+        loss = -float(logs[self.score_key])
         lr = float(logs["lr"]) if "lr" in logs else float("nan")
         if not math.isfinite(loss):
             self._stop(step, loss, lr, "is not finite")
@@ -95,15 +103,15 @@ class DivergenceGuard(keras.callbacks.Callback):
             self.warned_epoch = epoch
             self.warnings += 1
             logging.warning(
-                "Step %d: the largest subnet's loss %.4g is above %g x %s (%.4g), at lr %.4g in "
+                "Step %d: %s loss %.4g is above %g x %s (%.4g), at lr %.4g in "
                 "use%s. If it keeps happening, lower the rate.",
-                step, loss, self.spike, what, reference, lr,
+                step, self.subject, loss, self.spike, what, reference, lr,
                 f" ({self.lr_hint})" if self.lr_hint else "",
             )  # fmt: skip
 
     def _stop(self, step: int, loss: float, lr: float, why: str):
         raise DivergenceError(
-            f"Training diverged at step {step}: the largest subnet's cross-entropy {loss:.4g} "
+            f"Training diverged at step {step}: {self.subject} cross-entropy {loss:.4g} "
             f"{why}, at lr {lr:.4g} in use"
             + (f" ({self.lr_hint})" if self.lr_hint else "")
             + ". Try a lower --lr (or set --lr_batch_size to the batch it was tuned for) or a "

@@ -1,5 +1,7 @@
 """The PSS run driver: builds the supernet, samplers and trainer, fits epoch
 by epoch with resumable checkpoints, then retains the best subnet per target.
+A run with ``TrainConfig.subnet`` trains that one subnet alone
+(`pss_keras.training.subnet_trainer`) through the same steps and retains it.
 
 The pieces: `pss_keras.training.preflight` (what is checked and built
 before the first step), `pss_keras.training.trainer` (the sandwich step),
@@ -33,7 +35,8 @@ from pss_keras.training import distribution, preflight, run_plan, sampling
 from pss_keras.training.checkpoints import Checkpointer
 from pss_keras.training.fitting import fit_epochs
 from pss_keras.training.loop import check_workers_agree
-from pss_keras.training.selection import retain_subnets
+from pss_keras.training.selection import retain_single, retain_subnets
+from pss_keras.training.subnet_trainer import FixedSubnet, SubnetTrainer
 from pss_keras.training.trainer import PSSTrainer, build_optimizer
 from pss_keras.utils.fileio import (
     atomic_file,
@@ -81,13 +84,18 @@ def evaluate_job(
     )
     supernet = build_supernet(config, pipelines.num_classes)
     tables = preflight.load_latency_tables(config, supernet.space, job_dir=job_dir)
-    sampler = preflight.build_samplers(config, supernet.space, tables)
+    sampler = _host_state(config, supernet.space, tables)
     checkpointer = Checkpointer(os.path.join(job_dir, jobs.CHECKPOINTS), supernet, None, sampler)
     checkpoint = checkpoint or checkpointer.latest_usable()
     if not checkpoint or not os.path.isdir(checkpoint):
         raise ValueError(f"No checkpoint found in {job_dir}/checkpoints (or at {checkpoint}).")
     checkpointer.restore(checkpoint)
     with pipelines.bad_image_errors():
+        if config.subnet is not None:  # one subnet trained alone: its one tier again
+            return retain_single(
+                supernet, config.subnet, config.subnet_name, pipelines, job_dir, tables,
+                calib_batches or config.calib_batches,
+            )  # fmt: skip
         return retain_subnets(
             supernet,
             sampler,
@@ -99,6 +107,15 @@ def evaluate_job(
             selection=selection or config.selection,
             bounds=config.retain_bounds if bounds is None else bounds,
         )
+
+
+def _host_state(config: TrainConfig, space, tables: dict):
+    """What the run keeps on the host and checkpoints beside the weights:
+    the prioritized sampler (maps and empty pools) of a PSS run, or the one
+    subnet of a run that trains it alone (`FixedSubnet`)."""
+    if config.subnet is not None:
+        return FixedSubnet(config.subnet)
+    return preflight.build_samplers(config, space, tables)
 
 
 def _seed_run(seed: int) -> None:
@@ -144,7 +161,9 @@ def train(config: TrainConfig) -> dict:
         config=config,
         strategy=distribution.strategy_name(strategy),
         replicas=strategy.num_replicas_in_sync,
-        maps=tuple(
+        maps=()
+        if config.subnet is not None  # one subnet trained alone: no maps, no pools
+        else tuple(
             run_plan.MapReport.of(c, run_plan.map_source(m, tables), config.num_map_samples)
             for m, c in run.sampler.samplers.items()
         ),
@@ -165,7 +184,7 @@ def train(config: TrainConfig) -> dict:
         json.dumps(run.sampler.state_dict(), sort_keys=True).encode()
     ).hexdigest()[:16]
     logging.info("Final sampler state digest %s (equal on every worker).", state_digest)
-    retained = _finish(config, run, pipelines) if chief else None
+    retained = _finish(config, run, pipelines, tables) if chief else None
     return {
         "job_dir": config.job_dir,
         "epochs": config.epochs,
@@ -212,8 +231,8 @@ class _Run:
     and where training starts (``initial_epoch``, ``initial_step``)."""
 
     supernet: Supernet
-    sampler: sampling.PrioritizedSampler
-    trainer: PSSTrainer
+    sampler: sampling.PrioritizedSampler | FixedSubnet
+    trainer: PSSTrainer | SubnetTrainer
     checkpointer: Checkpointer
     map_seconds: float
     initial_epoch: int = 0
@@ -227,9 +246,12 @@ def _build_run(config: TrainConfig, strategy, pipelines, tables: dict, chief: bo
     with strategy.scope(), precision_scope(config.mixed_precision):
         supernet = build_supernet(config, pipelines.num_classes)
         map_start = time.perf_counter()
-        sampler = preflight.build_samplers(config, supernet.space, tables)
+        sampler = _host_state(config, supernet.space, tables)
         map_seconds = time.perf_counter() - map_start
-        trainer = PSSTrainer(supernet, weight_decay=config.weight_decay)
+        if config.subnet is not None:
+            trainer = SubnetTrainer(supernet, config.subnet, weight_decay=config.weight_decay)
+        else:
+            trainer = PSSTrainer(supernet, weight_decay=config.weight_decay)
         # mixed_float16: compile wraps the optimizer in a LossScaleOptimizer.
         trainer.compile(
             optimizer=build_optimizer(config, pipelines.steps_per_epoch), jit_compile=False
@@ -297,10 +319,16 @@ def _start_weights(
     return latest or "", weights
 
 
-def _finish(config: TrainConfig, run: _Run, pipelines) -> list[dict]:
-    """The chief's end of a run: the weights file, then one tier per target."""
+def _finish(config: TrainConfig, run: _Run, pipelines, tables: dict) -> list[dict]:
+    """The chief's end of a run: the weights file, then one tier per target
+    (or the one subnet trained alone)."""
     _save_weights(run.supernet, config.job_dir)
     with pipelines.bad_image_errors():
+        if config.subnet is not None:
+            return retain_single(
+                run.supernet, config.subnet, config.subnet_name, pipelines, config.job_dir,
+                tables, config.calib_batches,
+            )  # fmt: skip
         return retain_subnets(
             run.supernet,
             run.sampler,

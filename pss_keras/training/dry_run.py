@@ -58,17 +58,19 @@ def dry_run(config: TrainConfig) -> tuple[run_plan.RunPlan, str]:
     # The run's own space: the classifier's FLOPs depend on the class count.
     classes = len(data.class_names) if data is not None else run_plan.ASSUMED_CLASSES
     space = specs.SearchSpace(**config.space_kwargs(classes))
-    conditionals = preflight.build_maps(config, space, tables, log=False)
-    maps = tuple(
-        run_plan.MapReport.of(
-            c, run_plan.map_source(c.grid.metric_type, tables), config.num_map_samples
+    maps = ()
+    if config.subnet is None:  # one subnet trained alone: no maps, no pools
+        conditionals = preflight.build_maps(config, space, tables, log=False)
+        maps = tuple(
+            run_plan.MapReport.of(
+                c, run_plan.map_source(c.grid.metric_type, tables), config.num_map_samples
+            )
+            for c in conditionals
         )
-        for c in conditionals
-    )
-    try:
-        preflight.prioritized_sampler(config, conditionals)
-    except ValueError as e:
-        problem = problem or str(e)
+        try:
+            preflight.prioritized_sampler(config, conditionals)
+        except ValueError as e:
+            problem = problem or str(e)
     resume = run_plan.resume_state(config.job_dir)
     plan = run_plan.RunPlan(
         config=config,

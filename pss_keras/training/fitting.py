@@ -15,6 +15,7 @@ from pss_keras.jobs import directory as jobs
 from pss_keras.training import distribution
 from pss_keras.training.callbacks import (
     ContinuedTensorBoard,
+    EpochCheckpoint,
     EpochTimeEstimate,
     PSSCallback,
     ValidationCallback,
@@ -22,6 +23,7 @@ from pss_keras.training.callbacks import (
 from pss_keras.training.divergence import DivergenceGuard
 from pss_keras.training.loop import fit_distributed
 from pss_keras.training.preemption import StepCheckpoint
+from pss_keras.training.subnet_trainer import SCORE
 
 
 def fit_epochs(
@@ -36,7 +38,8 @@ def fit_epochs(
     The dataset is the epochs' batches back to back (each epoch seeded by
     its number, so a resume sees the same batches), so the step counter of
     the progress bar and TensorBoard runs on across epochs, and across a
-    resume. PSSCallback checkpoints at every epoch end, `StepCheckpoint`
+    resume. PSSCallback (one subnet trained alone, ``config.subnet``:
+    `EpochCheckpoint`) checkpoints at every epoch end, `StepCheckpoint`
     inside epochs (``checkpoint_every_steps``, and on SIGTERM / SIGINT,
     then raises `TrainingInterrupted`); ``checkpointer`` is None on workers
     other than the chief, which also write no logs.
@@ -91,22 +94,21 @@ def _callbacks(config, strategy, trainer, sampler, checkpointer, pipelines, firs
     chief = checkpointer is not None
     spe = pipelines.steps_per_epoch
     first_step = first * spe + skip  # global steps done before this fit
+    single = config.subnet is not None  # one subnet trained alone: no sampler, no pools
     guard = DivergenceGuard(
         trainer.supernet.space.num_classes,
         first_step=first_step,
         steps_per_epoch=spe,
         lr_hint=f"--lr {config.describe_lr()}",
+        **(dict(score_key=SCORE, subject="the subnet's") if single else {}),
     )
+    pss_log_dir = os.path.join(log_dir, "pss") if chief else None
     callbacks = [
         EpochTimeEstimate(spe, (config.epochs - first) * spe - skip),
-        guard,  # before PSSCallback: a diverged step raises before anything checkpoints it
-        PSSCallback(
-            trainer,
-            sampler,
-            checkpointer,
-            os.path.join(log_dir, "pss") if chief else None,
-            guard=guard,
-        ),  # fmt: skip
+        guard,  # before the checkpoints: a diverged step raises before anything checkpoints it
+        EpochCheckpoint(checkpointer, guard)
+        if single
+        else PSSCallback(trainer, sampler, checkpointer, pss_log_dir, guard=guard),
     ]
     if chief and config.validate_every:
         callbacks.append(
@@ -116,6 +118,7 @@ def _callbacks(config, strategy, trainer, sampler, checkpointer, pipelines, firs
                 config.validate_every,
                 config.epochs,
                 config.calib_batches,
+                subnets={"subnet": config.subnet} if single else None,
             )
         )
     if chief:

@@ -45,9 +45,9 @@ class StepCheckpoint(keras.callbacks.Callback):
     while the first is handled gets the default behaviour (exit at once).
     Handlers are installed for the fit only, and only in the main thread.
 
-    Must come after `PSSCallback` (whose step report goes into the pools)
-    and is given the run's `DivergenceGuard`: while it suspects the run, no
-    checkpoint is written.
+    Must come after `PSSCallback` (whose step report goes into the pools;
+    one subnet trained alone: `EpochCheckpoint`) and is given the run's
+    `DivergenceGuard`: while it suspects the run, no checkpoint is written.
 
     Args:
         checkpointer: the run's `Checkpointer`.
@@ -139,9 +139,8 @@ class StepCheckpoint(keras.callbacks.Callback):
     def _save(self, epoch: int, step: int) -> str | None:
         if self.guard is not None and self.guard.suspect_since is not None:
             logging.warning(
-                "No checkpoint at epoch %d step %d: the largest subnet's loss has been above "
-                "%.3g since step %d.",
-                epoch, step, self.guard.limit, self.guard.suspect_since,
+                "No checkpoint at epoch %d step %d: %s loss has been above %.3g since step %d.",
+                epoch, step, self.guard.subject, self.guard.limit, self.guard.suspect_since,
             )  # fmt: skip
             return None
         return self.checkpointer.save(epoch, step)

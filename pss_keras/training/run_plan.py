@@ -280,6 +280,8 @@ class RunPlan:
             + ("" if (c.padding, c.bn_epsilon) == ("same", 1e-3) else
                f"; {c.padding} padding, BN epsilon {c.bn_epsilon:g}")
         )  # fmt: skip
+        if c.subnet is not None:
+            lines.append(f"subnet        {describe_subnet(c, classes)}")
         for report in self.maps:
             lines.append(
                 f"targets       {report.summary()}; map of {report.num_samples:,} subnets "
@@ -318,8 +320,27 @@ class RunPlan:
                 if values or status in (REACHED, NOT_REACHED):
                     text = format_values(values, report.unit, report.step)
                     lines.append(f"  {status + ':':<22}{text}")
-        lines.append(f"map time {self.map_seconds:.2f} s in all")
+        if self.maps:
+            lines.append(f"map time {self.map_seconds:.2f} s in all")
         return lines
+
+
+def describe_subnet(config: TrainConfig, num_classes: int) -> str:
+    """The header's line of a run that trains one subnet alone: ``one subnet
+    alone: <config>, <MFLOPs>, from scratch`` (or ``from <job> tier <name>``,
+    ``from <init_from>``); plain cross-entropy, no pools."""
+    subnet = config.subnet
+    mflops = count_mflops(subnet, num_classes, config.width_scale)
+    if not config.init_from:
+        start = "from scratch"
+    elif config.subnet_name:
+        start = f"from {config.init_from} tier {config.subnet_name}"
+    else:
+        start = f"from {config.init_from}"
+    return (
+        f"one subnet alone: {subnet.name}, {mflops:,.2f} MFLOPs, {start}; plain cross-entropy, "
+        "no pools"
+    )
 
 
 def describe_class_counts(counts: dict, listed: int = 12) -> str:

@@ -4,7 +4,8 @@ For each target's pool, the top-k subnets by pool score are calibrated
 (post-BN calibration on training batches) and evaluated on minival and on
 the validation split; the best on minival (or, with ``val_best_of_topk``,
 on validation) is retained and recorded in the job directory
-(`pss_keras.jobs.directory`).
+(`pss_keras.jobs.directory`). A run that trained one subnet alone retains
+that one, calibrated and evaluated the same way (`retain_single`).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def retain_subnets(
                 metric_type,
                 grid.value(k),
                 "minival" if selection == "minival" else "validation",
-                sampler,
+                _predicted_us(sampler, best["config"]),
                 space,
                 job_dir,
             )
@@ -115,17 +116,65 @@ def _with_bounds(retained, sampler, space, job_dir, evaluate) -> list:
         else:
             target = _predicted_us(sampler, config)[metric_type]
         tier = _retained_tier(
-            name, row, [row], metric_type, target, "sandwich", sampler, space, job_dir
-        )
+            name, row, [row], metric_type, target, "sandwich",
+            _predicted_us(sampler, config), space, job_dir,
+        )  # fmt: skip
         out = [tier, *out] if name == "smallest" else [*out, tier]
     return out
 
 
+def retain_single(
+    supernet: Supernet,
+    config: specs.SubnetConfig,
+    name: str,
+    pipelines: data_lib.Pipelines,
+    job_dir: str,
+    tables: dict,
+    calib_batches: int = 8,
+) -> list[dict]:
+    """The one tier of a run that trained ``config`` alone: calibrated on
+    ``calib_batches`` training batches and evaluated on minival and
+    validation as every retained tier is, recorded with
+    ``selected_on="single"`` (``metric_type`` ``flops``, ``target`` its own
+    MFLOPs, no pool score).
+
+    Args:
+        name: the tier's name ("" : by its MFLOPs, `single_tier_name`).
+        tables: the run's latency tables ``{metric_type: table}``, for the
+            tier's predicted latencies.
+
+    Returns:
+        The one-record list written to ``retained_subnets.json``.
+    """
+    space = supernet.space
+    evaluator = SubnetEvaluator(supernet)
+    row = _evaluate_candidate(
+        evaluator, config, None, pipelines, pipelines.calibration(calib_batches), calib_batches
+    )
+    mflops = flops.count_mflops(config, space.num_classes, space.width_scale)
+    arrays = specs.configs_to_arrays([config])
+    predicted = {
+        metric_type: round(float(table.metric_fn()(space, *arrays)[0]), 3)
+        for metric_type, table in sorted(tables.items())
+    }
+    tier = _retained_tier(
+        name or single_tier_name(mflops), row, [row], "flops", round(mflops, 3), "single",
+        predicted, space, job_dir,
+    )  # fmt: skip
+    return jobs.write_retained(job_dir, [tier])
+
+
+def single_tier_name(mflops: float) -> str:
+    """A tier named by its MFLOPs: ``flops_12p34m`` (two decimals at most)."""
+    return "flops_" + f"{round(mflops, 2):g}".replace(".", "p") + "m"
+
+
 def _retained_tier(
-    name, best, rows, metric_type, target, selected_on, sampler, space, job_dir
+    name, best, rows, metric_type, target, selected_on, predicted_us, space, job_dir
 ) -> tiers_lib.RetainedTier:
     """The tier record of ``best`` (one of the evaluated ``rows``), its
-    statistics saved under ``name``."""
+    statistics saved under ``name``; ``predicted_us``: its latency under
+    each of the run's tables."""
     config = best["config"]
     return tiers_lib.RetainedTier(
         name=name,
@@ -140,7 +189,7 @@ def _retained_tier(
         pool_score=best["pool_score"],
         bn_stats=jobs.save_bn_stats(job_dir, name, best["stats"]),
         selected_on=selected_on,
-        predicted_us=_predicted_us(sampler, config),
+        predicted_us=predicted_us,
         candidates=tuple(
             {key: value for key, value in row.items() if key != "stats"}
             | {"config": row["config"].to_dict()}

@@ -54,11 +54,7 @@ class PSSTrainer(keras.Model):
             name: keras.metrics.Mean(name=name)
             for name in ("loss_max", "loss_candidate", "loss_min")
         }
-        self._decayed = {
-            id(layer.kernel)
-            for layer in supernet.switchable_layers
-            if isinstance(layer, (layers.SwitchableConv2D, layers.SwitchableDense))
-        }
+        self._decayed = decayed_kernels(supernet)
         self.built = True
 
     def compile(self, *args, steps_per_execution=1, **kwargs):
@@ -101,12 +97,9 @@ class PSSTrainer(keras.Model):
             # finite) by its apply(). Otherwise the scale is 1.
             loss = self.optimizer.scale_loss(loss)
         grads = tape.gradient(loss, variables)
-        if self.weight_decay:
-            decay = self.weight_decay / replicas
-            scale = getattr(self.optimizer, "dynamic_scale", None)
-            if scale is not None:  # the decay term is scaled like the loss's gradients
-                decay = decay * tf.cast(scale, tf.float32)
-            grads = [g + decay * v if self.decayed(v) else g for g, v in zip(grads, variables)]
+        grads = with_weight_decay(
+            self.optimizer, grads, variables, self._decayed, self.weight_decay, replicas
+        )
         # The rate this step's update uses (read before apply() advances the
         # step counter the schedule is evaluated at).
         lr = tf.convert_to_tensor(self.optimizer.learning_rate)
@@ -139,6 +132,30 @@ class PSSTrainer(keras.Model):
             "smallest_score": scores[2],
             "lr": lr,
         }
+
+
+def decayed_kernels(supernet: Supernet) -> set[int]:
+    """The ``id`` of every variable that gets weight decay: the kernels of
+    the conv and dense layers (not depthwise kernels, biases or BN)."""
+    return {
+        id(layer.kernel)
+        for layer in supernet.switchable_layers
+        if isinstance(layer, (layers.SwitchableConv2D, layers.SwitchableDense))
+    }
+
+
+def with_weight_decay(optimizer, grads, variables, decayed: set, weight_decay: float, replicas):
+    """``grads`` plus the L2 term ``weight_decay * v`` of every variable in
+    ``decayed`` (`decayed_kernels`), as PyTorch's SGD adds it, divided by
+    the replicas (their gradients are summed) and, under a loss-scaling
+    optimizer (mixed_float16), scaled like the loss's gradients."""
+    if not weight_decay:
+        return grads
+    decay = weight_decay / replicas
+    scale = getattr(optimizer, "dynamic_scale", None)
+    if scale is not None:  # the decay term is scaled like the loss's gradients
+        decay = decay * tf.cast(scale, tf.float32)
+    return [g + decay * v if id(v) in decayed else g for g, v in zip(grads, variables)]
 
 
 def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
