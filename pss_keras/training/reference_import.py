@@ -49,6 +49,7 @@ from pss_keras.supernet import specs
 from pss_keras.training import preflight, reference_tiers
 from pss_keras.training.checkpoints import Checkpointer
 from pss_keras.training.evaluation import SubnetEvaluator
+from pss_keras.utils.fileio import current_umask
 
 LATENCY_TYPES = tuple(m for m in METRIC_TYPES if m != "flops")
 # How a job says it was imported (weights_origin.json); a re-import replaces only such a job.
@@ -194,12 +195,6 @@ def _write_checkpoint(staging, config, supernet, tables, pools, grids, last_epoc
     checkpointer.save(epoch=min(int(last_epoch) + 1, config.epochs))
 
 
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
 def _install(staging: str, job_dir: str) -> None:
     """Moves the assembled job into place (an earlier import there is replaced)."""
     old = None
@@ -278,7 +273,7 @@ def import_reference(
     parent = os.path.dirname(os.path.abspath(job_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(job_dir)}-importing-", dir=parent)
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 is not a job's
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 is not a job's
     try:
         retained = _assemble(
             staging, config, supernet, planned, calibration, validation, tables, data, progress

@@ -186,11 +186,16 @@ def fsync_tree(path: str) -> None:
         fsync_dir(root)
 
 
-def _default_mode() -> int:
-    """The permissions ``open()`` would give a new file (mkstemp gives 0600)."""
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_mode() -> int:
+    """The permissions ``open()`` would give a new file (mkstemp gives 0600)."""
+    return 0o666 & ~current_umask()
 
 
 @contextlib.contextmanager
