@@ -19,11 +19,8 @@ unpacked once under --data_cache); any image folder or TFDS name works.
 """
 
 import dataclasses
-import json
 import os
 import sys
-import tarfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
@@ -59,18 +56,9 @@ ARMS = {"pss": {}, "uniform": {"p_space": (1.0, 1.0)}}
 
 
 def _dataset() -> str:
-    if F.dataset:
-        return F.dataset
-    folder = os.path.join(F.data_cache, "imagenette2")
-    if not os.path.isdir(os.path.join(folder, "val")):
-        if not os.path.exists(F.imagenette_tar):
-            raise ValueError(
-                f"No --dataset given and {F.imagenette_tar} is missing; pass --dataset=FOLDER."
-            )
-        logging.info("Unpacking %s to %s", F.imagenette_tar, F.data_cache)
-        with tarfile.open(F.imagenette_tar) as tar:
-            tar.extractall(F.data_cache, filter="data")
-    return folder
+    from pss_keras.benchmarking.standalone_study import imagenette_folder
+
+    return F.dataset or imagenette_folder(F.imagenette_tar, F.data_cache)
 
 
 def _base_config(dataset: str):
@@ -105,25 +93,12 @@ def _base_config(dataset: str):
 
 def _run_arm(base, arm: str) -> dict:
     """Trains (or resumes, or reuses) one arm; returns its result record."""
-    from pss_keras.jobs import directory as jobs
-    from pss_keras.training import driver as training
+    from pss_keras.benchmarking.standalone_study import train_timed
 
     job_dir = os.path.join(F.job_root, arm)
     config = dataclasses.replace(base, job_dir=job_dir, **ARMS[arm])
-    clock = os.path.join(job_dir, "study_seconds.json")
-    spent = 0.0
-    if os.path.exists(clock):
-        with open(clock) as f:
-            spent = json.load(f)["seconds"]
-    if not os.path.exists(os.path.join(job_dir, jobs.RETAINED)):
-        logging.info("Arm %s: training into %s", arm, job_dir)
-        start = time.perf_counter()
-        training.train(config)
-        spent += time.perf_counter() - start
-        from pss_keras.utils.fileio import atomic_write_json
-
-        atomic_write_json(clock, {"seconds": spent})
-    tiers = jobs.read_retained(job_dir)
+    logging.info("Arm %s: %s", arm, job_dir)
+    tiers, spent = train_timed(config)
     return {
         "job_dir": job_dir,
         "p_space": list(config.p_space),
