@@ -144,6 +144,11 @@ flags.DEFINE_string(
     "resolution and one width multiplier per stage, or one for all; from scratch unless "
     "--init_from). The job retains that one tier.",
 )  # fmt: skip
+flags.DEFINE_bool(
+    "distill_from_largest", False,
+    "With --subnet and --init_from=JOB: train the subnet on the KL divergence from JOB's "
+    "largest subnet (frozen; one more forward pass a step) instead of the labels.",
+)  # fmt: skip
 flags.DEFINE_integer("tensorboard_update_freq", 50, "Steps between TensorBoard step scalars.")
 flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (0, 1 or 2).")
 flags.DEFINE_bool(
@@ -232,6 +237,7 @@ def _config():
         selection=F.selection,
         retain_bounds=F.retain_bounds,
         validate_every=F.validate_every,
+        distill_from_largest=F.distill_from_largest,
     )
     return with_subnet(config, F.subnet) if F.subnet is not None else config
 

@@ -225,3 +225,21 @@ def test_a_run_config_without_subnet_is_a_pss_run(tmp_path):
     assert today.resume_conflicts(saved) == []
     subnet = SubnetConfig("mobilenet_v1", 24, (0.8,) * 14)
     assert _config(tmp_path, subnet=subnet).resume_conflicts(saved) == ["subnet"]
+
+
+def test_distill_from_largest_needs_a_subnet_and_a_job(tmp_path):
+    from pss_keras.supernet.specs import SubnetConfig
+
+    subnet = SubnetConfig("mobilenet_v1", 24, (0.8,) * 14)
+    for settings in ({}, {"subnet": subnet}, {"init_from": "jobs/a"}):
+        with pytest.raises(ValueError, match="distils one subnet .* give both"):
+            _config(tmp_path, distill_from_largest=True, **settings).validate()
+    config = _config(tmp_path, subnet=subnet, init_from="jobs/a", distill_from_largest=True)
+    config.validate()
+    saved = json.loads(json.dumps(config.to_dict()))
+    # Another loss on resume is refused; a run_config.json from before the
+    # setting existed reads as plain cross-entropy.
+    plain = dataclasses.replace(config, distill_from_largest=False)
+    assert plain.resume_conflicts(saved) == ["distill_from_largest"]
+    del saved["distill_from_largest"]
+    assert plain.resume_conflicts(saved) == [] and TrainConfig.from_dict(saved) == plain

@@ -314,6 +314,39 @@ def test_a_tier_of_a_job_fine_tuned_alone(trained_job, tiny_image_folder, tmp_pa
     assert partial  # some layer of the subnet is narrower than the supernet's
 
 
+@pytest.mark.heavy
+def test_a_tier_distilled_from_the_jobs_largest_subnet(
+    trained_job, tiny_image_folder, tmp_path, caplog
+):
+    source, summary = trained_job
+    name = summary["retained"][0]["name"]
+    config = tiny_train_config(
+        tmp_path / "job", tiny_image_folder, epochs=1, init_from=source.job_dir,
+        distill_from_largest=True,
+    )  # fmt: skip
+    config = jobs.with_subnet(config, name)
+    with caplog.at_level(logging.INFO):
+        (tier,) = training.train(config)["retained"]
+    assert _messages(caplog, "subnet  ")[0].endswith(
+        f"tier {name}; distilled from the largest subnet of {source.job_dir} (KL divergence), "
+        "no pools"
+    )
+    assert _messages(caplog, "Teacher: the largest subnet of the supernet of job")
+    assert tier["name"] == name and tier["selected_on"] == "single"
+    # A distilling run needs its teacher's job and class count.
+    with pytest.raises(ValueError, match="classifies 3 classes and this run's data"):
+        training.train(dataclasses.replace(config, job_dir=str(tmp_path / "j2"),
+                                           init_from=str(_three_class_job(tmp_path))))  # fmt: skip
+
+
+def _three_class_job(tmp_path):
+    job = tmp_path / "three"
+    job.mkdir()
+    (job / jobs.WEIGHTS).write_bytes(b"")
+    (job / jobs.CLASSES).write_text('["a", "b", "c"]')
+    return job
+
+
 # --- at_chance ---------------------------------------------------------------------------------
 
 

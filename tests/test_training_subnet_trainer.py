@@ -8,8 +8,9 @@ import tensorflow as tf
 
 from pss_keras.supernet.model import Supernet
 from pss_keras.supernet.specs import SubnetConfig
-from pss_keras.training.subnet_trainer import SCORE, FixedSubnet, SubnetTrainer
+from pss_keras.training.subnet_trainer import SCORE, FixedSubnet, SubnetTrainer, build_teacher
 from pss_keras.training.trainer import PSSTrainer
+from pss_keras.utils import losses
 
 
 def _net():
@@ -99,3 +100,48 @@ def test_float16_scales_the_loss_and_keeps_float32_state(rng):
     assert np.isfinite(logs["loss"]) and logs[SCORE] == pytest.approx(-logs["loss"], rel=1e-6)
     assert {v.dtype for v in net.weights} == {"float32", "int32"}
     assert trainer(x[:2]).dtype == tf.float32
+
+
+def test_distillation_follows_the_frozen_largest_subnet(rng):
+    net, teacher = _net(), _net()
+    x = rng.normal(size=(16, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, 16).astype("int32")
+    for w in teacher.trainable_weights:  # a teacher unlike the student
+        w.assign(w + rng.normal(scale=0.05, size=w.shape).astype("float32"))
+    largest = teacher.space.encode(teacher.space.largest())
+    soft = tf.nn.softmax(teacher(x, training=True, subnet=largest))
+    expected = losses.kl_divergence(soft, net(x, training=True, subnet=net.space.encode(SUBNET)))
+    frozen = {w.path: w.numpy() for w in teacher.weights}
+    trainer = SubnetTrainer(net, SUBNET, weight_decay=0.0, teacher=teacher)
+    assert not teacher.trainable and {v.path for v in trainer.trainable_variables} == {
+        v.path for v in net.trainable_variables
+    }
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=False)
+    trainer.optimizer.build(trainer.trainable_variables)
+    seen = []
+    for _ in range(15):
+        logs = trainer.train_on_batch(x, y, return_dict=True)
+        seen.append(-logs[SCORE])
+        trainer.reset_metrics()
+    # The first step's loss is the KL divergence from the teacher's largest
+    # subnet (batch statistics), not the cross-entropy with the labels.
+    assert seen[0] == pytest.approx(float(expected), rel=1e-5)
+    assert seen[-1] < 0.5 * seen[0], seen
+    for w in teacher.weights:
+        np.testing.assert_array_equal(w.numpy(), frozen[w.path], err_msg=w.path)
+
+
+def test_a_teacher_of_another_class_count_is_refused():
+    other = Supernet("mobilenet_v1", num_classes=5, width_scale=0.25, resolution_range=(16, 32))
+    with pytest.raises(ValueError, match="The teacher has 5 classes and the subnet 10"):
+        SubnetTrainer(_net(), SUBNET, teacher=other)
+
+
+def test_build_teacher_refuses_what_is_no_matching_job(tmp_path):
+    kwargs = {"model_name": "mobilenet_v1", "num_classes": 10, "width_scale": 0.25}
+    with pytest.raises(ValueError, match=r"--init_from=.*no finished job \(it needs supernet"):
+        build_teacher(kwargs, str(tmp_path))
+    (tmp_path / "supernet.weights.h5").write_bytes(b"")
+    (tmp_path / "classes.json").write_text('["a", "b", "c"]')
+    with pytest.raises(ValueError, match="classifies 3 classes and this run's data 10"):
+        build_teacher(kwargs, str(tmp_path))

@@ -1,6 +1,7 @@
 """The contract every stage shares: a run's settings and the job directory.
 
     config      TrainConfig, DataConfig: a run's settings (run_config.json)
+    resume      what may change when a run resumes (`conflicts`)
     targets     MetricTargets: the per-metric target lists of a command line
     directory   the job directory's layout, its files read and written (`Job`)
     tiers       tier records: retained (`RetainedTier`) and served (`ServedTier`)

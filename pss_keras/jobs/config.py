@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 
 from pss_keras.supernet import blocks, specs
 
@@ -108,10 +107,11 @@ class TrainConfig:
     ``checkpoint_every_steps`` adds checkpoints inside epochs (0: at epoch
     ends and on SIGTERM / SIGINT only).
 
-    ``subnet`` trains that one subnet alone (plain cross-entropy; the pool,
-    target and selection settings are unused) and retains it as one tier
-    named ``subnet_name`` ("": by its MFLOPs); None (also an older
-    run_config.json) is a PSS run.
+    ``subnet`` trains that one subnet alone (plain cross-entropy, or with
+    ``distill_from_largest`` the KL divergence from the ``init_from`` job's
+    largest subnet, frozen; the pool, target and selection settings are
+    unused) and retains it as one tier named ``subnet_name`` ("": by its
+    MFLOPs); None (also an older run_config.json) is a PSS run.
     """
 
     job_dir: str
@@ -155,6 +155,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     subnet: specs.SubnetConfig | None = None
     subnet_name: str = ""
+    distill_from_largest: bool = False
 
     @property
     def lr_in_use(self) -> float:
@@ -218,6 +219,11 @@ class TrainConfig:
             except ValueError as e:
                 what = self.subnet_name or self.subnet.name
                 raise ValueError(f"The subnet {what} is not in this run's space: {e}") from None
+        if self.distill_from_largest and (self.subnet is None or not self.init_from):
+            raise ValueError(
+                "distill_from_largest distils one subnet (--subnet) from the largest subnet of "
+                "the --init_from job: give both."
+            )
         if self.data.image_size != self.resolution_range[1]:
             raise ValueError(
                 f"image_size={self.data.image_size} must equal the largest resolution "
@@ -335,64 +341,11 @@ class TrainConfig:
         )
 
     def resume_conflicts(self, saved: dict) -> list[str]:
-        """Settings that differ from a saved run's ``to_dict()``.
+        """Settings that differ from a saved run's ``to_dict()``, as a
+        resume sees them (`pss_keras.jobs.resume.conflicts`)."""
+        from pss_keras.jobs import resume
 
-        What may change between a run and its resume is ignored: the epoch
-        count, logging, checkpoint retention, and where the data and the job
-        live (a new disk, another machine).
-        """
-        current = json_round_trip(self.to_dict())
-        ignore = {
-            "epochs", "verbose", "tensorboard_update_freq", "keep_checkpoints", "job_dir",
-            "strategy", "selection", "retain_bounds", "validate_every", "checkpoint_every_steps",
-            # A resume never re-imports: its checkpoint holds the weights.
-            "init_from",
-            "subnet_name",  # names the one tier (the subnet itself is compared)
-            # Tables may move; the job keeps a copy and compares contents.
-            "lut_paths",
-            # Compared as the rates in use (below): the same rate may be
-            # spelled with or without the batch rule.
-            "lr", "lr_batch_size", "warmup_epochs", *DERIVED,
-        }  # fmt: skip
-        # A setting added after the saved run was written had its default then.
-        defaults = {
-            f.name: f.default
-            for f in dataclasses.fields(self)
-            if f.default is not dataclasses.MISSING
-        }
-        saved_raw = saved
-        saved = {**json_round_trip(defaults), **saved}
-        changed = sorted(
-            k for k in current if k not in ignore | {"data"} and saved.get(k) != current[k]
-        )
-        # bad_images only decides what a damaged file does: with none, fail
-        # and skip read the same batches, and a run stopped by one may go
-        # on with --bad_images=skip.
-        saved_data = {
-            **json_round_trip(dataclasses.asdict(DataConfig(dataset=self.data.dataset))),
-            **saved.get("data", {}),
-        }
-        data_changed = sorted(
-            k
-            for k in current["data"]
-            if k not in ("data_dir", "manual_dir", "bad_images")
-            and saved_data.get(k) != current["data"][k]
-        )
-        fields = {f.name for f in dataclasses.fields(self)}
-        before = TrainConfig.from_dict(
-            {k: v for k, v in saved.items() if k in fields and k != "job_dir"}
-            | {"job_dir": self.job_dir}
-        )
-        if not math.isclose(before.lr_in_use, self.lr_in_use, rel_tol=1e-9, abs_tol=1e-12):
-            hint = ""
-            if "lr_batch_size" not in saved_raw and self.lr_batch_size:
-                hint = " (this job predates --lr_batch_size: pass --lr_batch_size=0)"
-            changed.append(f"lr in use {before.lr_in_use:.6g} -> {self.lr_in_use:.6g}{hint}")
-        # The automatic warm-up follows --epochs, which a resume may change.
-        auto = before.warmup_epochs is None and self.warmup_epochs is None
-        if not auto and not math.isclose(before.warmup_in_use, self.warmup_in_use, abs_tol=1e-12):
-            changed.append(f"warm-up epochs {before.warmup_in_use:g} -> {self.warmup_in_use:g}")
-        return changed + data_changed
+        return resume.conflicts(self, saved)
 
 
 def json_round_trip(value):

@@ -36,7 +36,7 @@ from pss_keras.training.checkpoints import Checkpointer
 from pss_keras.training.fitting import fit_epochs
 from pss_keras.training.loop import check_workers_agree
 from pss_keras.training.selection import retain_single, retain_subnets
-from pss_keras.training.subnet_trainer import FixedSubnet, SubnetTrainer
+from pss_keras.training.subnet_trainer import FixedSubnet, SubnetTrainer, build_teacher
 from pss_keras.training.trainer import PSSTrainer, build_optimizer
 from pss_keras.utils.fileio import (
     atomic_file,
@@ -249,7 +249,11 @@ def _build_run(config: TrainConfig, strategy, pipelines, tables: dict, chief: bo
         sampler = _host_state(config, supernet.space, tables)
         map_seconds = time.perf_counter() - map_start
         if config.subnet is not None:
-            trainer = SubnetTrainer(supernet, config.subnet, weight_decay=config.weight_decay)
+            teacher = None
+            if config.distill_from_largest:  # read again on every start: not checkpointed
+                teacher = build_teacher(config.supernet_kwargs(supernet.space.num_classes),
+                                        config.init_from)  # fmt: skip
+            trainer = SubnetTrainer(supernet, config.subnet, config.weight_decay, teacher=teacher)
         else:
             trainer = PSSTrainer(supernet, weight_decay=config.weight_decay)
         # mixed_float16: compile wraps the optimizer in a LossScaleOptimizer.

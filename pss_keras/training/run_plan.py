@@ -328,7 +328,8 @@ class RunPlan:
 def describe_subnet(config: TrainConfig, num_classes: int) -> str:
     """The header's line of a run that trains one subnet alone: ``one subnet
     alone: <config>, <MFLOPs>, from scratch`` (or ``from <job> tier <name>``,
-    ``from <init_from>``); plain cross-entropy, no pools."""
+    ``from <init_from>``); plain cross-entropy (or distilled from the
+    largest subnet of <init_from>), no pools."""
     subnet = config.subnet
     mflops = count_mflops(subnet, num_classes, config.width_scale)
     if not config.init_from:
@@ -337,10 +338,10 @@ def describe_subnet(config: TrainConfig, num_classes: int) -> str:
         start = f"from {config.init_from} tier {config.subnet_name}"
     else:
         start = f"from {config.init_from}"
-    return (
-        f"one subnet alone: {subnet.name}, {mflops:,.2f} MFLOPs, {start}; plain cross-entropy, "
-        "no pools"
-    )
+    loss = "plain cross-entropy"
+    if config.distill_from_largest:
+        loss = f"distilled from the largest subnet of {config.init_from} (KL divergence)"
+    return f"one subnet alone: {subnet.name}, {mflops:,.2f} MFLOPs, {start}; {loss}, no pools"
 
 
 def describe_class_counts(counts: dict, listed: int = 12) -> str:
