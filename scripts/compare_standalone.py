@@ -172,6 +172,7 @@ def _run_seed(seed: int, dataset: str, record: dict, write) -> None:
 def main(argv):
     del argv
     from pss_keras.benchmarking import standalone_study as study
+    from pss_keras.training.preemption import TrainingInterrupted
     from pss_keras.utils import timing
 
     unknown = sorted(set(F.arms) - set(study.ARMS))
@@ -200,6 +201,9 @@ def main(argv):
             _run_seed(int(seed), dataset, record, write)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    except TrainingInterrupted as e:  # SIGTERM / Ctrl-C: the same command resumes
+        print(e, file=sys.stderr)
+        sys.exit(e.exit_status)
     print(study.format_summary(record["summary"]))
 
 

@@ -1,5 +1,7 @@
 """The one-supernet-or-N-models study: tier choice, equal compute, costs, summary."""
 
+import os
+
 import pytest
 
 from pss_keras.benchmarking import standalone_study as study
@@ -125,3 +127,38 @@ def test_imagenette_folder_unpacks_once(tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == ["imagenette2"]
     tar_path.unlink()  # the folder is reused, the tar not read again
     assert study.imagenette_folder(str(tar_path), str(cache)) == folder
+
+
+def test_train_timed_counts_interrupted_attempts_and_reuses_a_finished_job(tmp_path, monkeypatch):
+    import json
+    import time
+
+    from pss_keras.jobs import directory as jobs
+    from pss_keras.training import driver
+
+    config = TrainConfig(job_dir=str(tmp_path / "job"))
+    attempts = []
+
+    def interrupted(c):
+        os.makedirs(c.job_dir, exist_ok=True)
+        time.sleep(0.05)
+        attempts.append("stopped")
+        raise KeyboardInterrupt
+
+    def finishing(c):
+        time.sleep(0.05)
+        attempts.append("done")
+        with open(os.path.join(c.job_dir, jobs.RETAINED), "w") as f:
+            json.dump([{"name": "t", "mflops": 1.0}], f)
+
+    monkeypatch.setattr(driver, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        study.train_timed(config)
+    with open(tmp_path / "job" / "study_seconds.json") as f:
+        first = json.load(f)["seconds"]
+    assert first >= 0.05
+    monkeypatch.setattr(driver, "train", finishing)
+    tiers, spent = study.train_timed(config)
+    assert [t["name"] for t in tiers] == ["t"] and spent >= first + 0.05
+    tiers, again = study.train_timed(config)  # finished: not trained again
+    assert attempts == ["stopped", "done"] and again == spent

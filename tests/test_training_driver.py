@@ -27,17 +27,15 @@ from pss_keras.utils import fileio
 
 
 @pytest.mark.heavy
-def test_train_resumes_from_the_previous_checkpoint_when_the_latest_is_cut(
-    tiny_image_folder, tmp_path
-):
-    config = tiny_train_config(tmp_path / "job", tiny_image_folder, epochs=3)
-    training.train(config)
-    weights = tmp_path / "job" / "checkpoints" / "epoch-0003" / "supernet.weights.h5"
-    with open(weights, "r+b") as f:
+def test_train_resumes_from_the_previous_checkpoint_when_the_latest_is_cut(job_copy):
+    config, _ = job_copy  # the shared tiny run, 3 epochs done
+    checkpoints = os.path.join(config.job_dir, "checkpoints")
+    with open(os.path.join(checkpoints, "epoch-0003", "supernet.weights.h5"), "r+b") as f:
         f.truncate(1000)
     summary = training.train(dataclasses.replace(config, epochs=4))
     assert summary["resumed_from_epoch"] == 2 and summary["retained"]
-    assert (tmp_path / "job" / "checkpoints" / "latest").read_text().strip() == "epoch-0004"
+    with open(os.path.join(checkpoints, "latest")) as f:
+        assert f.read().strip() == "epoch-0004"
 
 
 def test_final_weights_that_would_not_fit_are_refused_before_hdf5_writes(job_copy, monkeypatch):
@@ -133,15 +131,12 @@ def test_evaluate_job_reproduces_the_selection(job_copy):
 
 
 @pytest.mark.heavy
-def test_resume_after_interruption_matches_uninterrupted(tiny_image_folder, tmp_path, monkeypatch):
-    straight = tiny_train_config(tmp_path / "straight", tiny_image_folder)
-    training.train(straight)
+def test_resume_after_interruption_matches_uninterrupted(trained_job, tmp_path, monkeypatch):
+    straight, straight_summary = trained_job  # the uninterrupted run: 3 epochs of 8 steps
     expected = Supernet.from_config(training.build_supernet(straight, 10).get_config())
     expected.load_weights(os.path.join(straight.job_dir, "supernet.weights.h5"))
 
-    interrupted = tiny_train_config(
-        tmp_path / "interrupted", tiny_image_folder, tensorboard_update_freq=1
-    )
+    interrupted = dataclasses.replace(straight, job_dir=str(tmp_path / "interrupted"))
     original = PSSCallback.on_epoch_end
 
     def crash_after_first(self, epoch, logs=None):
@@ -159,13 +154,12 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_image_folder, tmp_
     # TensorBoard's step axis goes on where the killed process stopped (the
     # crash may lose that process's last unflushed events, never a step).
     per_step = tensorboard_steps(os.path.join(interrupted.job_dir, "logs"))["batch_loss_max"]
-    assert len(per_step) == len(set(per_step)) and per_step[-8:] == list(range(9, 17)), per_step
+    assert len(per_step) == len(set(per_step)) and per_step[-8:] == list(range(17, 25)), per_step
     resumed = training.build_supernet(interrupted, 10)
     resumed.load_weights(os.path.join(interrupted.job_dir, "supernet.weights.h5"))
     for a, b in zip(expected.weights, resumed.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
-    with open(os.path.join(straight.job_dir, RETAINED)) as f:
-        straight_retained = json.load(f)
+    straight_retained = straight_summary["retained"]
     assert [e["config"] for e in summary["retained"]] == [e["config"] for e in straight_retained]
 
 

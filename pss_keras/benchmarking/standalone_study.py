@@ -142,8 +142,8 @@ def imagenette_folder(tar_path: str, cache_dir: str) -> str:
 def train_timed(config) -> tuple[list[dict], float]:
     """Trains ``config`` (a `pss_keras.jobs.config.TrainConfig`) unless its
     job already retained its tiers; resumes an interrupted run. The wall
-    time spent over every attempt is kept in the job's
-    ``study_seconds.json``.
+    time spent over every attempt, interrupted ones included, is kept in
+    the job's ``study_seconds.json``.
 
     Returns:
         The job's retained tiers and the seconds its training took.
@@ -163,9 +163,12 @@ def train_timed(config) -> tuple[list[dict], float]:
             spent = float(json.load(f)["seconds"])
     if not os.path.exists(os.path.join(config.job_dir, jobs.RETAINED)):
         start = time.perf_counter()
-        driver.train(config)
-        spent += time.perf_counter() - start
-        atomic_write_json(clock, {"seconds": spent})
+        try:
+            driver.train(config)
+        finally:  # an interrupted attempt's time counts too (the resume goes on from it)
+            spent += time.perf_counter() - start
+            if os.path.isdir(config.job_dir):
+                atomic_write_json(clock, {"seconds": spent})
     return jobs.read_retained(config.job_dir), spent
 
 
