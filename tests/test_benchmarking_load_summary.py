@@ -34,6 +34,8 @@ def test_summarize_per_phase_figures():
     assert p0["name"] == "p0" and p0["requests"] == 4 and p0["errors"] == 1
     assert p0["within_objective"] == 0.5  # the failed one is a miss, fast as it was
     assert p0["mean_top1"] == pytest.approx((0.5 + 0.8 + 0.8 + 0.0) / 4)  # failure: 0 credit
+    # Credited only within the objective, the late l (12 ms) counts as wrong.
+    assert p0["mean_top1_in_time"] == pytest.approx((0.5 + 0.0 + 0.8 + 0.0) / 4)
     assert p0["switches"] == 2  # s -> l, l -> l, l -> s
     assert p0["tiers"] == {"s": 2, "l": 2}
     lat0 = [5.0, 12.0, 8.0, 3.0]  # the failure's elapsed time included
@@ -45,18 +47,20 @@ def test_summarize_per_phase_figures():
     assert p1["requests"] == 3 and p1["errors"] == 0
     assert p1["within_objective"] == pytest.approx(2 / 3)  # 10.0 <= 10.0 is within
     assert p1["mean_top1"] == pytest.approx((0.8 + 0.8 + 0.5) / 3)
+    assert p1["mean_top1_in_time"] == pytest.approx((0.8 + 0.8 + 0.0) / 3)
     assert p1["switches"] == 1 and p1["tiers"] == {"l": 2, "s": 1}
     assert p1["p99_ms"] == pytest.approx(np.percentile([9.0, 10.0, 11.0], 99))
 
     assert empty == {
         "name": "empty", "requests": 0, "errors": 0, "within_objective": None,
         "p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_top1": None,
-        "switches": 0, "tiers": {}, "send_lag_p99_ms": None, "queue_p99_ms": None,
+        "mean_top1_in_time": None, "switches": 0, "tiers": {}, "send_lag_p99_ms": None, "queue_p99_ms": None,
     }  # fmt: skip
     assert summary["overall"] == {
         "requests": 7,
         "within_objective": pytest.approx(4 / 7),
         "mean_top1": pytest.approx((0.5 + 0.8 + 0.8 + 0.0 + 0.8 + 0.8 + 0.5) / 7),
+        "mean_top1_in_time": pytest.approx((0.5 + 0.8 + 0.8 + 0.8) / 7),
     }
 
 
@@ -66,7 +70,9 @@ def test_summarize_tighter_objective_and_unknown_tier():
     assert [row["within_objective"] for row in tight["phases"][:2]] == [0.25, 0.0]
     assert tight["overall"]["within_objective"] == pytest.approx(1 / 7)
     empty = load_summary.summarize([], PHASES3, objective_ms=5.0, top1=TOP1)
-    assert empty["overall"] == {"requests": 0, "within_objective": None, "mean_top1": None}
+    assert empty["overall"] == {
+        "requests": 0, "within_objective": None, "mean_top1": None, "mean_top1_in_time": None,
+    }  # fmt: skip
     with pytest.raises(KeyError):
         load_summary.summarize(requests, PHASES3, objective_ms=5.0, top1={"s": 0.5})
 
@@ -215,3 +221,53 @@ def test_aggregate_of_a_phase_empty_in_one_repeat_is_order_independent():
     assert one["phases"][0]["within_objective_spread"] == [1.0, 1.0]
     both_empty = load_summary.aggregate([empty, empty])["phases"][0]
     assert both_empty["within_objective"] is None and both_empty["within_objective_spread"] is None
+
+
+Tier = collections.namedtuple("Tier", "name top1")
+
+
+def _tier_summary(*phases):
+    """``summarize``-like: per phase (within_objective, mean_top1_in_time)."""
+    return {
+        "phases": [
+            {"name": f"p{i}", "within_objective": w, "mean_top1_in_time": c}
+            for i, (w, c) in enumerate(phases)
+        ]
+    }
+
+
+def test_phase_oracle_takes_the_most_accurate_tier_that_held_each_phase():
+    tiers = [Tier("small", 0.6), Tier("mid", 0.7), Tier("large", 0.8)]
+    summaries = {
+        "small": _tier_summary((1.0, 0.6), (1.0, 0.6), (0.995, 0.597), (0.9, 0.54)),
+        "mid": _tier_summary((1.0, 0.7), (0.995, 0.6965), (0.95, 0.665), (0.8, 0.56)),
+        "large": _tier_summary((0.999, 0.7992), (0.9, 0.72), (None, None), (0.5, 0.4)),
+    }
+    oracle = load_summary.phase_oracle(summaries, tiers, weights=[1, 1, 1, 1])
+    assert [(r["tier"], r["top1"]) for r in oracle["phases"]] == [
+        ("large", 0.8), ("mid", 0.7), ("small", 0.6),
+        (None, None),  # no tier held: the best in-time credit any tier earned
+    ]  # fmt: skip
+    # large's 0.72 in phase 1 is higher, but large missed the objective there.
+    credits = [r["mean_top1_in_time"] for r in oracle["phases"]]
+    assert credits == [0.7992, 0.6965, 0.597, 0.56]
+    assert oracle["overall"]["mean_top1_in_time"] == pytest.approx(np.mean(credits))
+    weighted = load_summary.phase_oracle(summaries, tiers, weights=[3, 1, 0, 0])
+    assert weighted["overall"]["mean_top1_in_time"] == pytest.approx((3 * 0.7992 + 0.6965) / 4)
+
+
+def test_phase_oracle_without_any_run_of_a_phase_has_no_overall():
+    summaries = {"small": _tier_summary((1.0, 0.6), (None, None))}
+    oracle = load_summary.phase_oracle(summaries, [Tier("small", 0.6)], weights=[1, 1])
+    assert oracle["phases"][1] == {
+        "name": "p1", "tier": None, "top1": None, "mean_top1_in_time": None,
+    }  # fmt: skip
+    assert oracle["overall"]["mean_top1_in_time"] is None
+
+
+def test_gap_closed_is_the_place_between_best_fixed_and_the_oracle():
+    assert load_summary.gap_closed(0.65, 0.60, 0.70) == pytest.approx(0.5)
+    assert load_summary.gap_closed(0.70, 0.60, 0.70) == pytest.approx(1.0)
+    assert load_summary.gap_closed(0.55, 0.60, 0.70) == pytest.approx(-0.5)  # below best_fixed
+    assert load_summary.gap_closed(0.65, 0.70, 0.70) is None  # no gap to close
+    assert load_summary.gap_closed(0.65, 0.60, None) is None

@@ -478,10 +478,24 @@ def test_the_benchmark_runs_end_to_end(tmp_path, run_script):
             total += sum(phase["tiers"].values())
         assert total == 2 * r["overall"]["requests"]  # tiers sum over both repeats
         assert 0 <= r["overall"]["within_objective"] <= 1
+        # Credited only within the objective, a policy never earns more.
+        assert r["overall"]["mean_top1_in_time"] <= r["overall"]["mean_top1"] + 1e-9
+        assert "gap_closed" in r["overall"]
         if policy == "fixed_smallest":
             assert all(set(p["tiers"]) == {smallest} for p in r["phases"])
             assert all(p["switches"] == 0 for p in r["phases"])
             assert r["overall"]["mean_top1"] <= top1[smallest] + 1e-9
+    # The full calibration ran every tier through every phase; the oracle
+    # takes, per phase, the most accurate tier that held the objective.
+    calibration = record["calibration"]
+    assert calibration["full"] is True
+    assert set(calibration["within_objective"]) == {t["name"] for t in kept}
+    assert all(None not in v for v in calibration["within_objective"].values())
+    oracle = record["oracle"]
+    assert [row["name"] for row in oracle["phases"]] == names
+    for i, row in enumerate(oracle["phases"]):
+        held = [n for n, w in calibration["within_objective"].items() if w[i] >= 0.99]
+        assert row["tier"] == (max(held, key=top1.get) if held else None)
     # The adapting policies' own moves and shed requests, per repeat.
     assert record["adaptive"]["queueing"] is True and record["adaptive"]["backlog"] == 1.5
     assert record["adaptive"]["percentile"] == 99 and record["adaptive"]["window"] == 100

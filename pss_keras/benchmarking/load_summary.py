@@ -2,11 +2,15 @@
 
 `summarize` gives each phase's requests within the objective, percentiles,
 accuracy delivered and tier switches (a failed request is a miss and
-delivers no accuracy); `meets` says whether a phase kept `MEETS` of its
-requests within the objective, `phase_missed` whether it already cannot
-(for `pss_keras.benchmarking.load_test.run_timeline`'s ``stop_when``);
-`best_fixed_tier` is the best single tier a calibration pass finds;
-`aggregate` averages repeated timelines.
+delivers no accuracy). Accuracy is credited under two rules: ``mean_top1``
+credits every answer, ``mean_top1_in_time`` only answers within the
+objective (a late answer counts as wrong). `meets` says whether a phase
+kept `MEETS` of its requests within the objective, `phase_missed` whether
+it already cannot (for `pss_keras.benchmarking.load_test.run_timeline`'s
+``stop_when``); `best_fixed_tier` is the best single tier a calibration
+pass finds, `phase_oracle` the best tier of every phase (the bound a
+policy that switches tiers can reach) and `gap_closed` a policy's place
+between the two; `aggregate` averages repeated timelines.
 
 Nothing here reads flags or imports training code.
 """
@@ -34,9 +38,10 @@ def summarize(requests, phases, objective_ms: float, top1: dict) -> dict:
 
     Returns:
         ``{"phases": [{"name", "requests", "errors", "within_objective",
-        "p50_ms", "p95_ms", "p99_ms", "mean_top1", "switches", "tiers"
-        ({name: requests}), "send_lag_p99_ms", "queue_p99_ms"}], "overall":
-        {"requests", "within_objective", "mean_top1"}}``.
+        "p50_ms", "p95_ms", "p99_ms", "mean_top1", "mean_top1_in_time",
+        "switches", "tiers" ({name: requests}), "send_lag_p99_ms",
+        "queue_p99_ms"}], "overall": {"requests", "within_objective",
+        "mean_top1", "mean_top1_in_time"}}``.
     """
     rows = []
     for i, phase in enumerate(phases):
@@ -44,6 +49,7 @@ def summarize(requests, phases, objective_ms: float, top1: dict) -> dict:
         lat = [r.latency_ms for r in rs]
         ok = [r.error is None and r.latency_ms <= objective_ms for r in rs]
         credit = [0.0 if r.error is not None else top1[r.tier] for r in rs]
+        in_time = [c if k else 0.0 for c, k in zip(credit, ok)]
         tiers = {}
         for r in rs:
             tiers[r.tier] = tiers.get(r.tier, 0) + 1
@@ -57,6 +63,7 @@ def summarize(requests, phases, objective_ms: float, top1: dict) -> dict:
                 "p95_ms": _percentile(lat, 95),
                 "p99_ms": _percentile(lat, 99),
                 "mean_top1": float(np.mean(credit)) if rs else None,
+                "mean_top1_in_time": float(np.mean(in_time)) if rs else None,
                 "switches": sum(a.tier != b.tier for a, b in zip(rs, rs[1:])),
                 "tiers": tiers,
                 "send_lag_p99_ms": _percentile([r.send_lag_ms for r in rs], 99),
@@ -65,12 +72,14 @@ def summarize(requests, phases, objective_ms: float, top1: dict) -> dict:
         )
     ok = [r.error is None and r.latency_ms <= objective_ms for r in requests]
     credit = [0.0 if r.error is not None else top1[r.tier] for r in requests]
+    in_time = [c if k else 0.0 for c, k in zip(credit, ok)]
     return {
         "phases": rows,
         "overall": {
             "requests": len(requests),
             "within_objective": float(np.mean(ok)) if requests else None,
             "mean_top1": float(np.mean(credit)) if requests else None,
+            "mean_top1_in_time": float(np.mean(in_time)) if requests else None,
         },
     }
 
@@ -128,6 +137,57 @@ def best_fixed_tier(tiers, run) -> tuple[str, dict]:
     return cheapest, summaries  # not reached: the cheapest meets its own phases
 
 
+def phase_oracle(summaries: dict, tiers, weights) -> dict:
+    """The best a policy that knew each phase's load could do: per phase,
+    the most accurate tier that met the objective there (`meets`), and the
+    top-1 it delivered there, credited only within the objective.
+
+    Args:
+        summaries: ``{tier name: summarize() of that tier alone}`` over the
+            same phases (a full calibration: a phase a tier did not run
+            has no requests and does not count as met).
+        tiers: with ``name`` and ``top1``.
+        weights: requests per phase of the timeline the oracle is compared
+            on, for its overall figure.
+
+    Returns:
+        ``{"phases": [{"name", "tier", "top1", "mean_top1_in_time"}],
+        "overall": {"mean_top1_in_time"}}``. A phase no tier met has tier
+        None and the best in-time credit any tier earned there; the overall
+        figure is None when no tier ran some phase.
+    """
+    by_accuracy = sorted(tiers, key=lambda t: t.top1, reverse=True)
+    phases = next(iter(summaries.values()))["phases"]
+    rows = []
+    for i, phase in enumerate(phases):
+        held = [t for t in by_accuracy if t.name in summaries and meets(summaries[t.name], i)]
+        ran = [summaries[n]["phases"][i]["mean_top1_in_time"] for n in summaries]
+        ran = [v for v in ran if v is not None]
+        if held:
+            best = held[0]
+            credit = summaries[best.name]["phases"][i]["mean_top1_in_time"]
+        else:
+            best, credit = None, (max(ran) if ran else None)
+        rows.append({
+            "name": phase["name"], "tier": best.name if best else None,
+            "top1": best.top1 if best else None, "mean_top1_in_time": credit,
+        })  # fmt: skip
+    credits = [r["mean_top1_in_time"] for r in rows]
+    overall = None
+    if all(c is not None for c in credits) and sum(weights) > 0:
+        overall = float(np.average(credits, weights=weights))
+    return {"phases": rows, "overall": {"mean_top1_in_time": overall}}
+
+
+def gap_closed(policy: float, best_fixed: float, oracle: float) -> float | None:
+    """A policy's place between the best fixed tier (0) and the per-phase
+    oracle (1): ``(policy - best_fixed) / (oracle - best_fixed)``; None
+    when the oracle is no better than the best fixed tier (no gap)."""
+    if oracle is None or best_fixed is None or policy is None or oracle <= best_fixed:
+        return None
+    return float((policy - best_fixed) / (oracle - best_fixed))
+
+
 def aggregate(runs: list[dict]) -> dict:
     """Means over repeated `summarize` results, with [min, max] spreads.
 
@@ -137,7 +197,8 @@ def aggregate(runs: list[dict]) -> dict:
     the repeats.
     """
     numeric = ("requests", "errors", "within_objective", "p50_ms", "p95_ms", "p99_ms",
-               "mean_top1", "switches", "send_lag_p99_ms", "queue_p99_ms")  # fmt: skip
+               "mean_top1", "mean_top1_in_time", "switches", "send_lag_p99_ms",
+               "queue_p99_ms")  # fmt: skip
 
     def merge(rows):
         out = {}
