@@ -91,7 +91,11 @@ flags.DEFINE_float(
     "rate up, else 0.",
 )  # fmt: skip
 flags.DEFINE_list("crop_scale", ["0.25", "1.0"], "Random-resized-crop area range.")
-flags.DEFINE_integer("minival_examples", 10000, "Training examples held out to choose subnets.")
+flags.DEFINE_integer(
+    "minival_examples", 10000,
+    "About this many training examples held out to choose subnets: every k-th record, "
+    "k = training records // this (the run header states the count).",
+)  # fmt: skip
 flags.DEFINE_integer("calib_batches", 8, "Batches for post-BN calibration.")
 flags.DEFINE_integer("valid_topk", 5, "Top subnets of every pool evaluated at the end.")
 flags.DEFINE_enum(
