@@ -19,8 +19,10 @@ objective while the machine's free CPU changes, at the best accuracy it can?
    Requests carry --batch random images of the largest tier's resolution,
    or with --request_size=tier of the tier's own (a client that resizes
    before sending, so that bytes and decoding shrink with the tier too).
-3. Calibration: the timeline (`pss_keras.benchmarking.load_test.default_timeline`:
-   idle, 1 busy process per server CPU, 2, the rate doubled, idle again;
+3. Calibration: the timeline (--timeline=default,
+   `pss_keras.benchmarking.load_test.default_timeline`: idle, 1 busy process
+   per server CPU, 2, the rate doubled, idle again; or --timeline=held_out,
+   `held_out_timeline`: 1, 3, idle for --long_seconds, the rate x1.5, 2;
    real busy-looping processes) on one tier at a time, with
    --calibration_seconds phases (default --phase_seconds: a tier judged
    on shorter phases is judged on fewer requests than it is measured on).
@@ -90,7 +92,13 @@ flags.DEFINE_string(
 flags.DEFINE_integer(
     "threads", None, "Server intra/inter-op threads (default: its CPUs).", lower_bound=1
 )
+flags.DEFINE_enum(
+    "timeline", "default", ["default", "held_out"],
+    "default: the timeline the adaptive policy was tuned on; held_out: the one it is judged on "
+    "(other phases in another order, docs/adaptive_serving.md).",
+)  # fmt: skip
 flags.DEFINE_float("phase_seconds", 30.0, "Seconds per phase of the measured timelines.", 1.0)
+flags.DEFINE_float("long_seconds", 100.0, "held_out: seconds of its long idle phase.", 1.0)
 flags.DEFINE_float(
     "calibration_seconds", None,
     "Seconds per phase of calibration (default: --phase_seconds; a tier calibrated on "
@@ -306,8 +314,14 @@ def _run(server, export_dir, cpus, plots, serving, timing, started):
             "adapt; use a job whose tiers differ more (e.g. resolutions 64..128)."
         )
     rate = F.rate or F.utilization * 1000 / idle[largest.name]
-    calib = load_test.default_timeline(F.calibration_seconds or F.phase_seconds, rate, F.rate_step)
-    phases = load_test.default_timeline(F.phase_seconds, rate, F.rate_step)
+
+    def make_timeline(seconds):
+        if F.timeline == "held_out":
+            return load_test.held_out_timeline(seconds, rate, F.long_seconds)
+        return load_test.default_timeline(seconds, rate, F.rate_step)
+
+    calib = make_timeline(F.calibration_seconds or F.phase_seconds)
+    phases = make_timeline(F.phase_seconds)
     minutes = (
         len(kept) * sum(p.seconds for p in calib)
         + len(F.policies) * F.repeats * sum(p.seconds for p in phases)
@@ -489,6 +503,7 @@ def _run(server, export_dir, cpus, plots, serving, timing, started):
         else (
             f"{F.utilization:g} x the largest tier's idle capacity (1000 / {idle[largest.name]:.2f} ms)"
         ),  # fmt: skip
+        "timeline_name": F.timeline,
         "timeline": [dataclasses.asdict(p) for p in phases],
         "calibration": {
             "phase_seconds": calib[0].seconds,

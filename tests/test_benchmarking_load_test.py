@@ -550,3 +550,15 @@ def test_the_benchmark_refuses_bad_settings_in_one_line(tmp_path, run_script):
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(tmp_path / "none") in last
+
+
+def test_held_out_timeline_differs_from_the_tuning_one():
+    tuning = load_test.default_timeline(30.0, 4.0)
+    held = load_test.held_out_timeline(30.0, 4.0, long_seconds=100.0)
+    assert [(p.name, p.seconds, p.rate, p.hogs) for p in held] == [
+        ("1 busy process", 30.0, 4.0, 1), ("3 busy processes", 30.0, 4.0, 3),
+        ("idle, long", 100.0, 4.0, 0), ("rate x1.5", 30.0, 6.0, 0),
+        ("2 busy processes", 30.0, 4.0, 2),
+    ]  # fmt: skip
+    # Three busy processes and a rate of 1.5x: load the tuning timeline never had.
+    assert max(p.hogs for p in tuning) == 2 and {p.rate for p in tuning} == {4.0, 8.0}

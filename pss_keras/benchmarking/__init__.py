@@ -12,6 +12,7 @@ from pss_keras._lazy import exports
 _EXPORTS = {
     "Phase": "load_test",
     "default_timeline": "load_test",
+    "held_out_timeline": "load_test",
     "poisson_schedule": "load_test",
     "Request": "load_test",
     "run_timeline": "load_test",

@@ -68,6 +68,21 @@ def default_timeline(seconds: float, rate: float, step: float = 2.0) -> list[Pha
     ]
 
 
+def held_out_timeline(seconds: float, rate: float, long_seconds: float = 100.0) -> list[Phase]:
+    """The timeline the adaptive policy is judged on, not tuned on: other
+    loads in another order than `default_timeline`'s. 1 competing process;
+    3; idle for ``long_seconds`` (the climb back from the heaviest load,
+    and holding there); the rate times 1.5 on an idle machine; 2 competing
+    processes. ``seconds`` per phase otherwise."""
+    return [
+        Phase("1 busy process", seconds, rate, hogs=1),
+        Phase("3 busy processes", seconds, rate, hogs=3),
+        Phase("idle, long", long_seconds, rate),
+        Phase("rate x1.5", seconds, rate * 1.5),
+        Phase("2 busy processes", seconds, rate, hogs=2),
+    ]
+
+
 def poisson_schedule(phases, seed: int = 0) -> list[tuple[float, int]]:
     """Send times (seconds from the start) and phase index of every request:
     exponential gaps at each phase's rate, within the phase."""
