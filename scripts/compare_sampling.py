@@ -56,7 +56,7 @@ ARMS = {"pss": {}, "uniform": {"p_space": (1.0, 1.0)}}
 
 
 def _dataset() -> str:
-    from pss_keras.benchmarking.standalone_study import imagenette_folder
+    from pss_keras.training.studies import imagenette_folder
 
     return F.dataset or imagenette_folder(F.imagenette_tar, F.data_cache)
 
@@ -93,7 +93,7 @@ def _base_config(dataset: str):
 
 def _run_arm(base, arm: str) -> dict:
     """Trains (or resumes, or reuses) one arm; returns its result record."""
-    from pss_keras.benchmarking.standalone_study import train_timed
+    from pss_keras.training.studies import train_timed
 
     job_dir = os.path.join(F.job_root, arm)
     config = dataclasses.replace(base, job_dir=job_dir, **ARMS[arm])

@@ -5,7 +5,7 @@
 Per seed, into --job_root/seed<k>/: trains the PSS supernet of the sampling
 study (same recipe), picks four of its retained tiers across the cost range
 (the cheapest, the costliest, the nearest to 1/3 and 2/3 of the way), and
-scores four arms per tier (pss_keras.benchmarking.standalone_study):
+scores four arms per tier (pss_keras.training.studies):
 inherited, standalone_equal_epochs, standalone_equal_compute, finetuned.
 
 After every arm it rewrites docs/results/<name>.json (every seed so far:
@@ -106,8 +106,8 @@ def _arm_config(supernet, tier: dict, arm: str, epochs: int):
 
 
 def _run_seed(seed: int, dataset: str, record: dict, write) -> None:
-    from pss_keras.benchmarking import standalone_study as study
     from pss_keras.supernet import specs
+    from pss_keras.training import studies as study
     from pss_keras.training.dry_run import dry_run
     from pss_keras.utils.machine import machine_description, machine_record
 
@@ -171,7 +171,7 @@ def _run_seed(seed: int, dataset: str, record: dict, write) -> None:
 
 def main(argv):
     del argv
-    from pss_keras.benchmarking import standalone_study as study
+    from pss_keras.training import studies as study
     from pss_keras.training.preemption import TrainingInterrupted
     from pss_keras.utils import timing
 

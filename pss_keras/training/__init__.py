@@ -14,6 +14,8 @@ selection             the end-of-run choice of one subnet per target
 distribution, loop    tf.distribute strategies; the loop fit() cannot drive
 run_plan, dry_run     what a run will do (its header); the dry run
 driver                `train` and `evaluate_job`: a whole run
+studies               the studies' rig: Imagenette, timed resumable runs, tier
+                      choice and training FLOPs (scripts/compare_*.py)
 """
 
 from pss_keras._lazy import exports

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from pss_keras.benchmarking import standalone_study as study
 from pss_keras.jobs.config import TrainConfig
+from pss_keras.training import studies as study
 
 
 def _tiers(*mflops):

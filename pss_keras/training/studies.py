@@ -1,4 +1,6 @@
-"""One supernet or N separate models: the study's choices and its accounting.
+"""The studies' rig (scripts/compare_sampling.py, compare_standalone.py):
+Imagenette unpacked once, timed resumable runs, and the accounting of one
+supernet against N separate models.
 
 `scripts/compare_standalone.py` trains a PSS supernet, picks four of its
 retained tiers across the cost range, and scores four arms per tier:
