@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from pss_keras.supernet.model import Supernet
@@ -76,3 +77,30 @@ def test_bn_calibration_changes_statistics_and_helps(rng):
     np.testing.assert_array_equal(
         net.get_bn_stats(small)["stem_conv_bn"][0], stats["stem_conv_bn"][0]
     )
+
+
+def test_batch_losses_are_the_training_mode_cross_entropy(rng):
+    """The pools' measure of a subnet: cross-entropy with each batch's own
+    statistics, one value per batch, the stored statistics untouched."""
+    from pss_keras.utils import losses
+
+    net = Supernet("mobilenet_v1", num_classes=3, width_scale=0.25, resolution_range=(16, 32))
+    small = net.space.smallest()
+    code = net.space.encode(small)
+    batches = [
+        (rng.normal(0.5, 1.0, (4, 32, 32, 3)).astype("float32"), rng.integers(0, 3, 4))
+        for _ in range(2)
+    ]
+    before = net.get_bn_stats(small)
+    got = evaluation.SubnetEvaluator(net).batch_losses(small, batches)
+    expected = [
+        float(losses.cross_entropy(labels.astype("int32"), net(images, training=True, subnet=code)))
+        for images, labels in batches
+    ]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert got[0] != got[1]
+    for name, (mean, variance) in net.get_bn_stats(small).items():
+        np.testing.assert_array_equal(mean, before[name][0])
+        np.testing.assert_array_equal(variance, before[name][1])
+    with pytest.raises(ValueError, match="No batches"):
+        evaluation.SubnetEvaluator(net).batch_losses(small, [])

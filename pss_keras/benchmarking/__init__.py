@@ -4,6 +4,7 @@ load_test      the open-loop load generator: phases, timelines, idle latency
 cpu_load       CPU pinning, and busy processes that compete with the server
 load_summary   a timeline's figures, their means over repeats, the best fixed tier
 soak           a long run of a served model under load, and the server's process
+subnet_spread  random subnets of one cost: is there anything to prioritize
 """
 
 from pss_keras._lazy import exports

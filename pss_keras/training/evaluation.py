@@ -4,6 +4,8 @@ A supernet trained with batch statistics has no meaningful running
 statistics. Before a subnet is evaluated or deployed, its statistics are
 recomputed on a few training batches with that subnet active (the reference
 averages the batch mean and the unbiased batch variance over 8 batches).
+`SubnetEvaluator.batch_losses` gives the other measure of a subnet that
+training uses: its cross-entropy with batch statistics, the pools' score.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import tensorflow as tf
 from pss_keras.cost import flops
 from pss_keras.supernet import specs
 from pss_keras.supernet.model import BatchNormStats, Supernet
+from pss_keras.utils import losses
 
 
 class SubnetEvaluator:
     """Calibrates and evaluates subnets of one supernet.
 
-    Every subnet runs through the same two traced functions (the subnet is a
+    Every subnet runs through the same traced functions (the subnet is a
     tensor argument; per-subnet statistics are written into the batch-norm
     layers' moving statistics before evaluating), so evaluating hundreds of
     subnets traces once.
@@ -32,6 +35,12 @@ class SubnetEvaluator:
         self._moments = tf.function(supernet.bn_moments, jit_compile=False)
         self._logits = tf.function(
             lambda images, code: supernet(images, training=False, subnet=code),
+            jit_compile=False,
+        )
+        self._batch_loss = tf.function(
+            lambda images, labels, code: losses.cross_entropy(
+                tf.cast(labels, tf.int32), supernet(images, training=True, subnet=code)
+            ),
             jit_compile=False,
         )
 
@@ -104,3 +113,19 @@ class SubnetEvaluator:
         if not total:
             raise ValueError("The evaluation dataset is empty.")
         return {"top1": correct1 / total, "top5": correct5 / total, "examples": total}
+
+    def batch_losses(self, config: specs.SubnetConfig, batches: Iterable) -> list[float]:
+        """Mean cross-entropy of ``config`` on each ``(images, labels)``
+        batch, forwarded in training mode (each batch normalized with its own
+        statistics, no stored ones needed): the measure whose negative the
+        PSS trainer puts into the pools as a candidate's score
+        (`pss_keras.training.trainer.PSSTrainer`). Nothing is updated.
+
+        Raises:
+            ValueError: if ``batches`` yields no batch.
+        """
+        code = tf.constant(self.supernet.space.encode(config))
+        out = [float(self._batch_loss(images, labels, code)) for images, labels in batches]
+        if not out:
+            raise ValueError("No batches to measure the loss on.")
+        return out

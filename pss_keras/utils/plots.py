@@ -4,6 +4,9 @@
   or several runs (the paper's main figure, one line per run).
 * `plot_pool_scores`: the best pool score of every target over the epochs
   (a run's ``logs/pss`` TensorBoard scalars).
+* `plot_subnet_spread`: validation top-1 against MFLOPs of random subnets,
+  one colour per FLOPs band, each band's median marked
+  (scripts/subnet_spread.py).
 * `plot_load_timelines`: served requests over a load timeline, one panel per
   tier policy: each request's latency coloured by its tier, the objective,
   the phases shaded (benchmarks/adaptive_serving.py).
@@ -39,6 +42,31 @@ def plot_tiers(runs: dict[str, list[dict]], path: str, title: str = "") -> str:
     for label, tiers in runs.items():
         points = sorted((t["mflops"], 100 * t["top1"]) for t in tiers)
         ax.plot(*zip(*points), marker="o", label=label)
+    return _finish(plt, fig, ax, path, "MFLOPs", "validation top-1 (%)", title, legend=True)
+
+
+def plot_subnet_spread(
+    bands: dict[str, list[tuple[float, float]]], path: str, title: str = ""
+) -> str:
+    """Writes top-1 vs MFLOPs of many subnets, one colour per band (from the
+    cheapest band to the costliest), each band's median top-1 a dashed line
+    over its MFLOPs range.
+
+    Args:
+        bands: ``{band name: [(MFLOPs, top-1 in %), ...]}``, cheapest band first.
+        path: the PNG to write (atomically).
+        title: the figure's title.
+    """
+    import statistics
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    cmap = plt.get_cmap("viridis")
+    for i, (name, points) in enumerate(bands.items()):
+        colour = cmap(i / max(1, len(bands) - 1))
+        mflops, top1 = zip(*points)
+        ax.scatter(mflops, top1, s=12, color=colour, label=f"{name} (n={len(points)})")
+        ax.hlines(statistics.median(top1), min(mflops), max(mflops), colors=[colour], lw=1, ls="--")
     return _finish(plt, fig, ax, path, "MFLOPs", "validation top-1 (%)", title, legend=True)
 
 

@@ -1,0 +1,235 @@
+"""Is there anything to prioritize? The spread of random subnets of one cost.
+
+    python scripts/subnet_spread.py   # estimated 1-1.2 h on 2 CPU cores (training ~40 min)
+
+Trains (or resumes, or reuses) one supernet with uniform sampling (every
+candidate from the conditional sampler: p_space fixed at 1.0, as
+compare_sampling.py's uniform arm) into --job_root/uniform_seed<k>, on
+Imagenette by default, over a wide space (MobileNetV1 x0.5, multipliers
+0.5-1.0, 32-128 px: 0.83..48.7 MFLOPs; 5 FLOPs targets 5..37 step 8).
+Then, for every target (a band: subnets whose MFLOPs round to it), draws
+--subnets_per_band different subnets from the run's conditional sampler
+(seeded by --random_seed and the target) and measures each one: post-BN
+calibration on --calib_batches training batches, top-1 on the job's own
+minival and on the validation split, and the pools' score (negative
+cross-entropy, batch statistics) on one fixed training batch and its mean
+over --score_batches (every subnet the same batches: epoch --epochs of the
+training order, which training never read).
+
+Writes docs/results/<name>.json after every band (per band: best minus
+median validation top-1, Kendall tau of minival / score / MFLOPs vs
+validation, every subnet; the verdict across bands; settings, command,
+machine) and docs/results/<name>.png (validation top-1 vs MFLOPs, one
+colour per band). Re-running resumes: bands already in the JSON are kept.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags, logging  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+flags.DEFINE_string("name", "imagenette_mbv1_w05_spread", "Result name (docs/results/<name>.*).")
+flags.DEFINE_string("job_root", "jobs/subnet_spread", "Where the supernet's job goes.")
+flags.DEFINE_string("dataset", None, "Image folder or TFDS name (default: Imagenette tar).")
+flags.DEFINE_string(
+    "imagenette_tar",
+    os.path.join(ROOT, "..", "shared", "data", "imagenette2-224.tar"),
+    "Imagenette tar used when --dataset is not given.",
+)
+flags.DEFINE_string("data_cache", "/tmp/pss_keras_data", "Where the tar is unpacked.")
+flags.DEFINE_string("model_name", "mobilenet_v1", "Architecture.")
+flags.DEFINE_float("width_scale", 0.5, "Global width scale.")
+flags.DEFINE_list("resolution_range", ["32", "128"], "min,max subnet resolution.")
+flags.DEFINE_list("width_mult_range", ["0.5", "1.0"], "min,max stage width multiplier.")
+flags.DEFINE_list("flops_targets", ["5", "37", "8"], "FLOPs targets start,stop,step (MFLOPs).")
+flags.DEFINE_integer("epochs", 24, "Epochs of the supernet.")
+flags.DEFINE_integer("batch_size", 64, "Global batch size (also of the score batches).")
+flags.DEFINE_float("lr", 0.1, "Peak learning rate (cosine).")
+flags.DEFINE_float("warmup_epochs", 1.0, "Linear warm-up epochs.")
+flags.DEFINE_integer(
+    "minival_examples", 1500, "Training images held out (every k-th record: 1,579 on Imagenette)."
+)
+flags.DEFINE_integer("gen_map_num", 100_000, "Subnets drawn for the conditional sampler.")
+flags.DEFINE_integer("pool_size", 50, "Subnets per pool.")
+flags.DEFINE_integer("valid_topk", 5, "Top subnets of every pool evaluated at the end of training.")
+flags.DEFINE_integer("random_seed", 0, "Seed of the supernet's run and of the subnets drawn.")
+flags.DEFINE_integer("subnets_per_band", 30, "Different random subnets measured per target.")
+flags.DEFINE_integer("calib_batches", 8, "Training batches of every subnet's post-BN calibration.")
+flags.DEFINE_integer("score_batches", 10, "Training batches the mean score is taken over.")
+flags.DEFINE_string("output_dir", os.path.join(ROOT, "docs", "results"), "Results folder.")
+F = flags.FLAGS
+
+
+def _config(dataset: str):
+    from pss_keras.jobs import config as cfg
+
+    resolution = tuple(int(v) for v in F.resolution_range)
+    return cfg.TrainConfig(
+        job_dir=os.path.join(F.job_root, f"uniform_seed{F.random_seed}"),
+        data=cfg.DataConfig(
+            dataset=dataset,
+            image_size=resolution[1],
+            batch_size=F.batch_size,
+            eval_batch_size=256,
+            minival_examples=F.minival_examples,
+            seed=F.random_seed,
+        ),
+        model_name=F.model_name,
+        width_scale=F.width_scale,
+        resolution_range=resolution,
+        width_range=tuple(float(v) for v in F.width_mult_range),
+        flops_targets=tuple(float(v) for v in F.flops_targets),
+        num_map_samples=F.gen_map_num,
+        pool_size=F.pool_size,
+        p_space=(1.0, 1.0),  # uniform: every candidate from the conditional sampler
+        epochs=F.epochs,
+        lr=F.lr,
+        warmup_epochs=F.warmup_epochs,
+        calib_batches=F.calib_batches,
+        topk=F.valid_topk,
+        seed=F.random_seed,
+        verbose=2,
+    )
+
+
+class _Bench:
+    """A finished job opened for measuring subnets: its supernet, the
+    conditional sampler of its FLOPs targets (rebuilt from its seed), its
+    own minival split and the fixed batches every subnet is measured on."""
+
+    def __init__(self, job_dir: str):
+        from pss_keras.data.pipelines import Pipelines
+        from pss_keras.jobs import directory as jobs
+        from pss_keras.training import preflight
+        from pss_keras.training.evaluation import SubnetEvaluator
+
+        job = jobs.Job(job_dir)
+        self.config, self.supernet = job.config, job.supernet
+        self.pipelines = Pipelines(
+            job.config.data, skip_hint=jobs.skip_bad_images_hint(job_dir),
+            split=jobs.read_split(job_dir),
+        )  # fmt: skip
+        maps = preflight.build_maps(job.config, job.supernet.space, log=False)
+        self.sampler = next(m for m in maps if m.grid.metric_type == "flops")
+        self.evaluator = SubnetEvaluator(job.supernet)
+        # Read once, cached: every subnet sees the same batches and images.
+        self.calibration = self.pipelines.calibration(F.calib_batches)
+        self.scoring = self.pipelines.train_epoch(job.config.epochs).take(F.score_batches).cache()
+        self.minival, self.validation = self.pipelines.minival(), self.pipelines.validation()
+
+    def measure(self, config) -> dict:
+        """One subnet's row (`pss_keras.benchmarking.subnet_spread.band_statistics`)."""
+        from pss_keras.cost import flops
+
+        space = self.supernet.space
+        stats = self.evaluator.calibrate(config, self.calibration, F.calib_batches)
+        minival = self.evaluator.evaluate(config, stats, self.minival)
+        validation = self.evaluator.evaluate(config, stats, self.validation)
+        losses = self.evaluator.batch_losses(config, self.scoring)
+        return {
+            "config": config.to_dict(),
+            "mflops": round(flops.count_mflops(config, space.num_classes, space.width_scale), 4),
+            "minival_top1": minival["top1"],
+            "val_top1": validation["top1"],
+            "val_top5": validation["top5"],
+            "score_1": -losses[0],
+            "score_10": -sum(losses) / len(losses),
+        }
+
+    def band(self, k: int) -> dict:
+        """Band ``k`` of the grid: its subnets drawn and measured."""
+        import numpy as np
+
+        from pss_keras.benchmarking import subnet_spread as study
+
+        grid = self.sampler.grid
+        rng = np.random.default_rng([F.random_seed, k])
+        configs = study.draw_distinct(lambda r: self.sampler.sample(k, r), F.subnets_per_band, rng)
+        rows = []
+        for i, config in enumerate(configs):
+            rows.append(self.measure(config))
+            logging.info("%s %d/%d: val top-1 %.3f (%s)", grid.name(k), i + 1, len(configs),
+                         rows[-1]["val_top1"], config.name)  # fmt: skip
+        return study.band_statistics(grid.value(k), grid.name(k), rows)
+
+
+def _settings(config) -> dict:
+    settings = config.to_dict()
+    settings.pop("job_dir")
+    return {
+        "training": settings,
+        "subnets_per_band": F.subnets_per_band,
+        "draw_seed": F.random_seed,
+        "calib_batches": F.calib_batches,
+        "score_batches": F.score_batches,
+        "score_epoch": config.epochs,
+    }
+
+
+def _run(path: str) -> dict:
+    from pss_keras.benchmarking import subnet_spread as study
+    from pss_keras.jobs import directory as jobs
+    from pss_keras.training import studies
+    from pss_keras.utils import timing
+    from pss_keras.utils.machine import machine_description
+
+    dataset = F.dataset or studies.imagenette_folder(F.imagenette_tar, F.data_cache)
+    config = _config(dataset)
+    config.validate()
+    previous = None
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+    record = study.start_record(previous, _settings(config))
+    record.update(
+        name=F.name,
+        command=" ".join(["python", "scripts/subnet_spread.py", *sys.argv[1:]]),
+        seed=F.random_seed,
+        units=study.UNITS,
+    )
+    jobs.check_resume(config.job_dir, config)  # a finished job is reused: it must be this run
+    logging.info("Supernet (uniform sampling) into %s", config.job_dir)
+    _, seconds = studies.train_timed(config)
+    record["training"] = {"job_dir": config.job_dir, "wall_seconds": round(seconds, 1)}
+
+    def write():
+        timing.write_benchmark(path, {key: v for key, v in record.items() if key != "machine"})
+
+    write()
+    bench = _Bench(config.job_dir)
+    title = (f"{F.name}: {F.model_name} x{F.width_scale}, uniform, {F.epochs} epochs, "
+             f"seed {F.random_seed}")  # fmt: skip
+    for k in bench.sampler.trainable:
+        if bench.sampler.grid.value(k) in study.done_targets(record):
+            continue
+        with bench.pipelines.bad_image_errors():
+            band = bench.band(k)
+        band["machine"] = machine_description()
+        study.add_band(record, band)
+        write()
+        study.plot(record, os.path.join(F.output_dir, f"{F.name}.png"), title=title)
+    return record
+
+
+def main(argv):
+    del argv
+    from pss_keras.benchmarking import subnet_spread as study
+    from pss_keras.training.preemption import TrainingInterrupted
+
+    try:
+        record = _run(os.path.join(F.output_dir, f"{F.name}.json"))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    except TrainingInterrupted as e:  # SIGTERM / Ctrl-C: the same command resumes
+        print(e, file=sys.stderr)
+        sys.exit(e.exit_status)
+    if not record["bands"]:
+        sys.exit("error: no target of the grid has subnets other than the largest or smallest.")
+    print("\n" + study.format_table(record))
+
+
+if __name__ == "__main__":
+    app.run(main)
