@@ -23,72 +23,17 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import study_flags  # noqa: E402  (scripts/: the flags the study scripts share)
 from absl import app, flags, logging  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string("name", "imagenette_mbv1_w05", "Result name (docs/results/<name>.*).")
 flags.DEFINE_string("job_root", "jobs/compare_sampling", "Where each arm's job goes.")
 flags.DEFINE_list("arms", ["pss", "uniform"], "Arms to train: pss, uniform.")
-flags.DEFINE_string("dataset", None, "Image folder or TFDS name (default: Imagenette tar).")
-flags.DEFINE_string(
-    "imagenette_tar",
-    os.path.join(ROOT, "..", "shared", "data", "imagenette2-224.tar"),
-    "Imagenette tar used when --dataset is not given.",
-)
-flags.DEFINE_string("data_cache", "/tmp/pss_keras_data", "Where the tar is unpacked.")
-flags.DEFINE_string("model_name", "mobilenet_v1", "Architecture.")
-flags.DEFINE_float("width_scale", 0.5, "Global width scale.")
-flags.DEFINE_list("resolution_range", ["64", "128"], "min,max subnet resolution.")
-flags.DEFINE_list("flops_targets", ["10", "45", "5"], "FLOPs targets start,stop,step (MFLOPs).")
-flags.DEFINE_integer("epochs", 8, "Epochs per arm.")
-flags.DEFINE_integer("batch_size", 64, "Global batch size.")
-flags.DEFINE_float("lr", 0.1, "Peak learning rate (cosine).")
-flags.DEFINE_float("warmup_epochs", 0.5, "Linear warm-up epochs.")
-flags.DEFINE_integer("minival_examples", 500, "Training images held out to choose tiers.")
-flags.DEFINE_integer("gen_map_num", 100_000, "Subnets drawn for the conditional sampler.")
-flags.DEFINE_integer("pool_size", 50, "Subnets per pool.")
-flags.DEFINE_integer("valid_topk", 5, "Top subnets of every pool evaluated at the end.")
 flags.DEFINE_integer("random_seed", 0, "Seed of every arm.")
-flags.DEFINE_string("output_dir", os.path.join(ROOT, "docs", "results"), "Results folder.")
+study_flags.define(epochs=8, warmup_epochs=0.5)
 F = flags.FLAGS
 
 ARMS = {"pss": {}, "uniform": {"p_space": (1.0, 1.0)}}
-
-
-def _dataset() -> str:
-    from pss_keras.training.studies import imagenette_folder
-
-    return F.dataset or imagenette_folder(F.imagenette_tar, F.data_cache)
-
-
-def _base_config(dataset: str):
-    from pss_keras.jobs import config as data
-    from pss_keras.jobs.config import TrainConfig
-
-    resolution = tuple(int(v) for v in F.resolution_range)
-    return TrainConfig(
-        job_dir="",
-        data=data.DataConfig(
-            dataset=dataset,
-            image_size=resolution[1],
-            batch_size=F.batch_size,
-            eval_batch_size=256,
-            minival_examples=F.minival_examples,
-            seed=F.random_seed,
-        ),
-        model_name=F.model_name,
-        width_scale=F.width_scale,
-        resolution_range=resolution,
-        flops_targets=tuple(float(v) for v in F.flops_targets),
-        num_map_samples=F.gen_map_num,
-        pool_size=F.pool_size,
-        epochs=F.epochs,
-        lr=F.lr,
-        warmup_epochs=F.warmup_epochs,
-        topk=F.valid_topk,
-        seed=F.random_seed,
-        verbose=2,
-    )
 
 
 def _run_arm(base, arm: str) -> dict:
@@ -118,7 +63,7 @@ def main(argv):
     if unknown:
         sys.exit(f"error: unknown arm(s) {unknown}; use {sorted(ARMS)}.")
     try:
-        base = _base_config(_dataset())
+        base = study_flags.train_config("", study_flags.dataset(), F.random_seed)
         base.validate()
         results = {arm: _run_arm(base, arm) for arm in F.arms}
     except ValueError as e:

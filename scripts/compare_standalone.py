@@ -22,9 +22,9 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import study_flags  # noqa: E402  (scripts/: the flags the study scripts share)
 from absl import app, flags, logging  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string(
     "name", "imagenette_mbv1_w05_standalone", "Result name (docs/results/<name>.*)."
 )
@@ -38,56 +38,13 @@ flags.DEFINE_list(
 flags.DEFINE_integer("num_tiers", 4, "Tiers of the supernet compared (spread over its range).")
 flags.DEFINE_integer("finetune_epochs", 3, "Epochs of the finetuned arm.")
 flags.DEFINE_float("finetune_lr", 0.01, "Peak learning rate of the finetuned arm (cosine).")
-flags.DEFINE_string("dataset", None, "Image folder or TFDS name (default: Imagenette tar).")
-flags.DEFINE_string(
-    "imagenette_tar",
-    os.path.join(ROOT, "..", "shared", "data", "imagenette2-224.tar"),
-    "Imagenette tar used when --dataset is not given.",
-)
-flags.DEFINE_string("data_cache", "/tmp/pss_keras_data", "Where the tar is unpacked.")
-flags.DEFINE_string("model_name", "mobilenet_v1", "Architecture.")
-flags.DEFINE_float("width_scale", 0.5, "Global width scale.")
-flags.DEFINE_list("resolution_range", ["64", "128"], "min,max subnet resolution.")
-flags.DEFINE_list("flops_targets", ["10", "45", "5"], "FLOPs targets start,stop,step (MFLOPs).")
-flags.DEFINE_integer("epochs", 24, "Epochs of the supernet (and of standalone_equal_epochs).")
-flags.DEFINE_integer("batch_size", 64, "Global batch size.")
-flags.DEFINE_float("lr", 0.1, "Peak learning rate (cosine) of the supernet and standalone arms.")
-flags.DEFINE_float("warmup_epochs", 1.0, "Linear warm-up epochs (not in the finetuned arm).")
-flags.DEFINE_integer("minival_examples", 500, "Training images held out to choose tiers.")
-flags.DEFINE_integer("gen_map_num", 100_000, "Subnets drawn for the conditional sampler.")
-flags.DEFINE_integer("pool_size", 50, "Subnets per pool.")
-flags.DEFINE_integer("valid_topk", 5, "Top subnets of every pool evaluated at the end.")
-flags.DEFINE_string("output_dir", os.path.join(ROOT, "docs", "results"), "Results folder.")
+study_flags.define()
 F = flags.FLAGS
 
 
 def _supernet_config(dataset: str, seed: int):
-    from pss_keras.jobs import config as cfg
-
-    resolution = tuple(int(v) for v in F.resolution_range)
-    return cfg.TrainConfig(
-        job_dir=os.path.join(F.job_root, f"seed{seed}", "supernet"),
-        data=cfg.DataConfig(
-            dataset=dataset,
-            image_size=resolution[1],
-            batch_size=F.batch_size,
-            eval_batch_size=256,
-            minival_examples=F.minival_examples,
-            seed=seed,
-        ),
-        model_name=F.model_name,
-        width_scale=F.width_scale,
-        resolution_range=resolution,
-        flops_targets=tuple(float(v) for v in F.flops_targets),
-        num_map_samples=F.gen_map_num,
-        pool_size=F.pool_size,
-        epochs=F.epochs,
-        lr=F.lr,
-        warmup_epochs=F.warmup_epochs,
-        topk=F.valid_topk,
-        seed=seed,
-        verbose=2,
-    )
+    job_dir = os.path.join(F.job_root, f"seed{seed}", "supernet")
+    return study_flags.train_config(job_dir, dataset, seed)
 
 
 def _arm_config(supernet, tier: dict, arm: str, epochs: int):
@@ -196,7 +153,7 @@ def main(argv):
         study.plot(record, os.path.join(F.output_dir, f"{F.name}.png"))
 
     try:
-        dataset = F.dataset or study.imagenette_folder(F.imagenette_tar, F.data_cache)
+        dataset = study_flags.dataset()
         for seed in F.seeds:
             _run_seed(int(seed), dataset, record, write)
     except ValueError as e:

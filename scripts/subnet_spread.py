@@ -28,71 +28,25 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import study_flags  # noqa: E402  (scripts/: the flags the study scripts share)
 from absl import app, flags, logging  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string("name", "imagenette_mbv1_w05_spread", "Result name (docs/results/<name>.*).")
 flags.DEFINE_string("job_root", "jobs/subnet_spread", "Where the supernet's job goes.")
-flags.DEFINE_string("dataset", None, "Image folder or TFDS name (default: Imagenette tar).")
-flags.DEFINE_string(
-    "imagenette_tar",
-    os.path.join(ROOT, "..", "shared", "data", "imagenette2-224.tar"),
-    "Imagenette tar used when --dataset is not given.",
-)
-flags.DEFINE_string("data_cache", "/tmp/pss_keras_data", "Where the tar is unpacked.")
-flags.DEFINE_string("model_name", "mobilenet_v1", "Architecture.")
-flags.DEFINE_float("width_scale", 0.5, "Global width scale.")
-flags.DEFINE_list("resolution_range", ["32", "128"], "min,max subnet resolution.")
-flags.DEFINE_list("width_mult_range", ["0.5", "1.0"], "min,max stage width multiplier.")
-flags.DEFINE_list("flops_targets", ["5", "37", "8"], "FLOPs targets start,stop,step (MFLOPs).")
-flags.DEFINE_integer("epochs", 24, "Epochs of the supernet.")
-flags.DEFINE_integer("batch_size", 64, "Global batch size (also of the score batches).")
-flags.DEFINE_float("lr", 0.1, "Peak learning rate (cosine).")
-flags.DEFINE_float("warmup_epochs", 1.0, "Linear warm-up epochs.")
-flags.DEFINE_integer(
-    "minival_examples", 1500, "Training images held out (every k-th record: 1,579 on Imagenette)."
-)
-flags.DEFINE_integer("gen_map_num", 100_000, "Subnets drawn for the conditional sampler.")
-flags.DEFINE_integer("pool_size", 50, "Subnets per pool.")
-flags.DEFINE_integer("valid_topk", 5, "Top subnets of every pool evaluated at the end of training.")
 flags.DEFINE_integer("random_seed", 0, "Seed of the supernet's run and of the subnets drawn.")
 flags.DEFINE_integer("subnets_per_band", 30, "Different random subnets measured per target.")
-flags.DEFINE_integer("calib_batches", 8, "Training batches of every subnet's post-BN calibration.")
 flags.DEFINE_integer("score_batches", 10, "Training batches the mean score is taken over.")
-flags.DEFINE_string("output_dir", os.path.join(ROOT, "docs", "results"), "Results folder.")
+study_flags.define(
+    resolution_range=["32", "128"], width_mult_range=["0.5", "1.0"],
+    flops_targets=["5", "37", "8"], minival_examples=1500,
+)  # fmt: skip
 F = flags.FLAGS
 
 
 def _config(dataset: str):
-    from pss_keras.jobs import config as cfg
-
-    resolution = tuple(int(v) for v in F.resolution_range)
-    return cfg.TrainConfig(
-        job_dir=os.path.join(F.job_root, f"uniform_seed{F.random_seed}"),
-        data=cfg.DataConfig(
-            dataset=dataset,
-            image_size=resolution[1],
-            batch_size=F.batch_size,
-            eval_batch_size=256,
-            minival_examples=F.minival_examples,
-            seed=F.random_seed,
-        ),
-        model_name=F.model_name,
-        width_scale=F.width_scale,
-        resolution_range=resolution,
-        width_range=tuple(float(v) for v in F.width_mult_range),
-        flops_targets=tuple(float(v) for v in F.flops_targets),
-        num_map_samples=F.gen_map_num,
-        pool_size=F.pool_size,
-        p_space=(1.0, 1.0),  # uniform: every candidate from the conditional sampler
-        epochs=F.epochs,
-        lr=F.lr,
-        warmup_epochs=F.warmup_epochs,
-        calib_batches=F.calib_batches,
-        topk=F.valid_topk,
-        seed=F.random_seed,
-        verbose=2,
-    )
+    job_dir = os.path.join(F.job_root, f"uniform_seed{F.random_seed}")
+    # uniform: every candidate from the conditional sampler
+    return study_flags.train_config(job_dir, dataset, F.random_seed, p_space=(1.0, 1.0))
 
 
 class _Bench:
@@ -176,8 +130,7 @@ def _run(path: str) -> dict:
     from pss_keras.utils import timing
     from pss_keras.utils.machine import machine_description
 
-    dataset = F.dataset or studies.imagenette_folder(F.imagenette_tar, F.data_cache)
-    config = _config(dataset)
+    config = _config(study_flags.dataset())
     config.validate()
     previous = None
     if os.path.exists(path):
