@@ -1,5 +1,6 @@
 """The flags the study scripts share (compare_sampling.py, compare_standalone.py,
-subnet_spread.py): where the data is, the supernet's space and its recipe.
+subnet_spread.py, compare_sampling_paired.py): where the data is, the
+supernet's space and its recipe.
 
 Each script calls `define` with its own defaults, then `train_config` for
 the run of one seed; it adds its own flags beside them.

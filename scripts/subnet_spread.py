@@ -49,65 +49,24 @@ def _config(dataset: str):
     return study_flags.train_config(job_dir, dataset, F.random_seed, p_space=(1.0, 1.0))
 
 
-class _Bench:
-    """A finished job opened for measuring subnets: its supernet, the
-    conditional sampler of its FLOPs targets (rebuilt from its seed), its
-    own minival split and the fixed batches every subnet is measured on."""
+def _band(bench, scoring, k: int) -> dict:
+    """Band ``k`` of the grid: its subnets drawn and measured, each with
+    the pools' score on the ``scoring`` batches (one and their mean)."""
+    import numpy as np
 
-    def __init__(self, job_dir: str):
-        from pss_keras.data.pipelines import Pipelines
-        from pss_keras.jobs import directory as jobs
-        from pss_keras.training import preflight
-        from pss_keras.training.evaluation import SubnetEvaluator
+    from pss_keras.benchmarking import subnet_spread as study
 
-        job = jobs.Job(job_dir)
-        self.config, self.supernet = job.config, job.supernet
-        self.pipelines = Pipelines(
-            job.config.data, skip_hint=jobs.skip_bad_images_hint(job_dir),
-            split=jobs.read_split(job_dir),
-        )  # fmt: skip
-        maps = preflight.build_maps(job.config, job.supernet.space, log=False)
-        self.sampler = next(m for m in maps if m.grid.metric_type == "flops")
-        self.evaluator = SubnetEvaluator(job.supernet)
-        # Read once, cached: every subnet sees the same batches and images.
-        self.calibration = self.pipelines.calibration(F.calib_batches)
-        self.scoring = self.pipelines.train_epoch(job.config.epochs).take(F.score_batches).cache()
-        self.minival, self.validation = self.pipelines.minival(), self.pipelines.validation()
-
-    def measure(self, config) -> dict:
-        """One subnet's row (`pss_keras.benchmarking.subnet_spread.band_statistics`)."""
-        from pss_keras.cost import flops
-
-        space = self.supernet.space
-        stats = self.evaluator.calibrate(config, self.calibration, F.calib_batches)
-        minival = self.evaluator.evaluate(config, stats, self.minival)
-        validation = self.evaluator.evaluate(config, stats, self.validation)
-        losses = self.evaluator.batch_losses(config, self.scoring)
-        return {
-            "config": config.to_dict(),
-            "mflops": round(flops.count_mflops(config, space.num_classes, space.width_scale), 4),
-            "minival_top1": minival["top1"],
-            "val_top1": validation["top1"],
-            "val_top5": validation["top5"],
-            "score_1": -losses[0],
-            "score_10": -sum(losses) / len(losses),
-        }
-
-    def band(self, k: int) -> dict:
-        """Band ``k`` of the grid: its subnets drawn and measured."""
-        import numpy as np
-
-        from pss_keras.benchmarking import subnet_spread as study
-
-        grid = self.sampler.grid
-        rng = np.random.default_rng([F.random_seed, k])
-        configs = study.draw_distinct(lambda r: self.sampler.sample(k, r), F.subnets_per_band, rng)
-        rows = []
-        for i, config in enumerate(configs):
-            rows.append(self.measure(config))
-            logging.info("%s %d/%d: val top-1 %.3f (%s)", grid.name(k), i + 1, len(configs),
-                         rows[-1]["val_top1"], config.name)  # fmt: skip
-        return study.band_statistics(grid.value(k), grid.name(k), rows)
+    grid = bench.sampler.grid
+    rng = np.random.default_rng([F.random_seed, k])
+    configs = study.draw_distinct(lambda r: bench.sample(k, r), F.subnets_per_band, rng)
+    rows = []
+    for i, config in enumerate(configs):
+        row = bench.measure(config)
+        scores = bench.batch_scores(config, scoring)
+        rows.append({**row, "score_1": scores[0], "score_10": sum(scores) / len(scores)})
+        logging.info("%s %d/%d: val top-1 %.3f (%s)", grid.name(k), i + 1, len(configs),
+                     rows[-1]["val_top1"], config.name)  # fmt: skip
+    return study.band_statistics(grid.value(k), grid.name(k), rows)
 
 
 def _settings(config) -> dict:
@@ -127,6 +86,7 @@ def _run(path: str) -> dict:
     from pss_keras.benchmarking import subnet_spread as study
     from pss_keras.jobs import directory as jobs
     from pss_keras.training import studies
+    from pss_keras.training.subnet_bench import SubnetBench
     from pss_keras.utils import timing
     from pss_keras.utils.machine import machine_description
 
@@ -152,14 +112,17 @@ def _run(path: str) -> dict:
         timing.write_benchmark(path, {key: v for key, v in record.items() if key != "machine"})
 
     write()
-    bench = _Bench(config.job_dir)
+    bench = SubnetBench(config.job_dir, calib_batches=F.calib_batches)
+    # Epoch --epochs of the training order, which training never read:
+    # every subnet is scored on the same batches.
+    scoring = bench.data.scoring(config.epochs, F.score_batches)
     title = (f"{F.name}: {F.model_name} x{F.width_scale}, uniform, {F.epochs} epochs, "
              f"seed {F.random_seed}")  # fmt: skip
     for k in bench.sampler.trainable:
         if bench.sampler.grid.value(k) in study.done_targets(record):
             continue
-        with bench.pipelines.bad_image_errors():
-            band = bench.band(k)
+        with bench.data.pipelines.bad_image_errors():
+            band = _band(bench, scoring, k)
         band["machine"] = machine_description()
         study.add_band(record, band)
         write()

@@ -228,12 +228,18 @@ def start_record(previous: dict | None, settings: dict) -> dict:
     fresh = {"settings": settings, "bands": []}
     if not previous or not previous.get("bands"):
         return fresh
-    if _without_paths(previous.get("settings")) != _without_paths(settings):
+    if not same_settings(previous.get("settings"), settings):
         raise ValueError(
             f"The result file holds {len(previous['bands'])} band(s) measured with other "
             "settings; use another --name (or remove the file) to start afresh."
         )
     return {**previous, "settings": settings, "bands": list(previous["bands"])}
+
+
+def same_settings(a, b) -> bool:
+    """Whether two studies' settings are the same, paths aside (tuples
+    equal to the lists JSON gives back)."""
+    return _without_paths(a) == _without_paths(b)
 
 
 def _without_paths(value):

@@ -7,6 +7,10 @@
 * `plot_subnet_spread`: validation top-1 against MFLOPs of random subnets,
   one colour per FLOPs band, each band's median marked
   (scripts/subnet_spread.py).
+* `plot_paired_sampling`: PSS vs uniform over seed pairs: each candidate
+  set's chosen accuracy per band (mean, lowest to highest across pairs)
+  and the pairs' matched-FLOPs differences with their 95 % intervals
+  (scripts/compare_sampling_paired.py).
 * `plot_load_timelines`: served requests over a load timeline, one panel per
   tier policy: each request's latency coloured by its tier, the objective,
   the phases shaded (benchmarks/adaptive_serving.py).
@@ -68,6 +72,76 @@ def plot_subnet_spread(
         ax.scatter(mflops, top1, s=12, color=colour, label=f"{name} (n={len(points)})")
         ax.hlines(statistics.median(top1), min(mflops), max(mflops), colors=[colour], lw=1, ls="--")
     return _finish(plt, fig, ax, path, "MFLOPs", "validation top-1 (%)", title, legend=True)
+
+
+def plot_paired_sampling(
+    curves: dict[str, list[tuple[float, float, float, float]]],
+    differences: dict[str, list[tuple[int, float]]],
+    intervals: dict[str, tuple[float, float, float] | None],
+    path: str,
+    title: str = "",
+    margin: float = 0.5,
+) -> str:
+    """Writes two panels. Left: validation top-1 of each set's chosen
+    subnets against MFLOPs (log scale), the mean across pairs as a line,
+    lowest to highest shaded. Right: each pair's matched-FLOPs difference
+    per baseline (a dot per seed, labelled), the mean with its 95 %
+    interval, 0 and +-``margin`` (the rule's no-effect band) dashed.
+
+    Args:
+        curves: ``{set: [(MFLOPs, mean, lowest, highest), ...]}`` (top-1 in %).
+        differences: ``{baseline: [(seed, pss - baseline in points), ...]}``.
+        intervals: ``{baseline: (mean, low, high)}``, None for fewer than 2 pairs.
+        path: the PNG to write (atomically).
+        title: the figure's title.
+        margin: the no-effect margin (points).
+    """
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(10, 4.4), dpi=120, gridspec_kw={"width_ratios": [3, 2]}
+    )
+    from matplotlib.ticker import FuncFormatter
+
+    # One colour per set in both panels (a baseline's differences in its own).
+    colour = {label: f"C{i}" for i, label in enumerate(dict.fromkeys([*curves, *differences]))}
+    for label, points in curves.items():
+        x, mean, low, high = zip(*sorted(points))
+        left.plot(x, mean, marker="o", ms=4, color=colour[label], label=label)
+        left.fill_between(x, low, high, color=colour[label], alpha=0.2, lw=0)
+    left.set_xscale("log")
+    for axis_format in (left.xaxis.set_major_formatter, left.xaxis.set_minor_formatter):
+        axis_format(FuncFormatter(lambda v, _: f"{v:g}"))
+    left.tick_params(axis="x", which="minor", labelsize=7)
+    left.set_xlabel("MFLOPs of the chosen subnet (mean over pairs)")
+    left.set_ylabel("validation top-1 (%)")
+    left.legend(fontsize=8)
+    for i, (label, points) in enumerate(differences.items()):
+        for j, (seed, value) in enumerate(points):
+            x = i - 0.15 + 0.3 * j / max(1, len(points) - 1)
+            right.scatter([x], [value], s=16, color=colour[label])
+            right.annotate(
+                str(seed), (x, value), fontsize=6, xytext=(3, 2), textcoords="offset points"
+            )
+        interval = intervals.get(label)
+        if interval is not None:
+            mean, low, high = interval
+            right.errorbar([i + 0.3], [mean], yerr=[[mean - low], [high - mean]], fmt="s",
+                           color="black", capsize=4, ms=4)  # fmt: skip
+    right.axhline(0.0, color="black", lw=0.8)
+    for y in (-margin, margin):
+        right.axhline(y, color="grey", lw=0.8, ls="--")
+    right.set_xticks(range(len(differences)), [f"pss - {b}" for b in differences], fontsize=8)
+    right.set_xlim(-0.6, len(differences) - 0.4)
+    right.set_ylabel("matched-FLOPs difference (points)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
 
 
 def read_pool_scores(log_dir: str) -> dict[str, list[tuple[int, float]]]:
