@@ -156,15 +156,8 @@ def _run(path: str) -> dict:
 def main(argv):
     del argv
     from pss_keras.benchmarking import paired_summary as summary
-    from pss_keras.training.preemption import TrainingInterrupted
 
-    try:
-        record = _run(os.path.join(F.output_dir, f"{F.name}.json"))
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    except TrainingInterrupted as e:  # SIGTERM / Ctrl-C: the same command resumes
-        print(e, file=sys.stderr)
-        sys.exit(e.exit_status)
+    record = study_flags.run(_run, os.path.join(F.output_dir, f"{F.name}.json"))
     print("\n" + summary.format_table(record))
 
 

@@ -7,6 +7,7 @@ the run of one seed; it adds its own flags beside them.
 """
 
 import os
+import sys
 
 from absl import flags
 
@@ -102,3 +103,18 @@ def train_config(job_dir: str, dataset: str, seed: int, **overrides):
         verbose=2,
     )
     return cfg.TrainConfig(**{**settings, **overrides})
+
+
+def run(study, *args):
+    """``study(*args)``, as a script ends: a bad setting or input exits with
+    its one line (``error: ...``); SIGTERM or Ctrl-C, checkpointed, exits
+    with the signal's status (the same command resumes)."""
+    from pss_keras.training.preemption import TrainingInterrupted
+
+    try:
+        return study(*args)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    except TrainingInterrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(e.exit_status)

@@ -133,15 +133,8 @@ def _run(path: str) -> dict:
 def main(argv):
     del argv
     from pss_keras.benchmarking import subnet_spread as study
-    from pss_keras.training.preemption import TrainingInterrupted
 
-    try:
-        record = _run(os.path.join(F.output_dir, f"{F.name}.json"))
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    except TrainingInterrupted as e:  # SIGTERM / Ctrl-C: the same command resumes
-        print(e, file=sys.stderr)
-        sys.exit(e.exit_status)
+    record = study_flags.run(_run, os.path.join(F.output_dir, f"{F.name}.json"))
     if not record["bands"]:
         sys.exit("error: no target of the grid has subnets other than the largest or smallest.")
     print("\n" + study.format_table(record))
