@@ -333,6 +333,29 @@ def test_backlog_sends_a_queued_request_to_a_cheaper_tier_without_moving_the_pol
         serving.AdaptiveTierPolicy(TIERS, objective_ms=10, backlog=0)
 
 
+def test_a_burst_absorbed_by_the_backlog_check_does_not_move_the_policy():
+    """Three requests at once on a FIFO server at slowdown 1: d, then b and a
+    (shed: 1.5 x (4 + 2) > 10 for d, and 1.5 x (6 + 1) > 10 for b). Each
+    enters the window as the request of d it stands for: b (6 ms) as
+    (6 + 1 x (4 - 2)) / 4 = 2, a (7 ms) as (7 + 1 x (4 - 1)) / 4 = 2.5, so d's
+    p95 estimate stays under the objective. Over their own costs (3 and 7)
+    the wait behind the burst would read as load: 3.2 x 4 = 12.8 > 10, and
+    the policy would step down."""
+    policy = serving.AdaptiveTierPolicy(
+        TIERS, objective_ms=10, percentile=95, clock=_Clock(), backlog=1.5
+    )
+    _feed(policy, lambda name: 4.0, 20)  # slowdown 1 at d
+    assert [policy.choose().name for _ in range(3)] == ["d", "b", "a"] and policy.shed == 2
+    for name, ms in (("d", 4.0), ("b", 6.0), ("a", 7.0)):  # FIFO: each waits for the ones before
+        policy.observe(ms, name)
+    assert policy.tier.name == "d" and policy.switches == 0
+    window = [1.0] * 17 + [1.0, 2.0, 2.5]
+    assert policy.estimate_ms("d") == pytest.approx(4 * np.percentile(window, 95))
+    # A request observed without `choose` (or not shed) counts over its own cost.
+    policy.observe(4.0 * 3, "c")
+    assert policy.estimate_ms("d") == pytest.approx(4 * np.percentile(window[1:] + [4.0], 95))
+
+
 def test_queueing_keeps_the_policy_off_tiers_that_would_load_the_server_past_one():
     """Same latencies (1.5 x each tier's cost), two request rates: at 10 per
     second every tier fits and the policy climbs to d; at 200 per second d

@@ -68,8 +68,12 @@ class AdaptiveTierPolicy(TimedPolicy):
       the objective, that request goes to the most accurate cheaper tier
       that fits (the cheapest if none), and ``shed`` counts it. The
       current tier does not move, so a burst of arrivals is absorbed
-      without a switch of the policy. Needs `choose` for every request
-      (as `predict` does) and `observe` for each.
+      without a switch of the policy. Such a request enters the window as
+      the request of the current tier it stands for: its latency plus the
+      two tiers' cost difference x the window's median slowdown, over the
+      current tier's cost (its own cost would read its wait behind the
+      burst as load, and a burst would push the policy down). Needs
+      `choose` for every request (as `predict` does) and `observe` for each.
     - Failures count as at least twice the objective (``observe(...,
       failed=True)``); an infinite latency as 1000 x the objective; NaN
       is refused.
@@ -155,7 +159,7 @@ class AdaptiveTierPolicy(TimedPolicy):
         self.backlog = None if backlog is None else float(backlog)
         self.shed = 0
         self._times = collections.deque(maxlen=window)  # clock at each observation
-        self._in_flight = []  # (tier name, clock at choose) of requests chosen, not observed
+        self._in_flight = []  # (tier served, clock at choose, tier it stands for): not yet observed
         self._lock = threading.Lock()
 
     @property
@@ -172,11 +176,11 @@ class AdaptiveTierPolicy(TimedPolicy):
             # A request never observed (its caller dropped it) stops counting
             # once it is older than any latency the policy takes in.
             stale = now - self.objective_ms  # 1000 x the objective, in seconds
-            self._in_flight = [(n, t) for n, t in self._in_flight if t >= stale]
+            self._in_flight = [(n, t, s) for n, t, s in self._in_flight if t >= stale]
             index = self.index
             if self.backlog and self._in_flight and self._ready and self._ratios:
                 slowdown = self.backlog * self._ratio(percentile=50)
-                ahead = sum(self._cost[n] for n, _ in self._in_flight)
+                ahead = sum(self._cost[n] for n, _, _ in self._in_flight)
                 fits = [
                     i
                     for i in range(index + 1)
@@ -187,7 +191,8 @@ class AdaptiveTierPolicy(TimedPolicy):
                     self.shed += 1
                     index = served
             tier = self.tiers[index]
-            self._in_flight.append((tier.name, now))
+            # (tier served, when, the policy's tier it stands for)
+            self._in_flight.append((tier.name, now, self.tiers[self.index].name))
             return tier
 
     def estimate_ms(self, tier: Tier | str) -> float | None:
@@ -245,14 +250,16 @@ class AdaptiveTierPolicy(TimedPolicy):
             if name not in self._cost:
                 raise ValueError(f"Unknown tier {name!r}; the policy has {sorted(self._cost)}.")
             self.history.append((name, latency_ms))
-            for i, (n, _) in enumerate(self._in_flight):
+            stands_for = name
+            for i, (n, _, s) in enumerate(self._in_flight):
                 if n == name:  # the oldest request in flight on that tier
                     del self._in_flight[i]
+                    stands_for = s
                     break
             if self.queueing:
                 self._times.append(self.clock())
-            if name != self._failed_tier:  # late answers of a failed probe say nothing of load
-                self._ratios.append((name, latency_ms / self._cost[name]))
+            if stands_for != self._failed_tier:  # late answers of a failed probe: not load
+                self._ratios.append((stands_for, self._load_ratio(latency_ms, name, stands_for)))
             self._since_move += 1
             # The first decision waits for a full window; after a failed
             # probe's requests are forgotten, half a window will do.
@@ -266,6 +273,17 @@ class AdaptiveTierPolicy(TimedPolicy):
         ratios = [r for n, r in self._ratios if n != skip]
         q = self.percentile if percentile is None else percentile
         return float(np.percentile(ratios, q)) if ratios else 0.0
+
+    def _load_ratio(self, latency_ms: float, served: str, stands_for: str) -> float:
+        """latency / cost of a request, as the request of ``stands_for`` (the
+        policy's tier when it was chosen) it replaced: a request the backlog
+        check sent to a cheaper tier adds what the policy's tier would have
+        taken longer, the cost difference x the window's median slowdown."""
+        if stands_for == served:
+            return latency_ms / self._cost[served]
+        longer = self._cost[stands_for] - self._cost[served]
+        slowdown = self._ratio(percentile=50) if self._ratios else 1.0
+        return (latency_ms + slowdown * longer) / self._cost[stands_for]
 
     def _reset_back_off(self) -> None:
         self._failed_probes, self.hold, self._load_at_failure = 0, self.base_hold, None
