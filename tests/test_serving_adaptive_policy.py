@@ -333,6 +333,23 @@ def test_backlog_sends_a_queued_request_to_a_cheaper_tier_without_moving_the_pol
         serving.AdaptiveTierPolicy(TIERS, objective_ms=10, backlog=0)
 
 
+def test_before_a_full_window_the_policy_steps_down_once_the_window_could_only_miss():
+    """A p95 window of 20 allows one miss (5 %): the second miss at the start
+    decides at once, on the requests seen (ratios 1, 1, 1, 3, 3: p95 3, so
+    the most accurate tier with 3 x cost <= 0.7 x 10 is b), instead of after
+    15 more requests at a tier that misses."""
+    policy = serving.AdaptiveTierPolicy(TIERS, objective_ms=10, percentile=95)
+    _feed(policy, lambda name: 4.0, 3)
+    policy.observe(12.0)
+    assert policy.tier.name == "d" and policy.switches == 0  # one miss: the window may hold
+    policy.observe(12.0)
+    assert policy.tier.name == "b" and policy.switches == 1
+    # Misses at the start of a tier that meets the objective do not count.
+    calm = serving.AdaptiveTierPolicy(TIERS, objective_ms=10, percentile=95)
+    _feed(calm, lambda name: 9.0, 10)
+    assert calm.tier.name == "d" and calm.switches == 0
+
+
 def test_a_burst_absorbed_by_the_backlog_check_does_not_move_the_policy():
     """Three requests at once on a FIFO server at slowdown 1: d, then b and a
     (shed: 1.5 x (4 + 2) > 10 for d, and 1.5 x (6 + 1) > 10 for b). Each

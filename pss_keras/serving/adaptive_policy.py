@@ -32,7 +32,9 @@ class AdaptiveTierPolicy(TimedPolicy):
     tier's cost estimates the tier's percentile latency right now.
 
     - **Down**, as soon as the current tier's estimate exceeds
-      ``objective_ms`` (a full window is needed): to the most accurate tier
+      ``objective_ms`` (a full window is needed, or at the start more misses
+      of the current tier than the percentile allows in a full window, 2
+      of 100 for p99: the window could only miss): to the most accurate tier
       whose estimate is within ``headroom * objective_ms`` (the cheapest if
       none), several tiers at once if the load demands.
     - **Up**, when at least ``hold`` requests have passed since the last
@@ -261,10 +263,12 @@ class AdaptiveTierPolicy(TimedPolicy):
             if stands_for != self._failed_tier:  # late answers of a failed probe: not load
                 self._ratios.append((stands_for, self._load_ratio(latency_ms, name, stands_for)))
             self._since_move += 1
-            # The first decision waits for a full window; after a failed
-            # probe's requests are forgotten, half a window will do.
-            self._ready = self._ready or len(self._ratios) == self.window
-            if self._ready and len(self._ratios) >= self.window // 2:
+            # The first decision waits for a full window, unless the current
+            # tier has already missed more than the percentile allows in one;
+            # after a failed probe's requests are forgotten, half a window will do.
+            early = not self._ready and self._misses() > (1 - self.percentile / 100) * self.window
+            self._ready = self._ready or early or len(self._ratios) == self.window
+            if early or (self._ready and len(self._ratios) >= self.window // 2):
                 self._decide(self._ratio())
             return self.tiers[self.index]
 
@@ -284,6 +288,11 @@ class AdaptiveTierPolicy(TimedPolicy):
         longer = self._cost[stands_for] - self._cost[served]
         slowdown = self._ratio(percentile=50) if self._ratios else 1.0
         return (latency_ms + slowdown * longer) / self._cost[stands_for]
+
+    def _misses(self) -> int:
+        """Requests in the window that the current tier would have answered late."""
+        cost = self._cost[self.tiers[self.index].name]
+        return sum(r * cost > self.objective_ms for _, r in self._ratios)
 
     def _reset_back_off(self) -> None:
         self._failed_probes, self.hold, self._load_at_failure = 0, self.base_hold, None
