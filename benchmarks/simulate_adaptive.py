@@ -14,7 +14,8 @@ in seconds: for developing a tier policy between real runs.
    that calibration, and prints how close it came; or takes
    --server_share, --hog_factor, --sigma as given.
 3. Replays fixed_largest, fixed_smallest, best_fixed and adaptive on
-   --timeline (the result's own, or held_out), --repeats arrival schedules,
+   --timeline (the result's own, or held_out), --repeats arrival schedules
+   (seeds 0..repeats-1: not the benchmark's own repeats' schedules),
    scored as the benchmark scores them (both accounting rules, the
    per-phase oracle, gap_closed); prints the table; --output writes it as
    JSON.
@@ -96,6 +97,61 @@ def _table(result, phases) -> str:
     return "\n".join(lines)
 
 
+def _tiers(record):
+    from pss_keras import serving
+
+    tiers = [
+        serving.Tier(t["name"], "flops", None, t["mflops"], None, t["resolution"], t["top1"],
+                     t["idle_ms"])
+        for t in record["tiers"] if not t.get("dominated")
+    ]  # fmt: skip
+    return sorted(tiers, key=lambda t: t.latency_ms)
+
+
+def _model(record, measured, costs):
+    """The server model: given by the flags, or fitted to the calibration."""
+    from pss_keras.benchmarking import load_simulation
+
+    given = (F.server_share, F.hog_factor, F.sigma)
+    if all(v is not None for v in given):
+        model = load_simulation.ServerModel(*given)
+        print(f"server model (given): {model}")
+        return model
+    if any(v is not None for v in given):
+        sys.exit("error: give all of --server_share, --hog_factor, --sigma, or none (fitted).")
+    calibration = record["calibration"]
+    calib = [dataclasses.replace(p, seconds=calibration["phase_seconds"]) for p in measured]
+    print("fitting the server model to the calibration (75 candidates) ...", flush=True)
+    model, rms = load_simulation.fit_server_model(
+        calibration["within_objective"], calib, costs, record["objective_ms"]
+    )
+    print(f"server model: {model}; rms {100 * rms:.1f} points of within-objective share")
+    return model
+
+
+def _phases(measured, rate):
+    from pss_keras.benchmarking import load_test
+
+    seconds = F.phase_seconds or measured[0].seconds
+    if F.timeline == "held_out":
+        return load_test.held_out_timeline(seconds, rate, F.long_seconds)
+    if F.timeline == "default":
+        return load_test.default_timeline(seconds, rate)
+    return [dataclasses.replace(p, seconds=F.phase_seconds or p.seconds) for p in measured]
+
+
+def _settings(record) -> dict:
+    """The adaptive policy's settings: the result's, with the flags given."""
+    settings = dict(record["adaptive"])
+    if F.percentile is not None and F.percentile != settings.get("percentile"):
+        settings["window"] = None  # the new percentile's own default window
+    for key in ("percentile", "headroom", "backlog"):
+        if getattr(F, key) is not None:
+            settings[key] = getattr(F, key)
+    settings["backlog"] = settings.get("backlog") or None
+    return settings
+
+
 def main(argv):
     del argv
     from pss_keras import serving
@@ -104,41 +160,18 @@ def main(argv):
     from pss_keras.utils.machine import print_machine
 
     record = _load(F.results)
-    tiers = [
-        serving.Tier(t["name"], "flops", None, t["mflops"], None, t["resolution"], t["top1"],
-                     t["idle_ms"])
-        for t in record["tiers"] if not t.get("dominated")
-    ]  # fmt: skip
-    tiers.sort(key=lambda t: t.latency_ms)
-    costs = {t.name: t.latency_ms for t in tiers}
+    tiers = _tiers(record)
     objective, rate = record["objective_ms"], record["rate"]
     measured = [load_test.Phase(**p) for p in record["timeline"]]
-    calibration = record["calibration"]
-    calib = [dataclasses.replace(p, seconds=calibration["phase_seconds"]) for p in measured]
-    given = (F.server_share, F.hog_factor, F.sigma)
-    if all(v is not None for v in given):
-        model = load_simulation.ServerModel(*given)
-        print(f"server model (given): {model}")
-    elif any(v is not None for v in given):
-        sys.exit("error: give all of --server_share, --hog_factor, --sigma, or none (fitted).")
-    else:
-        print("fitting the server model to the calibration (75 candidates) ...", flush=True)
-        model, rms = load_simulation.fit_server_model(
-            calibration["within_objective"], calib, costs, objective
+    model = _model(record, measured, {t.name: t.latency_ms for t in tiers})
+    phases = _phases(measured, rate)
+    settings = _settings(record)
+    try:
+        serving.AdaptiveTierPolicy(tiers, objective, latency_source="measured", **settings)
+    except ValueError as e:
+        sys.exit(
+            f"error: the adaptive policy's settings (--percentile, --headroom, --backlog): {e}"
         )
-        print(f"server model: {model}; rms {100 * rms:.1f} points of within-objective share")
-    seconds = F.phase_seconds or measured[0].seconds
-    if F.timeline == "held_out":
-        phases = load_test.held_out_timeline(seconds, rate, F.long_seconds)
-    elif F.timeline == "default":
-        phases = load_test.default_timeline(seconds, rate)
-    else:
-        phases = [dataclasses.replace(p, seconds=F.phase_seconds or p.seconds) for p in measured]
-    settings = dict(record["adaptive"])
-    for key in ("percentile", "headroom", "backlog"):
-        if getattr(F, key) is not None:
-            settings[key] = getattr(F, key)
-    settings["backlog"] = settings.get("backlog") or None
 
     def adaptive(clock):
         p = serving.AdaptiveTierPolicy(

@@ -5,7 +5,6 @@ policy, on the benchmark's timeline and tiers, holds the objective and
 closes most of the gap to the per-phase oracle (a deterministic
 simulation: no figure here depends on the machine)."""
 
-import numpy as np
 import pytest
 
 from pss_keras import serving
@@ -27,30 +26,53 @@ def test_an_unqueued_request_takes_its_tier_cost_times_the_phase_slowdown():
     assert load_test.poisson_schedule(phases, 0) == [(r.scheduled, r.phase) for r in requests]
 
 
-def test_an_overloaded_server_queues_in_arrival_order_and_the_policy_sees_answers_in_time():
-    # 100 requests/s on 20 ms: twice the server's capacity, so each answer
-    # comes later than the one before and the latencies grow.
-    phases = [load_test.Phase("overload", 2, 100.0)]
-    seen = []
+def test_answers_reach_the_policy_in_time_order_before_later_arrivals():
+    """Two tiers on a server where half of a request's time is outside it: a
+    small request served right after a large one answers first (the large
+    one's 50 ms outside). The policy sees every answer at its time, in time
+    order, and each ``choose`` only after every answer due before it."""
+    phases = [load_test.Phase("busy", 3, 40.0)]
+    model = load_simulation.ServerModel(server_share=0.5, hog_factor=0.0, sigma=0.0)
     clock = load_simulation.SimulatedClock()
+    seen, chosen = [], []
+
+    def choose():
+        chosen.append((clock(), len(seen)))
+        return ("large", "small")[len(chosen) % 2]
 
     def observe(ms, tier, failed):
         seen.append((clock(), ms, tier, failed))
 
     requests = load_simulation.simulate_timeline(
-        phases, {"t": 20.0}, lambda: "t", observe, clock, NO_NOISE
+        phases, {"large": 100.0, "small": 10.0}, choose, observe, clock, model
     )
-    assert len(seen) == len(requests)
+    assert len(seen) == len(requests) > 100
     times = [t for t, *_ in seen]
     assert times == sorted(times)
-    # Each answer's latency is its time minus its request's schedule.
-    for (t, ms, tier, failed), r in zip(seen, requests):
-        assert ms == pytest.approx(1000 * (t - r.scheduled)) and tier == "t" and not failed
-    assert requests[-1].latency_ms > 10 * requests[0].latency_ms
+    sent = [r.tier for r in requests]
+    answered = [tier for _, _, tier, _ in seen]
+    assert answered != sent and sorted(answered) == sorted(sent)  # some answers overtook
+    for (now, observed), r in zip(chosen, requests):
+        assert now == r.scheduled
+        assert observed == sum(t <= now for t in times)  # every answer due was seen first
+    by_tier = sorted(r.latency_ms for r in requests)
+    assert sorted(ms for _, ms, _, _ in seen) == pytest.approx(by_tier)
+    assert not any(failed for *_, failed in seen)
     with pytest.raises(ValueError, match="not one of"):
         load_simulation.simulate_timeline(phases, {"t": 20.0}, lambda: "u")
     with pytest.raises(ValueError, match="hog_factor >= 0"):
         load_simulation.ServerModel(hog_factor=-1)
+
+
+def test_a_request_is_slowed_by_the_phase_the_server_runs_it_in(monkeypatch):
+    # One 1-s request due just before busy processes start, behind 0.9 s of
+    # work: it starts in the busy phase and takes 1 x (1 + 1 x 2) s there.
+    phases = [load_test.Phase("idle", 1, 0.001), load_test.Phase("2 busy", 5, 0.001, hogs=2)]
+    model = load_simulation.ServerModel(server_share=1.0, hog_factor=1.0, sigma=0.0)
+    monkeypatch.setattr(load_test, "poisson_schedule", lambda phases, seed: [(0.5, 0), (0.95, 0)])
+    requests = load_simulation.simulate_timeline(phases, {"t": 1000.0}, lambda: "t", model=model)
+    # The first starts at 0.5 s in the idle phase (1 s); the second at 1.5 s, busy (3 s).
+    assert [r.latency_ms for r in requests] == pytest.approx([1000.0, 1000 * (4.5 - 0.95)])
 
 
 def test_the_fit_recovers_the_model_that_made_the_calibration():
@@ -75,12 +97,13 @@ def _tier(name, ms, top1):
 def test_the_adaptive_policy_holds_the_objective_and_nears_the_oracle_in_simulation():
     """The benchmark's tiers (idle ms, top-1) and objective, the tuning
     timeline, the server model fitted to its calibration: every phase >= 99 %
-    within the objective on every schedule where the oracle's tier held it,
-    and >= 75 % of the gap from best_fixed to the oracle closed."""
+    within the objective on average over two schedules (as the benchmark
+    judges it), and >= 75 % of the gap from best_fixed to the oracle closed."""
     tiers = [
         _tier("smallest", 17.7, 0.5625), _tier("flops_5m", 23.41, 0.6112),
         _tier("flops_15m", 31.84, 0.6622), _tier("flops_25m", 34.44, 0.6746),
-        _tier("flops_35m", 51.02, 0.6818), _tier("largest", 58.03, 0.6999),
+        _tier("flops_35m", 51.02, 0.6818), _tier("flops_45m", 55.49, 0.6948),
+        _tier("largest", 58.03, 0.6999),
     ]  # fmt: skip
     objective = 253.9
     phases = load_test.default_timeline(50, 6.03)
@@ -103,8 +126,7 @@ def test_the_adaptive_policy_holds_the_objective_and_nears_the_oracle_in_simulat
     for row in a["phases"]:
         assert row["within_objective"] >= load_summary.MEETS, row["name"]
     assert a["overall"]["gap_closed"] >= 0.75
-    assert np.isclose(
-        a["overall"]["gap_closed"],
-        (a["overall"]["mean_top1_in_time"] - result["alone"]["flops_5m"]["overall"]["mean_top1_in_time"])
-        / (oracle["overall"]["mean_top1_in_time"] - result["alone"]["flops_5m"]["overall"]["mean_top1_in_time"]),
-    )  # fmt: skip
+    assert (
+        a["overall"]["mean_top1_in_time"]
+        > result["alone"]["flops_5m"]["overall"]["mean_top1_in_time"]
+    )

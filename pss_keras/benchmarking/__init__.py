@@ -3,6 +3,7 @@
 load_test      the open-loop load generator: phases, timelines, idle latency
 cpu_load       CPU pinning, and busy processes that compete with the server
 load_summary   a timeline's figures, their means over repeats, the best fixed tier
+load_simulation  a timeline on a modelled server (developing a tier policy in seconds)
 soak           a long run of a served model under load, and the server's process
 subnet_spread  random subnets of one cost: is there anything to prioritize
 """
@@ -26,6 +27,8 @@ _EXPORTS = {
     "phase_missed": "load_summary",
     "best_fixed_tier": "load_summary",
     "aggregate": "load_summary",
+    "ServerModel": "load_simulation",
+    "simulate_timeline": "load_simulation",
     "TierStats": "soak",
     "run_soak": "soak",
     "format_table": "soak",

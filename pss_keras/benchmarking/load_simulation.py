@@ -9,7 +9,8 @@ busy for ``c * server_share * (1 + hog_factor * hogs) * lognormal(0,
 sigma)`` (``hogs``: the phase's competing busy processes on the server's
 CPU, each taking ``hog_factor`` of a fair share) and spends ``c * (1 -
 server_share)`` outside it (transport, the client), in parallel with other
-requests. Arrivals are the benchmark's own (`load_test.poisson_schedule`,
+requests; ``hogs`` is the count of the phase in which the server starts the
+request. Arrivals are the benchmark's own (`load_test.poisson_schedule`,
 same seed, same schedule), each latency runs from the scheduled time, and a
 policy's ``observe`` is called at each answer in the order answers arrive,
 with its clock (`SimulatedClock`) at that moment.
@@ -44,8 +45,9 @@ class ServerModel:
         sigma: spread of a request's server time (lognormal, log scale).
     """
 
-    server_share: float = 0.95
-    hog_factor: float = 0.95
+    # Defaults: fitted to docs/results/adaptive_serving.json's calibration.
+    server_share: float = 1.0
+    hog_factor: float = 0.9
     sigma: float = 0.1
 
     def __post_init__(self):
@@ -90,6 +92,7 @@ def simulate_timeline(
     rng = np.random.default_rng([seed, 1])
     requests = [load_test.Request(t, i, "") for t, i in load_test.poisson_schedule(phases, seed)]
     answers, free = [], 0.0  # heap of (answer time, index); when the server is next free
+    ends = np.cumsum([p.seconds for p in phases])
 
     def answer_until(t):
         while answers and answers[0][0] <= t:
@@ -109,9 +112,10 @@ def simulate_timeline(
             raise ValueError(f"choose() gave {r.tier!r}, not one of {sorted(costs_ms)}.")
         r.send_lag_ms = r.queue_ms = 0.0
         cost = costs_ms[r.tier] / 1000
-        slowdown = 1 + model.hog_factor * phases[r.phase].hogs
-        busy = cost * model.server_share * slowdown * rng.lognormal(0.0, model.sigma)
-        free = max(free, r.scheduled) + busy
+        start = max(free, r.scheduled)
+        phase = phases[min(int(np.searchsorted(ends, start, side="right")), len(phases) - 1)]
+        busy = cost * model.server_share * (1 + model.hog_factor * phase.hogs)
+        free = start + busy * rng.lognormal(0.0, model.sigma)
         heapq.heappush(answers, (free + cost * (1 - model.server_share), k))
     answer_until(float("inf"))
     return requests
@@ -197,8 +201,9 @@ def compare_policies(
     Returns:
         ``{"policies": {name: load_summary.aggregate(...) with
         overall.gap_closed}, "oracle": load_summary.phase_oracle(...),
-        "best_fixed": name}``: the oracle and best_fixed from every tier
-        alone on the same schedules.
+        "best_fixed": name, "alone": {tier: load_summary.aggregate(...)}}``:
+        the oracle and best_fixed from every tier alone on the same
+        schedules.
     """
     costs = {t.name: t.latency_ms for t in tiers}
     top1 = {t.name: t.top1 for t in tiers}

@@ -32,11 +32,11 @@ class AdaptiveTierPolicy(TimedPolicy):
     tier's cost estimates the tier's percentile latency right now.
 
     - **Down**, as soon as the current tier's estimate exceeds
-      ``objective_ms`` (a full window is needed, or at the start more misses
-      of the current tier than the percentile allows in a full window, 2
-      of 100 for p99: the window could only miss): to the most accurate tier
-      whose estimate is within ``headroom * objective_ms`` (the cheapest if
-      none), several tiers at once if the load demands.
+      ``objective_ms`` (a full window is needed; at the start, before one,
+      as soon as the window's percentile would miss even if every request
+      still to come were instant: 2 misses of 100 for p99), to the most
+      accurate tier whose estimate is within ``headroom * objective_ms``
+      (the cheapest if none), several tiers at once if the load demands.
     - **Up**, when at least ``hold`` requests have passed since the last
       move: to the most accurate tier whose estimate is within ``headroom *
       objective_ms`` (not past a tier whose probe failed, see below). Up
@@ -83,7 +83,9 @@ class AdaptiveTierPolicy(TimedPolicy):
       never chosen.
     - Safe to share between client threads: ``predict`` and ``observe``
       hold a lock; a latency is credited to the tier that served it, which
-      may not be the current one once requests overlap.
+      may not be the current one once requests overlap. An answer is
+      matched to the oldest request in flight on its tier (answers of one
+      tier are taken to arrive in the order sent).
 
     Args:
         tiers: the served tiers (from the ``tiers`` signature).
@@ -260,16 +262,23 @@ class AdaptiveTierPolicy(TimedPolicy):
                     break
             if self.queueing:
                 self._times.append(self.clock())
-            if stands_for != self._failed_tier:  # late answers of a failed probe: not load
-                self._ratios.append((stands_for, self._load_ratio(latency_ms, name, stands_for)))
+            if name != self._failed_tier:  # late answers of a failed probe say nothing of load
+                # Labelled with the tier that served it: a failed probe is
+                # judged on the probed tier's own requests.
+                self._ratios.append((name, self._load_ratio(latency_ms, name, stands_for)))
             self._since_move += 1
-            # The first decision waits for a full window, unless the current
-            # tier has already missed more than the percentile allows in one;
-            # after a failed probe's requests are forgotten, half a window will do.
-            early = not self._ready and self._misses() > (1 - self.percentile / 100) * self.window
-            self._ready = self._ready or early or len(self._ratios) == self.window
-            if early or (self._ready and len(self._ratios) >= self.window // 2):
-                self._decide(self._ratio())
+            # The first decision waits for a full window, unless the window
+            # could only miss (`_padded_ratio`); after a failed probe's
+            # requests are forgotten, half a window will do.
+            if not self._ready and len(self._ratios) < self.window:
+                padded = self._padded_ratio()
+                if padded * self._cost[self.tiers[self.index].name] > self.objective_ms:
+                    self._ready = True
+                    self._decide(padded)
+            elif self._ready or len(self._ratios) == self.window:
+                self._ready = True
+                if len(self._ratios) >= self.window // 2:
+                    self._decide(self._ratio())
             return self.tiers[self.index]
 
     def _ratio(self, skip: str | None = None, percentile: float | None = None) -> float:
@@ -289,10 +298,12 @@ class AdaptiveTierPolicy(TimedPolicy):
         slowdown = self._ratio(percentile=50) if self._ratios else 1.0
         return (latency_ms + slowdown * longer) / self._cost[stands_for]
 
-    def _misses(self) -> int:
-        """Requests in the window that the current tier would have answered late."""
-        cost = self._cost[self.tiers[self.index].name]
-        return sum(r * cost > self.objective_ms for _, r in self._ratios)
+    def _padded_ratio(self) -> float:
+        """Before the first full window: the lowest its percentile can
+        still be, the requests yet to come counted as instant."""
+        ratios = [r for _, r in self._ratios]
+        ratios += [0.0] * (self.window - len(ratios))
+        return float(np.percentile(ratios, self.percentile))
 
     def _reset_back_off(self) -> None:
         self._failed_probes, self.hold, self._load_at_failure = 0, self.base_hold, None

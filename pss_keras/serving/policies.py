@@ -52,7 +52,12 @@ class TimedPolicy:
         returns (outputs, tier used, ms)."""
         tier = self.choose()
         start = self.clock()
-        outputs = client.predict(images, tier.name)
+        try:
+            outputs = client.predict(images, tier.name)
+        except Exception:
+            # A failure is a miss, and its request is no longer in flight.
+            self.observe(1000 * (self.clock() - start), tier, failed=True)
+            raise
         latency = 1000 * (self.clock() - start)
         self.observe(latency, tier)
         return outputs, tier, latency
