@@ -124,14 +124,17 @@ def simulate_timeline(
 def fixed_tier_shares(phases, costs_ms, objective_ms, model, seeds=(0,)) -> dict:
     """{tier: [share within the objective per phase]}, each tier alone,
     averaged over ``seeds``: a simulated calibration."""
+    top1 = {n: 0.0 for n in costs_ms}
     shares = {}
     for name in costs_ms:
-        runs = []
-        for seed in seeds:
-            requests = simulate_timeline(phases, costs_ms, lambda n=name: n, model=model, seed=seed)
-            s = load_summary.summarize(requests, phases, objective_ms, {n: 0.0 for n in costs_ms})
-            runs.append([row["within_objective"] for row in s["phases"]])
-        shares[name] = [float(v) for v in np.mean(runs, axis=0)]
+        runs = [
+            load_summary.summarize(
+                simulate_timeline(phases, costs_ms, lambda n=name: n, model=model, seed=seed),
+                phases, objective_ms, top1,
+            )
+            for seed in seeds
+        ]  # fmt: skip
+        shares[name] = [row["within_objective"] for row in load_summary.aggregate(runs)["phases"]]
     return shares
 
 
